@@ -1,0 +1,750 @@
+"""Load the YAML configuration once into frozen, typed objects; all validation lives here.
+
+Every error is one ConfigError naming the key path (``http.listen[0]``), what was
+expected, and a "did you mean" for near-miss keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar, get_args
+
+from guardd.durations import format_duration, parse_duration
+from guardd.errors import ConfigError
+from guardd.paths import (
+    DEFAULT_SCOPE,
+    RunView,
+    default_lock_dir,
+    default_runtime_dir,
+    find_config_path,
+    flag_path,
+    is_scope_name,
+)
+
+# Allowed values, defined once and used by config validation and the CLIs alike.
+Policy = Literal["withdraw", "stay", "fleet"]
+WithdrawAs = Literal["maint", "drain", "down"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+WITHDRAW_AS: tuple[str, ...] = get_args(WithdrawAs)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One address to bind: ``host`` is "" for all addresses."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ScopeConfig:
+    """A named scope and the flag file that drives it."""
+
+    name: str
+    lock_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The control socket: where, and who may connect."""
+
+    socket: str
+    mode: int = 0o660
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP health responder and maintenance page."""
+
+    listen: tuple[ListenAddress, ...] = (ListenAddress("127.0.0.1", 8089),)
+    scope: str = DEFAULT_SCOPE
+    policy: Policy = "withdraw"
+    health_path: str = "/healthz"
+    gate_path: str = "/gate"
+    page_status: int = 503
+    retry_after: int = 300
+    page_template: str | None = None
+    api_prefixes: tuple[str, ...] = ("/api/",)
+    header_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The HAProxy agent-check responder."""
+
+    listen: tuple[ListenAddress, ...] = ()
+    scope: str = DEFAULT_SCOPE
+    withdraw_as: WithdrawAs = "maint"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """guard-run defaults."""
+
+    skip_code: int = 0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Many hosts, one switch, on etcd."""
+
+    endpoints: tuple[str, ...] = ()
+    prefix: str = "/guardd"
+    lease_ttl: float = 10.0
+
+
+@dataclass(frozen=True)
+class BypassConfig:
+    """Who and what passes the gate while the scope is in maintenance."""
+
+    paths: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    cookie_ttl: float = 12 * 3600.0
+    insecure_cookie: bool = False
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Commands run when a scope enters or leaves maintenance."""
+
+    on_enter: tuple[tuple[str, ...], ...] = ()
+    on_exit: tuple[tuple[str, ...], ...] = ()
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole effective configuration."""
+
+    source: str | None
+    lock_dir: str
+    runtime_dir: str
+    node: str
+    poll_interval: float
+    scopes: Mapping[str, ScopeConfig]
+    control: ControlConfig
+    http: HttpConfig
+    agent: AgentConfig
+    run: RunConfig
+    fleet: FleetConfig
+    bypass: BypassConfig
+    hooks: HooksConfig
+
+    def flag_path(self, scope: str) -> str:
+        """The file whose existence puts ``scope`` in maintenance."""
+        own = self.scopes[scope].lock_file
+        return own if own is not None else flag_path(self.lock_dir, scope)
+
+    def require_scope(self, scope: str) -> str:
+        """Return ``scope`` if configured, else a usage error naming the known scopes."""
+        if scope in self.scopes:
+            return scope
+        from guardd.errors import UsageError
+
+        known = ", ".join(sorted(self.scopes))
+        raise UsageError(f"unknown scope {scope!r} (configured scopes: {known})")
+
+    def run_view(self) -> RunView:
+        """The subset guard-run needs (what the config cache stores)."""
+        return RunView(
+            lock_dir=self.lock_dir,
+            runtime_dir=self.runtime_dir,
+            scope_flags={name: self.flag_path(name) for name in self.scopes},
+            skip_code=self.run.skip_code,
+        )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load ``path``, else $GUARDD_CONFIG, else /etc/guardd/config.yaml, else built-ins.
+
+    A file named by the caller or the environment must exist; only the implicit
+    /etc/guardd/config.yaml may be absent.
+    """
+    chosen = find_config_path(path)
+    if chosen is None:
+        return build_config({}, source=None)
+    try:
+        with open(chosen, "rb") as stream:
+            raw = stream.read()
+    except FileNotFoundError:
+        raise ConfigError(f"{chosen}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{chosen}: is a directory, expected a YAML file") from None
+    except OSError as err:
+        raise ConfigError(f"{chosen}: cannot read: {err.strerror}") from None
+    return parse_config_text(raw, source=chosen)
+
+
+def parse_config_text(raw: bytes | str, *, source: str) -> Config:
+    """Parse YAML text into a Config (pure apart from checks on named files)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"{source}: {where}invalid YAML: {err.problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: invalid YAML: {err}") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{source}: not a text file: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of settings at the top level, got {_kind(data)}"
+        )
+    return build_config(data, source=source)
+
+
+def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
+    """Validate a decoded YAML mapping and fill in defaults."""
+    top = _Section(data, "", source)
+    lock_dir = top.path("lock_dir", default=default_lock_dir())
+    runtime_dir = top.path("runtime_dir", default=default_runtime_dir())
+    node = top.string(
+        "node",
+        default=socket.gethostname(),
+        pattern=r"[A-Za-z0-9_.-]{1,253}",
+        expected="a host name (letters, digits, '.', '-', '_')",
+    )
+    poll_interval = top.duration("poll_interval", default=2.0, minimum=0.05)
+
+    scopes = _scopes(top)
+    control = _control(top, runtime_dir)
+    http = _http(top, scopes)
+    agent = _agent(top, scopes, http.scope)
+    run_section = top.section("run")
+    run = RunConfig(skip_code=run_section.integer("skip_code", default=0, low=0, high=255))
+    run_section.finish()
+    fleet = _fleet(top)
+    bypass = _bypass(top)
+    hooks = _hooks(top)
+    top.finish()
+
+    if http.policy == "fleet" and not fleet.endpoints:
+        raise ConfigError(
+            _where(
+                source,
+                "http.policy: 'fleet' needs fleet.endpoints "
+                "(the etcd cluster to read the fleet's state from)",
+            )
+        )
+    if http.policy == "fleet" or fleet.endpoints:
+        raise ConfigError(
+            _where(
+                source,
+                "fleet mode (http.policy: fleet, fleet.endpoints) "
+                "is not available in this version of guardd",
+            )
+        )
+
+    return Config(
+        source=source,
+        lock_dir=lock_dir,
+        runtime_dir=runtime_dir,
+        node=node,
+        poll_interval=poll_interval,
+        scopes=scopes,
+        control=control,
+        http=http,
+        agent=agent,
+        run=run,
+        fleet=fleet,
+        bypass=bypass,
+        hooks=hooks,
+    )
+
+
+def _scopes(top: _Section) -> dict[str, ScopeConfig]:
+    raw = top.raw("scopes")
+    scopes: dict[str, ScopeConfig] = {DEFAULT_SCOPE: ScopeConfig(DEFAULT_SCOPE)}
+    if raw is None:
+        return scopes
+    if isinstance(raw, list):
+        # A bare list of names is the obvious thing to write; accept it.
+        raw = dict.fromkeys(raw) if all(isinstance(n, str) for n in raw) else raw
+    if not isinstance(raw, dict):
+        raise top.error("scopes", "a mapping of scope names to settings", raw)
+    for name, settings in raw.items():
+        key = f"scopes.{name}"
+        if not isinstance(name, str) or not is_scope_name(name):
+            raise ConfigError(
+                _where(
+                    top.source, f"{key}: expected a scope name matching [a-z0-9][a-z0-9_-]{{0,63}}"
+                )
+            )
+        section = _Section(settings if settings is not None else {}, key, top.source)
+        if settings is not None and not isinstance(settings, dict):
+            raise top.error(key, "a mapping (or nothing)", settings)
+        lock_file = section.path("lock_file", default=None)
+        section.finish()
+        scopes[name] = ScopeConfig(name=name, lock_file=lock_file)
+    return scopes
+
+
+def _control(top: _Section, runtime_dir: str) -> ControlConfig:
+    section = top.section("control")
+    sock = section.path("socket", default=os.path.join(runtime_dir, "guardd.sock"))
+    mode = section.file_mode("mode", default=0o660)
+    group = section.string("group", default=None, expected="a group name or number")
+    section.finish()
+    return ControlConfig(socket=sock, mode=mode, group=group)
+
+
+def _http(top: _Section, scopes: Mapping[str, ScopeConfig]) -> HttpConfig:
+    section = top.section("http")
+    defaults = HttpConfig()
+    result = HttpConfig(
+        listen=section.listen("listen", default=defaults.listen),
+        scope=section.scope("scope", scopes, default=DEFAULT_SCOPE),
+        policy=section.choice("policy", POLICIES, default="withdraw"),  # type: ignore[arg-type]
+        health_path=section.url_path("health_path", default=defaults.health_path),
+        gate_path=section.url_path("gate_path", default=defaults.gate_path),
+        page_status=section.integer("page_status", default=503, low=200, high=599),
+        retry_after=section.integer("retry_after", default=300, low=0, high=10**9),
+        page_template=section.readable_file("page_template"),
+        api_prefixes=section.string_list("api_prefixes", default=("/api/",), item_check=_url_path),
+        header_timeout=section.duration("header_timeout", default=10.0, minimum=0.1),
+    )
+    section.finish()
+    return result
+
+
+def _agent(top: _Section, scopes: Mapping[str, ScopeConfig], http_scope: str) -> AgentConfig:
+    section = top.section("agent")
+    result = AgentConfig(
+        listen=section.listen("listen", default=()),
+        scope=section.scope("scope", scopes, default=http_scope),
+        withdraw_as=section.choice("withdraw_as", WITHDRAW_AS, default="maint"),  # type: ignore[arg-type]
+    )
+    section.finish()
+    return result
+
+
+def _fleet(top: _Section) -> FleetConfig:
+    section = top.section("fleet")
+    result = FleetConfig(
+        endpoints=section.string_list("endpoints", default=()),
+        prefix=section.string(
+            "prefix",
+            default="/guardd",
+            pattern=r"/[^\s]*",
+            expected="a key prefix starting with '/'",
+        )
+        or "/guardd",
+        lease_ttl=section.duration("lease_ttl", default=10.0, minimum=2.0),
+    )
+    section.finish()
+    return result
+
+
+def _bypass(top: _Section) -> BypassConfig:
+    section = top.section("bypass")
+    result = BypassConfig(
+        paths=section.string_list("paths", default=(), item_check=_regex),
+        cidrs=section.string_list("cidrs", default=(), item_check=_cidr),
+        trusted_proxies=section.string_list("trusted_proxies", default=(), item_check=_cidr),
+        secret=section.string("secret", default=None, expected="a secret string"),
+        cookie_ttl=section.duration("cookie_ttl", default=12 * 3600.0, minimum=1.0),
+        insecure_cookie=section.boolean("insecure_cookie", default=False),
+    )
+    section.finish()
+    if result.secret is not None and len(result.secret) < 16:
+        raise ConfigError(
+            _where(
+                top.source,
+                "bypass.secret: expected at least 16 characters "
+                "(it is the only thing between the public and the site)",
+            )
+        )
+    return result
+
+
+def _hooks(top: _Section) -> HooksConfig:
+    section = top.section("hooks")
+    result = HooksConfig(
+        on_enter=section.commands("on_enter"),
+        on_exit=section.commands("on_exit"),
+        timeout=section.duration("timeout", default=30.0, minimum=0.1),
+    )
+    section.finish()
+    return result
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _url_path(value: str) -> str | None:
+    if not value.startswith("/") or any(c.isspace() for c in value):
+        return "a URL path starting with '/'"
+    return None
+
+
+def _regex(value: str) -> str | None:
+    try:
+        re.compile(value)
+    except re.error as err:
+        return f"a regular expression ({err})"
+    return None
+
+
+def _cidr(value: str) -> str | None:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        return "an IPv4 or IPv6 address or network (10.0.0.0/8, 2001:db8::/32)"
+    return None
+
+
+def parse_listen(value: str) -> ListenAddress:
+    """``HOST:PORT``, ``[V6ADDR]:PORT`` or ``:PORT``; raises ValueError."""
+    text = value.strip()
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0 or text[close + 1 : close + 2] != ":":
+            raise ValueError("expected [V6ADDR]:PORT")
+        host, port_text = text[1:close], text[close + 2 :]
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError("expected HOST:PORT, [V6ADDR]:PORT or :PORT")
+        if ":" in host:
+            raise ValueError("an IPv6 address needs brackets: [V6ADDR]:PORT")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 0 to 65535")
+    return ListenAddress(host=host, port=int(port_text))
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"the text {shown!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _where(source: str | None, message: str) -> str:
+    return f"{source}: {message}" if source else message
+
+
+class _Section:
+    """One mapping being read: tracks which keys were used, to reject the rest."""
+
+    def __init__(self, data: Any, prefix: str, source: str | None) -> None:
+        self.data: Mapping[Any, Any] = data if isinstance(data, dict) else {}
+        self.prefix = prefix
+        self.source = source
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def error(self, key: str, expected: str, value: object) -> ConfigError:
+        return ConfigError(_where(self.source, f"{key}: expected {expected}, got {_kind(value)}"))
+
+    def raw(self, name: str) -> Any:
+        self.used.add(name)
+        return self.data.get(name)
+
+    def section(self, name: str) -> _Section:
+        value = self.raw(name)
+        if value is not None and not isinstance(value, dict):
+            raise self.error(self.key(name), "a mapping", value)
+        return _Section(value or {}, self.key(name), self.source)
+
+    def finish(self) -> None:
+        """Reject unknown keys, suggesting the nearest known one."""
+        known = sorted(self.used)
+        for name in self.data:
+            if name in self.used:
+                continue
+            key = self.key(str(name))
+            close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+            hint = f" (did you mean {self.key(close[0])!r}?)" if close else ""
+            options = ", ".join(known)
+            raise ConfigError(
+                _where(self.source, f"{key}: unknown key{hint}; known keys here: {options}")
+            )
+
+    def _typed(self, name: str, default: T, check: Callable[[Any], T]) -> T:
+        value = self.raw(name)
+        if value is None:
+            return default
+        return check(value)
+
+    def string(
+        self, name: str, *, default: Any, expected: str = "text", pattern: str | None = None
+    ) -> Any:
+        def check(value: Any) -> str:
+            if isinstance(value, int) and not isinstance(value, bool) and name == "group":
+                return str(value)
+            if not isinstance(value, str) or (pattern and not re.fullmatch(pattern, value)):
+                raise self.error(self.key(name), expected, value)
+            return value
+
+        return self._typed(name, default, check)
+
+    def path(self, name: str, *, default: Any) -> Any:
+        def check(value: Any) -> str:
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise self.error(self.key(name), "an absolute path", value)
+            return os.path.normpath(value)
+
+        return self._typed(name, default, check)
+
+    def readable_file(self, name: str) -> str | None:
+        def check(value: Any) -> str:
+            if not isinstance(value, str) or not value.startswith("/"):
+                raise self.error(self.key(name), "an absolute path to an HTML file", value)
+            try:
+                with open(value, "rb") as stream:
+                    stream.read(1)
+            except OSError as err:
+                raise ConfigError(
+                    _where(self.source, f"{self.key(name)}: cannot read {value}: {err.strerror}")
+                ) from None
+            return value
+
+        return self._typed(name, None, check)
+
+    def integer(self, name: str, *, default: int, low: int, high: int) -> int:
+        def check(value: Any) -> int:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise self.error(self.key(name), f"a whole number from {low} to {high}", value)
+            return value
+
+        return self._typed(name, default, check)
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        def check(value: Any) -> bool:
+            if not isinstance(value, bool):
+                raise self.error(self.key(name), "true or false", value)
+            return value
+
+        return self._typed(name, default, check)
+
+    def duration(self, name: str, *, default: float, minimum: float) -> float:
+        def check(value: Any) -> float:
+            expected = (
+                f"a duration of at least {format_duration(minimum) if minimum >= 1 else minimum}"
+                " (45, 30s, 10m, 2h, 1h30m)"
+            )
+            if isinstance(value, bool):
+                raise self.error(self.key(name), expected, value)
+            if isinstance(value, int | float):
+                seconds = float(value)
+            elif isinstance(value, str):
+                try:
+                    seconds = parse_duration(value)
+                except ValueError:
+                    raise self.error(self.key(name), expected, value) from None
+            else:
+                raise self.error(self.key(name), expected, value)
+            if seconds < minimum:
+                raise self.error(self.key(name), expected, value)
+            return seconds
+
+        return self._typed(name, default, check)
+
+    def file_mode(self, name: str, *, default: int) -> int:
+        def check(value: Any) -> int:
+            expected = "a file mode such as 0660 (octal)"
+            if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
+                mode = int(value.replace("o", ""), 8)
+            elif isinstance(value, int) and not isinstance(value, bool):
+                mode = value
+            else:
+                raise self.error(self.key(name), expected, value)
+            if not 0 <= mode <= 0o777:
+                raise self.error(self.key(name), expected, value)
+            return mode
+
+        return self._typed(name, default, check)
+
+    def choice(self, name: str, allowed: tuple[str, ...], *, default: str) -> str:
+        def check(value: Any) -> str:
+            if value not in allowed:
+                options = ", ".join(allowed)
+                close = difflib.get_close_matches(str(value), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(
+                    _where(
+                        self.source,
+                        f"{self.key(name)}: expected one of {options}, got {_kind(value)}{hint}",
+                    )
+                )
+            return str(value)
+
+        return self._typed(name, default, check)
+
+    def scope(self, name: str, scopes: Mapping[str, ScopeConfig], *, default: str) -> str:
+        def check(value: Any) -> str:
+            if not isinstance(value, str) or value not in scopes:
+                known = ", ".join(sorted(scopes))
+                raise self.error(self.key(name), f"a configured scope ({known})", value)
+            return value
+
+        return self._typed(name, default, check)
+
+    def url_path(self, name: str, *, default: str) -> str:
+        def check(value: Any) -> str:
+            problem = _url_path(value) if isinstance(value, str) else "a URL path"
+            if problem:
+                raise self.error(self.key(name), problem, value)
+            return str(value)
+
+        return self._typed(name, default, check)
+
+    def string_list(
+        self,
+        name: str,
+        *,
+        default: tuple[str, ...],
+        item_check: Callable[[str], str | None] | None = None,
+    ) -> tuple[str, ...]:
+        def check(value: Any) -> tuple[str, ...]:
+            if not isinstance(value, list):
+                raise self.error(self.key(name), "a list", value)
+            items = []
+            for index, item in enumerate(value):
+                key = f"{self.key(name)}[{index}]"
+                if not isinstance(item, str):
+                    raise self.error(key, "text", item)
+                problem = item_check(item) if item_check else None
+                if problem:
+                    raise self.error(key, problem, item)
+                items.append(item)
+            return tuple(items)
+
+        return self._typed(name, default, check)
+
+    def listen(self, name: str, *, default: tuple[ListenAddress, ...]) -> tuple[ListenAddress, ...]:
+        def check(value: Any) -> tuple[ListenAddress, ...]:
+            if isinstance(value, str):
+                value = [value]  # one address written without a list
+            if not isinstance(value, list):
+                raise self.error(self.key(name), "a list of HOST:PORT addresses", value)
+            addresses = []
+            for index, item in enumerate(value):
+                key = f"{self.key(name)}[{index}]"
+                if not isinstance(item, str):
+                    raise self.error(key, "HOST:PORT, [V6ADDR]:PORT or :PORT", item)
+                try:
+                    addresses.append(parse_listen(item))
+                except ValueError as err:
+                    raise ConfigError(_where(self.source, f"{key}: {err}, got {item!r}")) from None
+            return tuple(addresses)
+
+        return self._typed(name, default, check)
+
+    def commands(self, name: str) -> tuple[tuple[str, ...], ...]:
+        def check(value: Any) -> tuple[tuple[str, ...], ...]:
+            expected = "a list of commands, each a list of strings (argv, no shell)"
+            if not isinstance(value, list):
+                raise self.error(self.key(name), expected, value)
+            result = []
+            for index, command in enumerate(value):
+                key = f"{self.key(name)}[{index}]"
+                if (
+                    not isinstance(command, list)
+                    or not command
+                    or not all(isinstance(arg, str) for arg in command)
+                ):
+                    raise self.error(key, "a command as a non-empty list of strings", command)
+                result.append(tuple(command))
+            return tuple(result)
+
+        return self._typed(name, (), check)
+
+
+# --------------------------------------------------------------------------- showing
+
+
+def describe(config: Config) -> dict[str, Any]:
+    """The effective config as plain data, secrets masked (for --check-config)."""
+
+    def addresses(items: tuple[ListenAddress, ...]) -> list[str]:
+        return [str(item) for item in items]
+
+    return {
+        "source": config.source or "(built-in defaults)",
+        "lock_dir": config.lock_dir,
+        "runtime_dir": config.runtime_dir,
+        "node": config.node,
+        "poll_interval": format_duration(config.poll_interval)
+        if config.poll_interval >= 1
+        else config.poll_interval,
+        "scopes": {name: {"flag": config.flag_path(name)} for name in sorted(config.scopes)},
+        "control": {
+            "socket": config.control.socket,
+            "mode": f"0{config.control.mode:o}",
+            "group": config.control.group,
+        },
+        "http": {
+            "listen": addresses(config.http.listen),
+            "scope": config.http.scope,
+            "policy": config.http.policy,
+            "health_path": config.http.health_path,
+            "gate_path": config.http.gate_path,
+            "page_status": config.http.page_status,
+            "retry_after": config.http.retry_after,
+            "page_template": config.http.page_template,
+            "api_prefixes": list(config.http.api_prefixes),
+            "header_timeout": format_duration(config.http.header_timeout),
+        },
+        "agent": {
+            "listen": addresses(config.agent.listen),
+            "scope": config.agent.scope,
+            "withdraw_as": config.agent.withdraw_as,
+        },
+        "run": {"skip_code": config.run.skip_code},
+        "fleet": {
+            "endpoints": list(config.fleet.endpoints),
+            "prefix": config.fleet.prefix,
+            "lease_ttl": format_duration(config.fleet.lease_ttl),
+        },
+        "bypass": {
+            "paths": list(config.bypass.paths),
+            "cidrs": list(config.bypass.cidrs),
+            "trusted_proxies": list(config.bypass.trusted_proxies),
+            "secret": "********" if config.bypass.secret else None,
+            "cookie_ttl": format_duration(config.bypass.cookie_ttl),
+            "insecure_cookie": config.bypass.insecure_cookie,
+        },
+        "hooks": {
+            "on_enter": [list(cmd) for cmd in config.hooks.on_enter],
+            "on_exit": [list(cmd) for cmd in config.hooks.on_exit],
+            "timeout": format_duration(config.hooks.timeout),
+        },
+    }

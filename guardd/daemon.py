@@ -1,0 +1,422 @@
+"""guardd: watch the flags, keep every scope's state in memory, publish it.
+
+One event loop. ``serve()`` is three steps: startup (dirs, state, watcher,
+listeners, READY), the main loop (wait for a signal flag), shutdown (STOPPING,
+close everything, exit 0). Signal handlers only set flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import ClassVar, Protocol
+
+from guardd import __version__
+from guardd.config import Config, describe, load_config
+from guardd.control import ControlServer
+from guardd.errors import ConfigError, GuardError, run_cli
+from guardd.flag import FlagInfo, read_flag
+from guardd.jobs import count_jobs, describe_jobs, find_holders
+from guardd.notify import Notifier, watchdog_interval
+from guardd.paths import DEFAULT_SCOPE, run_lock_path
+from guardd.protocol import status_reply
+from guardd.runlock import ensure_run_locks
+from guardd.state import ScopeStatus, all_statuses, summary
+from guardd.watch import RESCAN, Watcher
+
+log = logging.getLogger("guardd")
+
+# While a scope drains, jobs are recounted this often: a job's end has no file
+# event we can count on (a lock inherited by a child outlives the parent's close).
+DRAIN_RECOUNT_INTERVAL = 0.25
+
+
+class StateListener(Protocol):
+    """A part that answers from the state (HTTP responder, agent-check port)."""
+
+    async def start(self) -> None:
+        """Bind listeners."""
+
+    def update(self, statuses: Mapping[str, ScopeStatus]) -> None:
+        """The state changed: rebuild prebuilt answers."""
+
+    async def reconfigure(self, config: Config) -> None:
+        """A reload brought a new valid config."""
+
+    async def close(self) -> None:
+        """Stop serving."""
+
+    def describe(self) -> str:
+        """One line for the startup log: what it serves where."""
+
+
+def build_listeners(config: Config) -> list[StateListener]:
+    """The HTTP responder and agent-check port, when configured."""
+    listeners: list[StateListener] = []
+    try:
+        from guardd.responders import make_listeners
+    except ImportError:
+        return listeners
+    listeners.extend(make_listeners(config))
+    return listeners
+
+
+class Daemon:
+    """The daemon's shared state and its parts, wired on one event loop."""
+
+    def __init__(self, *, config: Config, config_path: str | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = Notifier()
+        # Current knowledge, kept in memory so that no answer touches the disk.
+        self.flags: dict[str, FlagInfo | None] = {}
+        self.jobs: dict[str, int] = {}
+        self.statuses: dict[str, ScopeStatus] = {}
+        # Signal flags, set by handlers and acted on by the main loop.
+        self.stop_requested = False
+        self.reload_requested = False
+        self.wake = asyncio.Event()
+        # Refresh bookkeeping: what must be re-read, coalesced across bursts.
+        self.dirty_scopes: set[str] = set()
+        self.jobs_dirty = False
+        self.refresh_wanted = asyncio.Event()
+        self.refresher: asyncio.Task[None] | None = None
+        self.drain_timer: asyncio.TimerHandle | None = None
+        self.watchdog_timer: asyncio.TimerHandle | None = None
+        self.watcher: Watcher | None = None
+        self.control: ControlServer | None = None
+        self.listeners: list[StateListener] = []
+
+    # ------------------------------------------------------------------ serve
+
+    async def serve(self) -> None:
+        """Startup, main loop, shutdown."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.startup(loop)
+            await self.main_loop()
+        finally:
+            await self.shutdown(loop)
+
+    async def startup(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the state, start watching, bind the listeners, then say READY."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._request_reload)
+        self._prepare_dirs(self.config)
+        await self._read_everything()
+        self._start_watcher(loop)
+        self.refresher = loop.create_task(self._refresh_loop())
+        self.control = ControlServer(
+            path=self.config.control.socket,
+            mode=self.config.control.mode,
+            group=self.config.control.group,
+            status_reply=self._status_reply,
+            jobs_reply=self._jobs_reply,
+        )
+        await self.control.start()
+        self.listeners = build_listeners(self.config)
+        for listener in self.listeners:
+            await listener.start()
+            listener.update(self.statuses)
+        self._start_watchdog(loop)
+        line = summary(self.statuses)
+        self.notifier.ready(line)
+        where = [f"control socket {self.config.control.socket}"]
+        where += [listener.describe() for listener in self.listeners]
+        log.info(
+            "guardd %s ready (node %s, %s): %s; flags in %s; %s",
+            __version__,
+            self.config.node,
+            self.config.source or "built-in defaults",
+            ", ".join(where),
+            self.config.lock_dir,
+            line,
+        )
+
+    async def main_loop(self) -> None:
+        """Sleep until a signal flag is set; act on it."""
+        while not self.stop_requested:
+            await self.wake.wait()
+            self.wake.clear()
+            if self.reload_requested and not self.stop_requested:
+                self.reload_requested = False
+                await self.reload()
+
+    async def shutdown(self, loop: asyncio.AbstractEventLoop) -> None:
+        """STOPPING=1, then close everything in reverse order of startup."""
+        self.notifier.stopping()
+        log.info("stopping")
+        for timer in (self.watchdog_timer, self.drain_timer):
+            if timer is not None:
+                timer.cancel()
+        for listener in self.listeners:
+            await listener.close()
+        if self.control is not None:
+            await self.control.close()
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.refresher is not None:
+            self.refresher.cancel()
+            await asyncio.gather(self.refresher, return_exceptions=True)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+    # ------------------------------------------------------------------ signals
+
+    def _request_stop(self) -> None:
+        self.stop_requested = True
+        self.wake.set()
+
+    def _request_reload(self) -> None:
+        self.reload_requested = True
+        self.wake.set()
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> None:
+        """SIGHUP: load the config again; keep the old one if the new one is invalid."""
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+            await self._apply_config(new)
+            log.info("configuration reloaded from %s", new.source or "built-in defaults")
+        except GuardError as err:
+            log.error("reload failed, keeping the running configuration: %s", err.message)
+        finally:
+            self.notifier.reloaded()
+
+    async def _apply_config(self, new: Config) -> None:
+        old = self.config
+        self._prepare_dirs(new)
+        if new.control.socket != old.control.socket:
+            raise ConfigError("control.socket cannot change on reload; restart guardd")
+        assert self.control is not None
+        self.control.apply_permissions(mode=new.control.mode, group=new.control.group)
+        self.config = new
+        for listener in self.listeners:
+            await listener.reconfigure(new)
+        if self.watcher is not None:
+            self.watcher.close()
+        self._start_watcher(asyncio.get_running_loop())
+        self.flags = {}
+        await self._read_everything(publish=True)
+
+    # ------------------------------------------------------------------ state
+
+    def _prepare_dirs(self, config: Config) -> None:
+        try:
+            os.makedirs(config.lock_dir, mode=0o755, exist_ok=True)
+            ensure_run_locks(config.runtime_dir, config.scopes)
+        except OSError as err:
+            raise GuardError(
+                f"cannot prepare {err.filename or config.runtime_dir}: {err.strerror}"
+            ) from None
+
+    def _run_locks(self) -> dict[str, str]:
+        return {
+            scope: run_lock_path(self.config.runtime_dir, scope) for scope in self.config.scopes
+        }
+
+    def _read_flags(self, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
+        return {scope: read_flag(self.config.flag_path(scope)) for scope in scopes}
+
+    async def _read_everything(self, *, publish: bool = False) -> None:
+        flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
+        jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+        self.flags = flags
+        self.jobs = jobs
+        if publish:
+            self._publish()
+        else:
+            self.statuses = all_statuses(self.flags, self.jobs)
+            self._schedule_drain_recount()
+
+    def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
+        flag_paths = {self.config.flag_path(scope) for scope in self.config.scopes}
+        self.watcher = Watcher(
+            files=flag_paths,
+            run_dir=self.config.runtime_dir,
+            poll_interval=self.config.poll_interval,
+            on_change=self._on_change,
+        )
+        self.watcher.start(loop)
+
+    def _on_change(self, paths: set[str]) -> None:
+        """From the watcher: mark what must be re-read and wake the refresher."""
+        if RESCAN in paths:
+            self.dirty_scopes.update(self.config.scopes)
+            self.jobs_dirty = True
+        else:
+            run_dir = os.path.abspath(self.config.runtime_dir)
+            for scope in self.config.scopes:
+                if os.path.abspath(self.config.flag_path(scope)) in paths:
+                    self.dirty_scopes.add(scope)
+            if any(os.path.dirname(p) == run_dir and p.endswith(".run") for p in paths):
+                self.jobs_dirty = True
+        if self.dirty_scopes or self.jobs_dirty:
+            self.refresh_wanted.set()
+
+    async def _refresh_loop(self) -> None:
+        """Re-read what changed, off the loop, then publish. Bursts coalesce."""
+        while True:
+            await self.refresh_wanted.wait()
+            self.refresh_wanted.clear()
+            scopes, self.dirty_scopes = sorted(self.dirty_scopes), set()
+            jobs_dirty, self.jobs_dirty = self.jobs_dirty, False
+            try:
+                if scopes:
+                    # Flags first: the flip reaches HTTP answers before jobs are counted.
+                    self.flags.update(await asyncio.to_thread(self._read_flags, scopes))
+                    self._publish()
+                    jobs_dirty = True  # a new flag may start a drain
+                if jobs_dirty:
+                    self.jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+                    self._publish()
+            except Exception:
+                log.exception("refreshing the state failed; retrying on the next change")
+
+    def _publish(self) -> None:
+        """Recompute statuses; tell watchers, listeners and systemd what changed."""
+        new = all_statuses(self.flags, self.jobs)
+        changed = {
+            scope: status for scope, status in new.items() if self.statuses.get(scope) != status
+        }
+        self.statuses = new
+        self._schedule_drain_recount()
+        if not changed:
+            return
+        for status in changed.values():
+            log.info(
+                "scope %s: %s%s",
+                status.scope,
+                status.state,
+                f" ({status.reason})" if status.reason else "",
+            )
+        if self.control is not None:
+            self.control.broadcast(changed)
+        for listener in self.listeners:
+            listener.update(self.statuses)
+        self.notifier.status(summary(self.statuses))
+
+    def _schedule_drain_recount(self) -> None:
+        """Recount jobs on a timer only while a scope drains: no idle wake-ups."""
+        draining = any(s.state == "draining" for s in self.statuses.values())
+        if draining and self.drain_timer is None:
+            loop = asyncio.get_running_loop()
+            self.drain_timer = loop.call_later(DRAIN_RECOUNT_INTERVAL, self._drain_tick)
+
+    def _drain_tick(self) -> None:
+        self.drain_timer = None
+        self.jobs_dirty = True
+        self.refresh_wanted.set()
+
+    # ------------------------------------------------------------------ watchdog
+
+    def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+
+        def ping() -> None:
+            self.notifier.watchdog()
+            self.watchdog_timer = loop.call_later(interval, ping)
+
+        ping()
+
+    # ------------------------------------------------------------------ replies
+
+    def _status_reply(self) -> dict[str, object]:
+        return status_reply(node=self.config.node, version=__version__, statuses=self.statuses)
+
+    async def _jobs_reply(self, scope: str | None) -> dict[str, object]:
+        if scope is not None and scope not in self.config.scopes:
+            known = ", ".join(sorted(self.config.scopes))
+            return {
+                "ok": False,
+                "error": {"code": "bad_request", "message": f"unknown scope {scope!r} ({known})"},
+            }
+        holders = await asyncio.to_thread(find_holders, self._run_locks())
+        jobs = await asyncio.to_thread(describe_jobs, holders)
+        if scope is not None and scope != DEFAULT_SCOPE:
+            jobs = [job for job in jobs if job.scope == scope]
+        return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<N>message``: journald reads the priority from the prefix."""
+
+    PRIORITIES: ClassVar[dict[int, int]] = {
+        logging.CRITICAL: 2,
+        logging.ERROR: 3,
+        logging.WARNING: 4,
+        logging.INFO: 6,
+        logging.DEBUG: 7,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
+
+
+def setup_logging() -> None:
+    """Log to stderr; with journald's priority prefixes when under systemd."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if os.environ.get("GUARDD_DEBUG") else logging.INFO)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run(*, config_path: str | None, check_config: bool) -> int:
+    """Load the config, then either print it (--check-config) or serve until stopped."""
+    config = load_config(config_path)
+    if check_config:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(describe(config), sort_keys=False))
+        return 0
+    setup_logging()
+    daemon = Daemon(config=config, config_path=config_path)
+    asyncio.run(daemon.serve())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(
+        prog="guardd", description="Maintenance-mode guard daemon (runs in the foreground)."
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="YAML config (default: $GUARDD_CONFIG, /etc/guardd/config.yaml, "
+        "else built-in defaults)",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate and print the effective config, then exit 0 or 2",
+    )
+    parser.add_argument("--version", action="version", version=f"guardd {__version__}")
+    args = parser.parse_args(argv)
+    return run_cli("guardd", lambda: run(config_path=args.config, check_config=args.check_config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

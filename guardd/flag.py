@@ -1,0 +1,193 @@
+"""The flag file: read it (never raises on garbage), write it atomically, remove it.
+
+A scope is in maintenance exactly while its flag file exists; the content only adds
+detail (reason, until, since, by).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from guardd.durations import format_time, format_timestamp, parse_time
+
+# Read no more than this: a flag is a few hundred bytes, a huge file is garbage.
+MAX_FLAG_BYTES = 64 * 1024
+MAX_REASON_CHARS = 1000
+MAX_PLAIN_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class FlagInfo:
+    """What a present flag file says. Times are RFC 3339 strings (UTC) or None."""
+
+    reason: str | None
+    until: str | None
+    since: str
+    by: str | None
+
+    def to_json_obj(self) -> dict[str, str | None]:
+        """The JSON object written to a flag file."""
+        return {"reason": self.reason, "until": self.until, "since": self.since, "by": self.by}
+
+
+def clean_text(text: str, *, limit: int) -> str | None:
+    """One line of printable text: control characters (CR, LF, NUL, ...) become spaces.
+
+    Reasons end up in headers, agent lines and pages; nothing in them may break a
+    line or a header, whatever the flag file held.
+    """
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    cleaned = " ".join(cleaned.split())[:limit].strip()
+    return cleaned or None
+
+
+def _json_time(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return format_time(parse_time(value))
+    except (ValueError, OverflowError):
+        return None
+
+
+def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
+    """Interpret a flag file's bytes. Pure; never raises, whatever the bytes."""
+    text = data.decode("utf-8", errors="replace")
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            obj = json.loads(stripped)
+        except (ValueError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            reason = obj.get("reason")
+            by = obj.get("by")
+            return FlagInfo(
+                reason=clean_text(reason, limit=MAX_REASON_CHARS)
+                if isinstance(reason, str)
+                else None,
+                until=_json_time(obj.get("until")),
+                since=_json_time(obj.get("since")) or format_timestamp(mtime),
+                by=clean_text(by, limit=200) if isinstance(by, str) else None,
+            )
+    first_line = stripped.split("\n", 1)[0] if stripped else ""
+    if "\x00" in first_line:
+        first_line = ""  # binary: no sensible reason to show
+    return FlagInfo(
+        reason=clean_text(first_line, limit=MAX_PLAIN_REASON_CHARS),
+        until=None,
+        since=format_timestamp(mtime),
+        by=None,
+    )
+
+
+def read_flag(path: str) -> FlagInfo | None:
+    """The flag at ``path``, or None when it does not exist. Never raises.
+
+    A flag that exists but cannot be read (permissions, a directory) still means
+    "on": existence is the source of truth.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        # Symlink (O_NOFOLLOW), FIFO, permissions...: fall back to whether it exists.
+        try:
+            info = os.stat(path)
+        except OSError:
+            try:
+                info = os.lstat(path)
+            except OSError:
+                return None
+        return FlagInfo(reason=None, until=None, since=format_timestamp(info.st_mtime), by=None)
+    try:
+        info = os.fstat(fd)
+        data = b""
+        try:
+            data = os.read(fd, MAX_FLAG_BYTES)
+        except OSError:
+            pass  # a directory, or I/O error: still present, still "on"
+        return parse_flag_content(data, mtime=info.st_mtime)
+    finally:
+        os.close(fd)
+
+
+def flag_exists(path: str) -> bool:
+    """True when the flag is present. Raises OSError when that cannot be known."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return False
+    return True
+
+
+def make_flag(
+    *, reason: str | None, until: datetime | None, by: str | None, now: datetime
+) -> FlagInfo:
+    """A new flag's content, cleaned the same way as one read from disk."""
+    return FlagInfo(
+        reason=clean_text(reason, limit=MAX_REASON_CHARS) if reason else None,
+        until=format_time(until) if until else None,
+        since=format_time(now),
+        by=by,
+    )
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_flag(path: str, info: FlagInfo) -> None:
+    """Write the flag atomically: temp file in the same directory, fsync, rename, fsync dir.
+
+    A crash at any point leaves the old flag or the new one, never half of one; the
+    temp name never ends in ``.lock``, so a stray one is never read as a flag.
+    Raises OSError on failure, after removing the temp file.
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    payload = (json.dumps(info.to_json_obj(), ensure_ascii=False) + "\n").encode()
+    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            os.fchmod(fd, 0o644)  # readable by every job's user, whatever the umask
+            view = memoryview(payload)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, path)
+    except BaseException:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(directory)
+
+
+def remove_flag(path: str) -> bool:
+    """Remove the flag; True if it was there. Idempotent. Raises OSError on failure."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    try:
+        _fsync_dir(os.path.dirname(path) or ".")
+    except OSError:
+        pass  # the unlink happened; durability of the removal is best effort
+    return True

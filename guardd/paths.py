@@ -1,0 +1,136 @@
+"""Where things live: built-in directories, flag and run-lock paths, scope names.
+
+Lean on purpose (no dataclasses, no yaml): guard-run decides through this module.
+"""
+
+from __future__ import annotations
+
+import os
+
+SCOPE_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
+DEFAULT_SCOPE = "default"
+DEFAULT_CONFIG_PATH = "/etc/guardd/config.yaml"
+CONFIG_ENV = "GUARDD_CONFIG"
+SCOPE_ENV = "GUARD_SCOPE"
+SCOPE_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def is_scope_name(name: str) -> bool:
+    """True when ``name`` matches ``[a-z0-9][a-z0-9_-]{0,63}`` (checked without ``re``)."""
+    return (
+        0 < len(name) <= 64
+        and name[0] not in "_-"
+        and all(char in SCOPE_NAME_CHARS for char in name)
+    )
+
+
+def default_lock_dir() -> str:
+    """Built-in flag directory: /var/lib/guardd for root, the XDG state dir otherwise."""
+    if os.geteuid() == 0:
+        return "/var/lib/guardd"
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state_home, "guardd")
+
+
+def default_runtime_dir() -> str:
+    """Built-in runtime directory: /run/guardd for root, XDG_RUNTIME_DIR or /tmp otherwise."""
+    if os.geteuid() == 0:
+        return "/run/guardd"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "guardd")
+    return f"/tmp/guardd-{os.getuid()}"
+
+
+def find_config_path(explicit: str | None) -> str | None:
+    """``--config``, else ``$GUARDD_CONFIG``, else /etc/guardd/config.yaml if present."""
+    if explicit:
+        return explicit
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return from_env
+    if os.path.exists(DEFAULT_CONFIG_PATH):
+        return DEFAULT_CONFIG_PATH
+    return None
+
+
+def flag_path(lock_dir: str, scope: str) -> str:
+    """The scope's flag file in the lock directory."""
+    return os.path.join(lock_dir, f"{scope}.lock")
+
+
+def fleet_flag_path(lock_dir: str, scope: str) -> str:
+    """Where guardd mirrors the scope's fleet flag, so guard-run stays file-only."""
+    return os.path.join(lock_dir, f"{scope}.fleet.lock")
+
+
+def run_lock_path(runtime_dir: str, scope: str) -> str:
+    """The scope's run lock: guarded jobs hold it shared for their whole life."""
+    return os.path.join(runtime_dir, f"{scope}.run")
+
+
+class RunView:
+    """The few settings guard-run needs, without the cost of loading the full config."""
+
+    __slots__ = ("lock_dir", "runtime_dir", "scope_flags", "skip_code")
+
+    def __init__(
+        self,
+        *,
+        lock_dir: str,
+        runtime_dir: str,
+        scope_flags: dict[str, str],
+        skip_code: int,
+    ) -> None:
+        self.lock_dir = lock_dir
+        self.runtime_dir = runtime_dir
+        # scope name -> its flag path (own lock_file or <lock_dir>/<scope>.lock)
+        self.scope_flags = scope_flags
+        self.skip_code = skip_code
+
+    @classmethod
+    def builtin(cls) -> RunView:
+        """The view of the built-in defaults (no config file)."""
+        lock_dir = default_lock_dir()
+        return cls(
+            lock_dir=lock_dir,
+            runtime_dir=default_runtime_dir(),
+            scope_flags={DEFAULT_SCOPE: flag_path(lock_dir, DEFAULT_SCOPE)},
+            skip_code=0,
+        )
+
+    def to_json_obj(self) -> dict[str, object]:
+        """Plain data for the config cache."""
+        return {
+            "lock_dir": self.lock_dir,
+            "runtime_dir": self.runtime_dir,
+            "scope_flags": dict(self.scope_flags),
+            "skip_code": self.skip_code,
+        }
+
+    @classmethod
+    def from_json_obj(cls, data: object) -> RunView | None:
+        """Rebuild from the cache; None when the data is not exactly what we wrote."""
+        if not isinstance(data, dict):
+            return None
+        lock_dir = data.get("lock_dir")
+        runtime_dir = data.get("runtime_dir")
+        scope_flags = data.get("scope_flags")
+        skip_code = data.get("skip_code")
+        if not (
+            isinstance(lock_dir, str)
+            and isinstance(runtime_dir, str)
+            and isinstance(scope_flags, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in scope_flags.items())
+            and isinstance(skip_code, int)
+            and not isinstance(skip_code, bool)
+        ):
+            return None
+        return cls(
+            lock_dir=lock_dir,
+            runtime_dir=runtime_dir,
+            scope_flags=scope_flags,
+            skip_code=skip_code,
+        )

@@ -1,0 +1,115 @@
+"""The flock protocol: jobs hold run locks shared, a drain takes them exclusive.
+
+guard-run takes the shared locks *then* reads the flags; ``guardctl on --wait``
+writes the flag *then* takes the lock exclusively. Whoever is second sees the
+other. Holders are found from /proc/locks, so jobs need no registration.
+
+The lock-taking half is lean (os and fcntl only): guard-run runs it in front of
+every cron job. The listing half imports psutil lazily.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from collections.abc import Iterable
+
+RUN_LOCK_MODE = 0o644
+
+
+def open_run_lock(path: str, *, create: bool) -> int:
+    """Open a run lock read-only (any user's cron job can), creating it 0644 if asked.
+
+    Raises OSError (FileNotFoundError when it is missing and ``create`` is False).
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags)
+    except FileNotFoundError:
+        if not create:
+            raise
+    fd = os.open(path, flags | os.O_CREAT, RUN_LOCK_MODE)
+    try:
+        os.fchmod(fd, RUN_LOCK_MODE)  # whatever the umask: others must open it too
+    except PermissionError:
+        pass  # created by someone else between our two opens; their mode stands
+    return fd
+
+
+def ensure_run_locks(runtime_dir: str, scopes: Iterable[str]) -> None:
+    """Create the run locks of the configured scopes (guardd and guardctl do this)."""
+    from guardd.paths import run_lock_path
+
+    os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
+    for scope in scopes:
+        os.close(open_run_lock(run_lock_path(runtime_dir, scope), create=True))
+
+
+def lock_shared(fd: int, *, timeout: float) -> bool:
+    """Take a shared lock, retrying while a drain holds it exclusively for a moment.
+
+    Non-blocking tries instead of a blocking flock: anyone who can read the file can
+    also flock it exclusively, and a stuck holder must not hang every cron job for
+    ever. Returns False when ``timeout`` passes without the lock.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+
+def try_exclusive(fd: int) -> bool:
+    """One non-blocking try at the exclusive lock; True when no job holds it shared."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def unlock(fd: int) -> None:
+    """Release whatever lock ``fd`` holds."""
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------- /proc/locks
+
+
+def parse_proc_locks(text: str, inodes: set[int]) -> list[tuple[int, int]]:
+    """(pid, inode) of every granted FLOCK on one of ``inodes``. Pure.
+
+    Lines look like ``1: FLOCK  ADVISORY  READ 3313 fe:00:2146399 0 EOF``; blocked
+    waiters carry ``->`` and hold nothing yet, so they are skipped. The device part
+    is not compared: on overlay and some other file systems it differs from
+    ``stat``'s, and the holder is verified through its file descriptors anyway.
+    """
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK":
+            continue
+        try:
+            pid = int(fields[4])
+            inode = int(fields[5].rsplit(":", 1)[1])
+        except (ValueError, IndexError):
+            continue
+        if inode in inodes:
+            found.append((pid, inode))
+    return found
+
+
+def read_proc_locks() -> str:
+    """The kernel's lock table ("" where /proc is not mounted)."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as stream:
+            return stream.read()
+    except OSError:
+        return ""

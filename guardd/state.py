@@ -1,0 +1,91 @@
+"""Scope states computed from flags and job counts. Pure: the callers do the I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from guardd.flag import FlagInfo
+from guardd.paths import DEFAULT_SCOPE
+
+State = Literal["off", "draining", "on"]
+
+
+@dataclass(frozen=True)
+class ScopeStatus:
+    """Everything the SPEC's five status fields say about one scope."""
+
+    scope: str
+    state: State
+    since: str | None
+    until: str | None
+    reason: str | None
+    jobs: int
+
+    @property
+    def in_maintenance(self) -> bool:
+        """Draining counts: the flag is present, users must see the page."""
+        return self.state != "off"
+
+    def fields(self) -> dict[str, object]:
+        """The five fields of the status reply, in the SPEC's order."""
+        return {
+            "state": self.state,
+            "since": self.since,
+            "until": self.until,
+            "reason": self.reason,
+            "jobs": self.jobs,
+        }
+
+
+def scope_status(
+    scope: str,
+    *,
+    own_flag: FlagInfo | None,
+    default_flag: FlagInfo | None,
+    jobs: int,
+) -> ScopeStatus:
+    """One scope's status. ``default``'s flag puts every scope on; the scope's own
+    flag, when present, is the one whose reason and times are shown."""
+    flag = own_flag if own_flag is not None else default_flag
+    if flag is None:
+        return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=jobs)
+    return ScopeStatus(
+        scope=scope,
+        state="draining" if jobs > 0 else "on",
+        since=flag.since,
+        until=flag.until,
+        reason=flag.reason,
+        jobs=jobs,
+    )
+
+
+def all_statuses(
+    flags: Mapping[str, FlagInfo | None], jobs: Mapping[str, int]
+) -> dict[str, ScopeStatus]:
+    """Every scope's status from its flag (None: absent) and its job count."""
+    default_flag = flags.get(DEFAULT_SCOPE)
+    return {
+        scope: scope_status(
+            scope,
+            own_flag=flag,
+            default_flag=default_flag if scope != DEFAULT_SCOPE else None,
+            jobs=jobs.get(scope, 0),
+        )
+        for scope, flag in sorted(flags.items())
+    }
+
+
+def summary(statuses: Mapping[str, ScopeStatus]) -> str:
+    """One line for systemd's STATUS=: what is in maintenance, and jobs left."""
+    busy = [s for s in statuses.values() if s.in_maintenance]
+    if not busy:
+        return f"all {len(statuses)} scope(s) in service"
+    parts = []
+    for status in busy:
+        text = f"{status.scope} {status.state}"
+        if status.state == "draining":
+            text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
+        parts.append(text)
+    return "maintenance: " + ", ".join(parts)

@@ -1,0 +1,317 @@
+"""Tell the daemon "these files may have changed": inotify on parent directories,
+polling where inotify cannot see (network file systems, watch limits, missing dirs).
+
+The watcher never reads flags itself; it only reports paths, so the daemon reads
+them off the event loop and no request waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import inotify_simple
+from inotify_simple import flags as inflags
+
+log = logging.getLogger(__name__)
+
+# Events that can change whether a file exists or what it holds.
+_FILE_EVENTS = (
+    inflags.CREATE  # touch, open(O_CREAT)
+    | inflags.DELETE  # rm
+    | inflags.MOVED_FROM  # mv away
+    | inflags.MOVED_TO  # atomic rename into place (guardctl on)
+    | inflags.CLOSE_WRITE  # content written
+    | inflags.ATTRIB  # touch of an existing flag (mtime is its "since")
+)
+# Opens and closes of run locks: a job starting or ending (guard-run only reads them).
+_RUN_LOCK_EVENTS = inflags.OPEN | inflags.CLOSE_NOWRITE | inflags.CLOSE_WRITE
+_SELF_GONE = inflags.DELETE_SELF | inflags.MOVE_SELF | inflags.IGNORED | inflags.UNMOUNT
+
+# File systems where changes made elsewhere never reach this kernel's inotify.
+NETWORK_FS = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "ceph",
+        "glusterfs",
+        "9p",
+        "afs",
+        "lustre",
+        "gpfs",
+        "ocfs2",
+        "gfs2",
+        "virtiofs",
+        "beegfs",
+    }
+)
+
+RESCAN = "*"  # reported instead of paths when everything must be re-read
+POLL_ENV = "GUARDD_POLL_ONLY"  # "1": never use inotify (troubleshooting, tests)
+
+
+def parse_mountinfo(text: str) -> list[tuple[str, str]]:
+    """(mount point, fs type) from /proc/self/mountinfo. Pure."""
+    mounts = []
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        point = fields[4].encode().decode("unicode_escape")  # "\040" for spaces
+        mounts.append((point, right.split()[0]))
+    return mounts
+
+
+def fs_type(path: str, mounts: list[tuple[str, str]]) -> str:
+    """The type of the file system holding ``path`` (longest mount-point prefix)."""
+    best, kind = "", ""
+    for point, fstype in mounts:
+        prefix = point.rstrip("/") + "/"
+        if (path == point or path.startswith(prefix) or point == "/") and len(point) >= len(best):
+            best, kind = point, fstype
+    return kind
+
+
+def needs_polling(fstype: str) -> bool:
+    """True where inotify cannot be trusted to see every change."""
+    return fstype in NETWORK_FS or fstype.startswith("fuse.") or fstype == "fuse"
+
+
+def _read_mounts() -> list[tuple[str, str]]:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as stream:
+            return parse_mountinfo(stream.read())
+    except OSError:
+        return []
+
+
+def _signature(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
+
+
+@dataclass
+class _Dir:
+    """One watched directory and the files in it we care about."""
+
+    path: str
+    files: set[str] = field(default_factory=set)  # base names
+    run_locks: bool = False  # this is the runtime dir: report *.run opens and closes
+    wd: int | None = None
+    polled: bool = False
+    why_polled: str = ""
+    signatures: dict[str, tuple[int, int, int, int] | None] = field(default_factory=dict)
+
+
+class Watcher:
+    """Report changed paths to ``on_change`` (a set of paths, or {RESCAN})."""
+
+    def __init__(
+        self,
+        *,
+        files: Iterable[str],
+        run_dir: str,
+        poll_interval: float,
+        on_change: Callable[[set[str]], None],
+    ) -> None:
+        self.poll_interval = poll_interval
+        self.on_change = on_change
+        self.dirs: dict[str, _Dir] = {}
+        for path in files:
+            directory, name = os.path.split(os.path.abspath(path))
+            self.dirs.setdefault(directory, _Dir(directory)).files.add(name)
+        run = os.path.abspath(run_dir)
+        self.dirs.setdefault(run, _Dir(run)).run_locks = True
+        self.by_wd: dict[int, _Dir] = {}
+        self.inotify: inotify_simple.INotify | None = None
+        self.poll_task: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Add the watches (or note why a directory is polled) and hook into ``loop``."""
+        self.loop = loop
+        force_poll = os.environ.get(POLL_ENV) == "1"
+        if not force_poll:
+            try:
+                self.inotify = inotify_simple.INotify(nonblocking=True)
+            except OSError as err:
+                log.warning(
+                    "inotify unavailable (%s): polling every %ss", err.strerror, self.poll_interval
+                )
+        if self.inotify is not None:
+            loop.add_reader(self.inotify.fileno(), self._on_readable)
+        mounts = _read_mounts()
+        for entry in self.dirs.values():
+            if force_poll:
+                self._poll(entry, f"{POLL_ENV}=1 is set")
+                continue
+            kind = fs_type(os.path.realpath(entry.path), mounts)
+            if needs_polling(kind):
+                self._poll(entry, f"it is on {kind}, where inotify misses remote changes")
+                continue
+            self._add_watch(entry)
+        self._schedule_poll()
+
+    def close(self) -> None:
+        """Stop watching."""
+        if self.poll_task is not None:
+            self.poll_task.cancel()
+            self.poll_task = None
+        if self.inotify is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(self.inotify.fileno())
+            self.inotify.close()
+            self.inotify = None
+
+    @property
+    def polled_dirs(self) -> list[str]:
+        """Directories currently watched by polling (for tests and status)."""
+        return sorted(d.path for d in self.dirs.values() if d.polled)
+
+    # ------------------------------------------------------------------ inotify
+
+    def _add_watch(self, entry: _Dir) -> bool:
+        if self.inotify is None:
+            self._poll(entry, "inotify is unavailable")
+            return False
+        mask = _FILE_EVENTS | inflags.DELETE_SELF | inflags.MOVE_SELF | inflags.ONLYDIR
+        if entry.run_locks:
+            mask |= _RUN_LOCK_EVENTS
+        try:
+            wd = self.inotify.add_watch(entry.path, mask)
+        except FileNotFoundError:
+            self._poll(entry, "it does not exist (yet)")
+            return False
+        except OSError as err:
+            # ENOSPC here means the user's inotify watch limit is reached.
+            self._poll(entry, f"inotify cannot watch it ({err.strerror})")
+            return False
+        entry.wd = wd
+        self.by_wd[wd] = entry
+        if entry.polled:
+            log.info("watching %s with inotify again", entry.path)
+        entry.polled = False
+        return True
+
+    def _poll(self, entry: _Dir, why: str) -> None:
+        if not entry.polled or entry.why_polled != why:
+            log.warning("polling %s every %ss: %s", entry.path, self.poll_interval, why)
+        entry.polled = True
+        entry.why_polled = why
+        entry.signatures = {
+            name: _signature(os.path.join(entry.path, name)) for name in entry.files
+        }
+
+    def _on_readable(self) -> None:
+        assert self.inotify is not None
+        try:
+            events = self.inotify.read(timeout=0)
+        except OSError as err:
+            log.error("reading inotify events failed (%s): rescanning", err)
+            self.on_change({RESCAN})
+            return
+        changed: set[str] = set()
+        lost: list[_Dir] = []
+        for event in events:
+            if event.mask & inflags.Q_OVERFLOW:
+                log.warning("inotify queue overflowed: re-reading every flag")
+                changed.add(RESCAN)
+                continue
+            entry = self.by_wd.get(event.wd)
+            if entry is None:
+                continue
+            if event.mask & _SELF_GONE:
+                lost.append(entry)
+                continue
+            name = event.name
+            if name in entry.files or (entry.run_locks and name.endswith(".run")):
+                changed.add(os.path.join(entry.path, name))
+        for entry in lost:
+            self._lost(entry)
+            changed.update(os.path.join(entry.path, name) for name in entry.files)
+            if entry.run_locks:
+                changed.add(RESCAN)
+        if changed:
+            self.on_change(changed)
+        if lost:
+            self._schedule_poll()
+
+    def _lost(self, entry: _Dir) -> None:
+        """The directory was deleted or moved: poll until it is back."""
+        if entry.wd is not None:
+            self.by_wd.pop(entry.wd, None)
+            if self.inotify is not None:
+                try:
+                    self.inotify.rm_watch(entry.wd)
+                except OSError:
+                    pass  # the kernel already dropped it (IN_IGNORED)
+            entry.wd = None
+        # Maybe it is already back (rm -r && mkdir): try at once.
+        if os.path.isdir(entry.path) and self._add_watch(entry):
+            return
+        self._poll(entry, "it was deleted or moved away")
+
+    # ------------------------------------------------------------------ polling
+
+    def _schedule_poll(self) -> None:
+        """Run the poll loop only while some directory needs it: no idle wake-ups."""
+        if self.loop is None or self.poll_task is not None:
+            return
+        if any(entry.polled for entry in self.dirs.values()):
+            self.poll_task = self.loop.create_task(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        try:
+            while any(entry.polled for entry in self.dirs.values()):
+                await asyncio.sleep(self.poll_interval)
+                polled = [entry for entry in self.dirs.values() if entry.polled]
+                changed, back = await asyncio.to_thread(self._poll_once, polled)
+                for entry in back:
+                    if self.inotify is not None and not self._forced() and self._add_watch(entry):
+                        # Changes between the last poll and the new watch: re-read all.
+                        changed.update(os.path.join(entry.path, n) for n in entry.files)
+                        if entry.run_locks:
+                            changed.add(RESCAN)
+                if changed:
+                    self.on_change(changed)
+        finally:
+            self.poll_task = None
+
+    @staticmethod
+    def _forced() -> bool:
+        return os.environ.get(POLL_ENV) == "1"
+
+    @staticmethod
+    def _poll_once(entries: list[_Dir]) -> tuple[set[str], list[_Dir]]:
+        """Stat every polled file (in a worker thread: NFS may be slow)."""
+        changed: set[str] = set()
+        back = []
+        for entry in entries:
+            for name in entry.files:
+                path = os.path.join(entry.path, name)
+                signature = _signature(path)
+                if signature != entry.signatures.get(name):
+                    entry.signatures[name] = signature
+                    changed.add(path)
+            if entry.run_locks:
+                # No open/close events here: let the daemon recount jobs each tick.
+                changed.add(os.path.join(entry.path, ".run"))
+            if entry.why_polled in (
+                "it does not exist (yet)",
+                "it was deleted or moved away",
+            ) and os.path.isdir(entry.path):
+                back.append(entry)
+        return changed, back
