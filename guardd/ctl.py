@@ -1,0 +1,399 @@
+"""guardctl: the operator's tool. Thin CLI over keyword-only core functions.
+
+Everything but ``watch`` works without guardd: the flag files and run locks are the
+source of truth, the daemon only publishes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import socket
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, TextIO
+
+from guardd import __version__
+from guardd.client import ControlClient
+from guardd.config import Config, load_config
+from guardd.drain import THEN_CHOICES, Then, drain
+from guardd.durations import parse_duration, parse_time
+from guardd.errors import (
+    EXIT_DRAIN_TIMEOUT,
+    EXIT_OK,
+    GuardError,
+    Unreachable,
+    UsageError,
+    run_cli,
+)
+from guardd.flag import make_flag, read_flag, remove_flag, write_flag
+from guardd.jobs import Job, count_jobs, list_jobs
+from guardd.paths import DEFAULT_SCOPE, run_lock_path
+from guardd.protocol import status_reply
+from guardd.runlock import ensure_run_locks
+from guardd.state import ScopeStatus, all_statuses
+
+# A daemon that does not answer this fast is treated as absent for `status`.
+STATUS_TIMEOUT = 2.0
+
+
+# --------------------------------------------------------------------------- core
+
+
+def run_locks(config: Config) -> dict[str, str]:
+    """scope -> run lock path, for every configured scope."""
+    return {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
+
+
+def local_status(config: Config) -> dict[str, ScopeStatus]:
+    """Every scope's status from the files themselves (no daemon needed)."""
+    flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
+    return all_statuses(flags, count_jobs(run_locks(config)))
+
+
+def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
+    """The status reply from guardd, or built from the files when it is not running."""
+    if os.path.exists(config.control.socket):
+        try:
+            with ControlClient(config.control.socket, timeout=STATUS_TIMEOUT) as client:
+                reply = client.request({"op": "status"})
+            if reply.get("ok") is True and isinstance(reply.get("scopes"), dict):
+                reply["source"] = "guardd"
+                return reply
+        except Unreachable as problem:
+            err.write(f"guardctl: {problem.message}; reading the flag files instead\n")
+    reply = status_reply(node=config.node, version=__version__, statuses=local_status(config))
+    reply["source"] = "files"
+    return reply
+
+
+def _actor() -> str:
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"{user}@{socket.gethostname()}"
+
+
+def turn_on(
+    *,
+    config: Config,
+    scope: str,
+    reason: str | None,
+    until: datetime | None,
+    now: datetime,
+) -> str:
+    """Write the scope's flag atomically; returns its path. Keeps ``since`` if already on."""
+    path = config.flag_path(scope)
+    existing = read_flag(path)
+    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
+    if existing is not None:
+        info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
+    try:
+        ensure_run_locks(config.runtime_dir, config.scopes)
+    except OSError as err:
+        raise GuardError(
+            f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
+        ) from None
+    try:
+        write_flag(path, info)
+    except OSError as err:
+        raise GuardError(f"cannot write {path}: {err.strerror}") from None
+    return path
+
+
+def turn_off(*, config: Config, scope: str) -> bool:
+    """Remove the scope's flag; True if it was there."""
+    path = config.flag_path(scope)
+    try:
+        return remove_flag(path)
+    except OSError as err:
+        raise GuardError(f"cannot remove {path}: {err.strerror}") from None
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _table(rows: list[list[str]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
+        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
+
+
+def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> None:
+    """Human table of the status reply."""
+    rows = [["SCOPE", "STATE", "SINCE", "UNTIL", "JOBS", "REASON"]]
+    for name in scopes:
+        fields = reply["scopes"].get(name, {})
+        rows.append(
+            [
+                name,
+                _cell(fields.get("state")),
+                _cell(fields.get("since")),
+                _cell(fields.get("until")),
+                _cell(fields.get("jobs")),
+                _cell(fields.get("reason")),
+            ]
+        )
+    _table(rows, out)
+    if reply.get("source") == "files":
+        out.write("(guardd is not running: read from the flag files)\n")
+
+
+def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
+    """Human table of jobs."""
+    if not jobs:
+        out.write("no guarded jobs running\n")
+        return
+    rows = [["PID", "SCOPE", "STARTED", "COMMAND"]]
+    rows += [
+        [str(job.pid), job.scope, _cell(job.started), " ".join(job.cmd) or "?"] for job in jobs
+    ]
+    _table(rows, out)
+
+
+class DrainView:
+    """Shows the jobs still running while draining: rewritten in place on a terminal."""
+
+    def __init__(self, out: TextIO, scope: str) -> None:
+        self.out = out
+        self.scope = scope
+        self.live = out.isatty()
+        self.lines_shown = 0
+
+    def progress(self, jobs: list[Job]) -> None:
+        """Called each time the set of running jobs changes."""
+        if self.live and self.lines_shown:
+            self.out.write(f"\x1b[{self.lines_shown}F\x1b[J")  # up N lines, clear below
+        lines = [f"draining {self.scope}: {len(jobs)} job(s) still running"]
+        lines += [f"  {job.pid:>7}  {job.scope}  {' '.join(job.cmd)[:100]}" for job in jobs]
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self.lines_shown = len(lines)
+
+    def signalled(self, name: str, jobs: list[Job]) -> None:
+        """Called before signalling the remaining jobs."""
+        self.lines_shown = 0
+        pids = ", ".join(str(job.pid) for job in jobs) or "none"
+        self.out.write(f"timeout: sending SIG{name} to the process groups of {pids}\n")
+        self.out.flush()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    scopes = [config.require_scope(name) for name in args.scopes] or sorted(config.scopes)
+    reply = get_status(config, err=sys.stderr)
+    if args.json:
+        reply["scopes"] = {name: reply["scopes"].get(name) for name in scopes}
+        out.write(json.dumps(reply, indent=2) + "\n")
+    else:
+        format_status(reply, scopes, out)
+    return EXIT_OK
+
+
+def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    scope = config.require_scope(args.scope)
+    if not args.wait and (
+        args.timeout is not None or args.then is not None or args.grace is not None
+    ):
+        raise UsageError("--timeout, --then and --grace only go with --wait")
+    now = datetime.now(UTC)
+    until = _until(args, now)
+    path = turn_on(config=config, scope=scope, reason=args.reason, until=until, now=now)
+    what = f"{scope}: maintenance on ({path})"
+    if until is not None:
+        what += f", expected until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+    out.write(what + "\n")
+    out.flush()
+    if not args.wait:
+        return EXIT_OK
+    view = DrainView(out, scope)
+    result = drain(
+        run_lock=run_lock_path(config.runtime_dir, scope),
+        run_locks=run_locks(config),
+        scope=scope,
+        timeout=args.timeout,
+        then=args.then or "wait",
+        grace=args.grace if args.grace is not None else 30.0,
+        on_progress=view.progress,
+        on_signal=view.signalled,
+    )
+    if result.drained:
+        out.write(f"{scope}: drained, no guarded job running\n")
+        return EXIT_OK
+    out.write(f"{scope}: drain timed out; maintenance stays on; still running:\n")
+    format_jobs(result.remaining, out)
+    return EXIT_DRAIN_TIMEOUT
+
+
+def _until(args: argparse.Namespace, now: datetime) -> datetime | None:
+    if args.until is not None and args.for_ is not None:
+        raise UsageError("give --until or --for, not both")
+    if args.for_ is not None:
+        return now + timedelta(seconds=args.for_)
+    if args.until is None:
+        return None
+    try:
+        until = parse_time(args.until)
+    except ValueError as err:
+        raise UsageError(f"--until: {err}") from None
+    if until <= now:
+        raise UsageError(f"--until {args.until} is in the past")
+    return until
+
+
+def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    scope = config.require_scope(args.scope)
+    if turn_off(config=config, scope=scope):
+        out.write(f"{scope}: maintenance off\n")
+    else:
+        out.write(f"{scope}: was not in maintenance\n")
+    if scope != DEFAULT_SCOPE and read_flag(config.flag_path(DEFAULT_SCOPE)) is not None:
+        out.write(
+            f"note: 'default' is still on, so {scope} stays in maintenance (guardctl off default)\n"
+        )
+    return EXIT_OK
+
+
+def cmd_jobs(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    scope = config.require_scope(args.scope) if args.scope else None
+    jobs = list_jobs(run_locks(config), scope)
+    if args.json:
+        out.write(json.dumps({"jobs": [job.to_json_obj() for job in jobs]}, indent=2) + "\n")
+    else:
+        format_jobs(jobs, out)
+    return EXIT_OK
+
+
+def cmd_watch(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    with ControlClient(config.control.socket, timeout=STATUS_TIMEOUT) as client:
+        first = client.request({"op": "watch"})
+        if first.get("ok") is not True:
+            raise Unreachable(f"guardd refused to stream: {first.get('error')}")
+        _emit_watch(first, args.json, out, initial=True)
+        for event in client.stream():
+            _emit_watch(event, args.json, out, initial=False)
+    raise AssertionError("unreachable: the stream only ends with Unreachable")
+
+
+def _emit_watch(message: dict[str, Any], as_json: bool, out: TextIO, *, initial: bool) -> None:
+    if as_json:
+        out.write(json.dumps(message, separators=(",", ":")) + "\n")
+    elif initial:
+        format_status(message, sorted(message.get("scopes", {})), out)
+    else:
+        stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+        reason = f"  ({message.get('reason')})" if message.get("reason") else ""
+        out.write(
+            f"{stamp}  {message.get('scope')}  {message.get('state')}  "
+            f"jobs={message.get('jobs')}{reason}\n"
+        )
+    out.flush()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line through UsageError."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The guardctl command line."""
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        default=argparse.SUPPRESS,
+        help="YAML config (default: $GUARDD_CONFIG, /etc/guardd/config.yaml)",
+    )
+    parser = _Parser(
+        prog="guardctl",
+        parents=[common],
+        description="Put scopes in and out of maintenance; see state and jobs.",
+    )
+    parser.add_argument("--version", action="version", version=f"guardctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    status = sub.add_parser("status", parents=[common], help="every scope's state")
+    status.add_argument("scopes", nargs="*", metavar="SCOPE")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    on = sub.add_parser("on", parents=[common], help="put a scope in maintenance")
+    on.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE")
+    on.add_argument("--reason", metavar="TEXT")
+    on.add_argument("--until", metavar="TIME", help="RFC 3339 time maintenance should end")
+    on.add_argument(
+        "--for", dest="for_", type=_duration, metavar="DUR", help="expected duration (sets until)"
+    )
+    on.add_argument("--wait", action="store_true", help="drain: wait until no job runs")
+    on.add_argument(
+        "--timeout",
+        type=_duration,
+        metavar="DUR",
+        help="with --wait: give up waiting after DUR (default: wait for ever)",
+    )
+    on.add_argument(
+        "--then",
+        choices=THEN_CHOICES,
+        default=None,
+        help="at --timeout: wait (exit 3), term (TERM then KILL), kill",
+    )
+    on.add_argument(
+        "--grace",
+        type=_duration,
+        metavar="DUR",
+        help="with --then term: time between TERM and KILL (default 30s)",
+    )
+    on.set_defaults(func=cmd_on)
+
+    off = sub.add_parser("off", parents=[common], help="end a scope's maintenance")
+    off.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE")
+    off.set_defaults(func=cmd_off)
+
+    jobs = sub.add_parser("jobs", parents=[common], help="running guarded jobs")
+    jobs.add_argument("scope", nargs="?", metavar="SCOPE")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=cmd_jobs)
+
+    watch = sub.add_parser("watch", parents=[common], help="stream state changes from guardd")
+    watch.add_argument("--json", action="store_true")
+    watch.set_defaults(func=cmd_watch)
+    return parser
+
+
+def run(argv: Sequence[str] | None, out: TextIO) -> int:
+    """Parse, load the config, dispatch. Errors propagate as GuardError."""
+    args = build_parser().parse_args(argv)
+    config = load_config(getattr(args, "config", None))
+    code: int = args.func(config, args, out)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    return run_cli("guardctl", lambda: run(argv, sys.stdout))
+
+
+__all__ = ["Then", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Draining: wait until no guarded job of a scope runs, optionally signalling stragglers.
+
+The flag is already written when this runs; taking the run lock exclusively proves
+no job holds it, and any job that starts later reads the flag and does not run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+from guardd.jobs import Job, describe_jobs, find_holders
+from guardd.paths import DEFAULT_SCOPE
+from guardd.runlock import open_run_lock, try_exclusive, unlock
+
+Then = Literal["wait", "term", "kill"]
+THEN_CHOICES: tuple[str, ...] = get_args(Then)
+POLL_INTERVAL = 0.05
+# After SIGKILL, processes vanish within milliseconds; this only bounds a hang
+# (a process stuck in uninterruptible sleep on a dead NFS server, say).
+KILL_SETTLE = 5.0
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """How a drain ended: ``remaining`` is empty when every job is gone."""
+
+    remaining: tuple[Job, ...]
+    signalled: tuple[int, ...] = ()
+
+    @property
+    def drained(self) -> bool:
+        """True when no guarded job of the scope runs."""
+        return not self.remaining
+
+
+def scope_jobs(run_locks: dict[str, str], scope: str) -> list[Job]:
+    """The live jobs holding ``scope``'s run lock (all of them for ``default``)."""
+    holders = find_holders(run_locks)
+    pids = holders.get(scope, set())
+    jobs = [job for job in describe_jobs(holders) if job.pid in pids]
+    if scope != DEFAULT_SCOPE:
+        jobs = [job for job in jobs if job.scope == scope]
+    return jobs
+
+
+def _wait_exclusive(
+    fd: int,
+    *,
+    deadline: float | None,
+    on_progress: Callable[[list[Job]], None],
+    list_jobs: Callable[[], list[Job]],
+) -> bool:
+    """Poll for the exclusive lock until ``deadline``; report the jobs as they change."""
+    last: tuple[int, ...] | None = None
+    next_listing = 0.0
+    while True:
+        if try_exclusive(fd):
+            unlock(fd)
+            return True
+        now = time.monotonic()
+        if now >= next_listing:
+            jobs = list_jobs()
+            key = tuple(job.pid for job in jobs)
+            if key != last:
+                on_progress(jobs)
+                last = key
+            # Listing reads /proc; a few times a second is live enough.
+            next_listing = now + 0.25
+        if deadline is not None and now >= deadline:
+            return False
+        time.sleep(POLL_INTERVAL)
+
+
+def _signal_jobs(jobs: list[Job], signum: int) -> list[int]:
+    """Signal each job's process group (just the process if it shares ours)."""
+    own_group = os.getpgrp()
+    sent = []
+    for job in jobs:
+        try:
+            group = os.getpgid(job.pid)
+            if group == own_group or group <= 1:
+                os.kill(job.pid, signum)
+            else:
+                os.killpg(group, signum)
+            sent.append(job.pid)
+        except ProcessLookupError:
+            continue  # ended on its own meanwhile
+        except PermissionError:
+            continue  # not ours to signal; it stays in the remaining list
+    return sent
+
+
+def drain(
+    *,
+    run_lock: str,
+    run_locks: dict[str, str],
+    scope: str,
+    timeout: float | None,
+    then: Then,
+    grace: float,
+    on_progress: Callable[[list[Job]], None],
+    on_signal: Callable[[str, list[Job]], None],
+) -> DrainResult:
+    """Wait until no job holds ``run_lock``; at ``timeout``, act as ``then`` says."""
+    fd = open_run_lock(run_lock, create=True)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+
+        def listing() -> list[Job]:
+            return scope_jobs(run_locks, scope)
+
+        if _wait_exclusive(fd, deadline=deadline, on_progress=on_progress, list_jobs=listing):
+            return DrainResult(remaining=())
+        remaining = listing()
+        if then == "wait":
+            return DrainResult(remaining=tuple(remaining))
+        signalled: list[int] = []
+        if then == "term":
+            on_signal("TERM", remaining)
+            signalled += _signal_jobs(remaining, signal.SIGTERM)
+            if _wait_exclusive(
+                fd, deadline=time.monotonic() + grace, on_progress=on_progress, list_jobs=listing
+            ):
+                return DrainResult(remaining=(), signalled=tuple(signalled))
+            remaining = listing()
+        on_signal("KILL", remaining)
+        signalled += _signal_jobs(remaining, signal.SIGKILL)
+        if _wait_exclusive(
+            fd, deadline=time.monotonic() + KILL_SETTLE, on_progress=on_progress, list_jobs=listing
+        ):
+            return DrainResult(remaining=(), signalled=tuple(signalled))
+        return DrainResult(remaining=tuple(listing()), signalled=tuple(signalled))
+    finally:
+        os.close(fd)
