@@ -205,7 +205,8 @@ def parse_config_text(raw: bytes | str, *, source: str) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(f"{source}: {where}invalid YAML: {err.problem}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: invalid YAML: {err}") from None
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"{source}: invalid YAML: {first_line}") from None
     except (UnicodeDecodeError, ValueError) as err:
         raise ConfigError(f"{source}: not a text file: {err}") from None
     if data is None:
@@ -287,7 +288,7 @@ def _scopes(top: _Section) -> dict[str, ScopeConfig]:
     if not isinstance(raw, dict):
         raise top.error("scopes", "a mapping of scope names to settings", raw)
     for name, settings in raw.items():
-        key = f"scopes.{name}"
+        key = _Section({}, "scopes", top.source).key(str(name))
         if not isinstance(name, str) or not is_scope_name(name):
             raise ConfigError(
                 _where(
@@ -468,7 +469,8 @@ class _Section:
         self.used: set[str] = set()
 
     def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
+        shown = name if name.isprintable() and name.strip() == name and name else repr(name)
+        return f"{self.prefix}.{shown}" if self.prefix else shown
 
     def error(self, key: str, expected: str, value: object) -> ConfigError:
         return ConfigError(_where(self.source, f"{key}: expected {expected}, got {_kind(value)}"))

@@ -93,8 +93,10 @@ class ControlServer:
         if self.server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.server.wait_closed(), 1.0)
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+            # Only a socket we bound is ours to remove (a refused start must not
+            # delete the live daemon's).
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
     def broadcast(self, changed: Mapping[str, ScopeStatus]) -> None:
         """Send one event line per changed scope to every watcher."""

@@ -62,8 +62,13 @@ def short_tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="gd-", dir="/tmp"))
 
 
-def wait_until(predicate: Any, *, timeout: float = EVENT_TIMEOUT, interval: float = 0.02,
-               what: str = "condition") -> Any:
+def wait_until(
+    predicate: Any,
+    *,
+    timeout: float = EVENT_TIMEOUT,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -115,12 +120,14 @@ class NotifySocket:
 class Guardd:
     """A real guardd subprocess on its own directories, config and sockets."""
 
-    def __init__(self, root: Path, settings: dict[str, Any] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, settings: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.lock_dir = root / "lock"
         self.runtime_dir = root / "run"
         self.config_path = root / "config.yaml"
+        self.log_path = root / "guardd.log"
         self.socket_path = str(self.runtime_dir / "guardd.sock")
         self.settings: dict[str, Any] = {
             "lock_dir": str(self.lock_dir),
@@ -152,18 +159,32 @@ class Guardd:
         return self.lock_dir / f"{scope}.lock"
 
     def start(self, *, wait_ready: bool = True) -> Guardd:
-        self.process = subprocess.Popen(
-            [command("guardd"), "--config", str(self.config_path)],
-            env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
+        seen = len(self.notify.collect())
+        # stderr goes to a file, not a pipe: a pipe nobody reads would fill up and
+        # block guardd's logging in a long test.
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [command("guardd"), "--config", str(self.config_path)],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         if wait_ready:
             try:
-                self.notify.wait_for("READY=1", timeout=START_TIMEOUT)
+                self.notify.wait_for("READY=1", timeout=START_TIMEOUT, after=seen)
             except AssertionError:
                 self.process.kill()
-                _, err = self.process.communicate(timeout=5)
-                raise AssertionError(f"guardd never became ready: {err.decode()}") from None
+                self.process.wait(timeout=5)
+                raise AssertionError(f"guardd never became ready: {self.log()}") from None
         return self
+
+    def log(self) -> str:
+        """Everything guardd wrote to stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -175,16 +196,16 @@ class Guardd:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         try:
-            _, err = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            _, err = self.process.communicate()
-        return self.process.returncode, err.decode(errors="replace")
+            self.process.wait()
+        return self.process.returncode, self.log()
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.communicate()
+            self.process.wait()
         self.notify.close()
 
     # ------------------------------------------------------------------ control socket
