@@ -261,3 +261,11 @@ def test_scopes_as_a_plain_list() -> None:
     """`scopes: [shop, blog]` is accepted as scopes with default settings."""
     config = parse_config_text(b"scopes: [shop, blog]\n", source="t")
     assert sorted(config.scopes) == ["blog", "default", "shop"]
+
+
+def test_example_config_is_valid() -> None:
+    """config.example.yaml, which documents every key, loads as a valid config."""
+    path = Path(__file__).parent.parent / "config.example.yaml"
+    config = load_config(str(path))
+    assert "shop" in config.scopes
+    assert config.http.policy == "withdraw"
