@@ -34,6 +34,8 @@ log = logging.getLogger("guardd")
 # While a scope drains, jobs are recounted this often: a job's end has no file
 # event we can count on (a lock inherited by a child outlives the parent's close).
 DRAIN_RECOUNT_INTERVAL = 0.25
+# Delay between a run lock's open/close event and the recount it triggers.
+JOB_EVENT_DELAY = 0.05
 
 
 class StateListener(Protocol):
@@ -87,6 +89,7 @@ class Daemon:
         self.refresh_wanted = asyncio.Event()
         self.refresher: asyncio.Task[None] | None = None
         self.drain_timer: asyncio.TimerHandle | None = None
+        self.recount_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.watcher: Watcher | None = None
         self.control: ControlServer | None = None
@@ -152,7 +155,7 @@ class Daemon:
         """STOPPING=1, then close everything in reverse order of startup."""
         self.notifier.stopping()
         log.info("stopping")
-        for timer in (self.watchdog_timer, self.drain_timer):
+        for timer in (self.watchdog_timer, self.drain_timer, self.recount_timer):
             if timer is not None:
                 timer.cancel()
         for listener in self.listeners:
@@ -258,9 +261,25 @@ class Daemon:
                 if os.path.abspath(self.config.flag_path(scope)) in paths:
                     self.dirty_scopes.add(scope)
             if any(os.path.dirname(p) == run_dir and p.endswith(".run") for p in paths):
-                self.jobs_dirty = True
+                self._schedule_job_recount()
         if self.dirty_scopes or self.jobs_dirty:
             self.refresh_wanted.set()
+
+    def _schedule_job_recount(self) -> None:
+        """Recount jobs shortly after run-lock activity, not at once.
+
+        guard-run skipping a job during maintenance holds its locks for about a
+        millisecond; counting at once would report a blip of "draining". A short
+        delay also folds a burst of cron starts into one recount.
+        """
+        if self.recount_timer is None:
+            loop = asyncio.get_running_loop()
+            self.recount_timer = loop.call_later(JOB_EVENT_DELAY, self._recount_now)
+
+    def _recount_now(self) -> None:
+        self.recount_timer = None
+        self.jobs_dirty = True
+        self.refresh_wanted.set()
 
     async def _refresh_loop(self) -> None:
         """Re-read what changed, off the loop, then publish. Bursts coalesce."""
