@@ -20,7 +20,7 @@ from guardd import __version__
 from guardd.client import ControlClient
 from guardd.config import Config, load_config
 from guardd.drain import THEN_CHOICES, Then, drain
-from guardd.durations import parse_duration, parse_time
+from guardd.durations import format_duration, format_time, parse_duration, parse_time
 from guardd.errors import (
     EXIT_DRAIN_TIMEOUT,
     EXIT_OK,
@@ -34,6 +34,15 @@ from guardd.jobs import Job, count_jobs, list_jobs
 from guardd.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.protocol import status_reply
 from guardd.runlock import ensure_run_locks
+from guardd.schedule import (
+    Window,
+    locked,
+    new_id,
+    overlaps,
+    read_windows,
+    upcoming,
+    write_windows,
+)
 from guardd.state import ScopeStatus, all_statuses
 
 # A daemon that does not answer this fast is treated as absent for `status`.
@@ -66,8 +75,72 @@ def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
         except Unreachable as problem:
             err.write(f"guardctl: {problem.message}; reading the flag files instead\n")
     reply = status_reply(node=config.node, version=__version__, statuses=local_status(config))
+    reply["upcoming"] = [w.upcoming_obj() for w in upcoming(all_windows(config), datetime.now(UTC))]
     reply["source"] = "files"
     return reply
+
+
+def all_windows(config: Config) -> list[Window]:
+    """Every scope's scheduled windows, read from the schedule files."""
+    return [w for scope in sorted(config.scopes) for w in read_windows(config.lock_dir, scope)]
+
+
+def add_window(
+    *,
+    config: Config,
+    scope: str,
+    at: datetime,
+    duration: float,
+    reason: str | None,
+    notice: float,
+    auto_off: bool,
+    now: datetime,
+) -> Window:
+    """Store a new window for ``scope``; usage errors for a past start or an overlap."""
+    if at <= now:
+        raise UsageError(f"--at {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} is in the past")
+    if duration <= 0:
+        raise UsageError("--for must be longer than 0s")
+    window = Window(
+        id=new_id(),
+        scope=scope,
+        at=format_time(at),
+        end=format_time(at + timedelta(seconds=duration)),
+        reason=reason,
+        notice=notice,
+        auto_off=auto_off,
+    )
+    try:
+        with locked(config.lock_dir):
+            windows = read_windows(config.lock_dir, scope)
+            clash = overlaps(window, windows)
+            if clash is not None:
+                raise UsageError(
+                    f"overlaps window {clash.id} of {scope} ({clash.at} to {clash.end})"
+                )
+            write_windows(config.lock_dir, scope, [*windows, window])
+    except OSError as err:
+        raise GuardError(
+            f"cannot write the schedule in {config.lock_dir}: {err.strerror}"
+        ) from None
+    return window
+
+
+def remove_window(*, config: Config, window_id: str) -> Window:
+    """Remove a window by id from whichever scope has it (a started one leaves the flag)."""
+    try:
+        with locked(config.lock_dir):
+            for scope in config.scopes:
+                windows = read_windows(config.lock_dir, scope)
+                kept = [w for w in windows if w.id != window_id]
+                if len(kept) != len(windows):
+                    write_windows(config.lock_dir, scope, kept)
+                    return next(w for w in windows if w.id == window_id)
+    except OSError as err:
+        raise GuardError(
+            f"cannot change the schedule in {config.lock_dir}: {err.strerror}"
+        ) from None
+    raise UsageError(f"no scheduled window {window_id!r} (see guardctl schedule --list)")
 
 
 def _actor() -> str:
@@ -141,8 +214,48 @@ def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> 
             ]
         )
     _table(rows, out)
+    for window in reply.get("upcoming") or []:
+        out.write(
+            f"upcoming: {window.get('scope')} from {window.get('at')} to "
+            f"{window.get('until')}{_reason_suffix(window.get('reason'))} "
+            f"[{window.get('id')}]\n"
+        )
     if reply.get("source") == "files":
         out.write("(guardd is not running: read from the flag files)\n")
+
+
+def _reason_suffix(reason: object) -> str:
+    return f" ({reason})" if reason else ""
+
+
+def format_windows(windows: Sequence[Window], now: datetime, out: TextIO) -> None:
+    """Human table of scheduled windows."""
+    if not windows:
+        out.write("no scheduled windows\n")
+        return
+    rows = [["ID", "SCOPE", "AT", "UNTIL", "NOTICE", "AUTO-OFF", "STATUS", "REASON"]]
+    for w in windows:
+        if w.done:
+            state = "done"
+        elif w.started:
+            state = "started"
+        elif now.timestamp() >= w.at_time.timestamp() - w.notice:
+            state = "announced"
+        else:
+            state = "scheduled"
+        rows.append(
+            [
+                w.id,
+                w.scope,
+                w.at,
+                w.end,
+                format_duration(w.notice),
+                "yes" if w.auto_off else "no",
+                state,
+                _cell(w.reason),
+            ]
+        )
+    _table(rows, out)
 
 
 def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
@@ -190,6 +303,8 @@ class DrainView:
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     scopes = [config.require_scope(name) for name in args.scopes] or sorted(config.scopes)
     reply = get_status(config, err=sys.stderr)
+    if args.scopes:
+        reply["upcoming"] = [w for w in reply.get("upcoming") or [] if w.get("scope") in scopes]
     if args.json:
         reply["scopes"] = {name: reply["scopes"].get(name) for name in scopes}
         out.write(json.dumps(reply, indent=2) + "\n")
@@ -269,6 +384,70 @@ def cmd_jobs(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         out.write(json.dumps({"jobs": [job.to_json_obj() for job in jobs]}, indent=2) + "\n")
     else:
         format_jobs(jobs, out)
+    return EXIT_OK
+
+
+def cmd_schedule(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    now = datetime.now(UTC)
+    if args.list:
+        if args.at is not None or args.for_ is not None:
+            raise UsageError("--list takes no --at or --for")
+        windows = all_windows(config)
+        if args.scope:
+            scope = config.require_scope(args.scope)
+            windows = [w for w in windows if w.scope == scope]
+        if args.json:
+            out.write(json.dumps({"windows": [_window_json(w) for w in windows]}, indent=2) + "\n")
+        else:
+            format_windows(windows, now, out)
+        return EXIT_OK
+    scope = config.require_scope(args.scope or DEFAULT_SCOPE)
+    if args.at is None or args.for_ is None:
+        raise UsageError("schedule needs --at TIME and --for DUR (or --list)")
+    try:
+        at = parse_time(args.at)
+    except ValueError as err:
+        raise UsageError(f"--at: {err}") from None
+    window = add_window(
+        config=config,
+        scope=scope,
+        at=at,
+        duration=args.for_,
+        reason=args.reason,
+        notice=args.notice if args.notice is not None else 24 * 3600.0,
+        auto_off=args.auto_off,
+        now=now,
+    )
+    out.write(
+        f"scheduled {window.id}: {scope} from {window.at} to {window.end}, announced "
+        f"{format_duration(window.notice)} before"
+        f"{', ends by itself' if window.auto_off else ''}\n"
+    )
+    return EXIT_OK
+
+
+def _window_json(window: Window) -> dict[str, object]:
+    return {
+        "id": window.id,
+        "scope": window.scope,
+        "at": window.at,
+        "until": window.end,
+        "reason": window.reason,
+        "notice": window.notice,
+        "auto_off": window.auto_off,
+        "started": window.started,
+        "done": window.done,
+    }
+
+
+def cmd_unschedule(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    window = remove_window(config=config, window_id=args.id)
+    note = (
+        "; maintenance it started stays on (guardctl off)"
+        if window.started and not window.done
+        else ""
+    )
+    out.write(f"unscheduled {window.id} ({window.scope} from {window.at}){note}\n")
     return EXIT_OK
 
 
@@ -373,6 +552,29 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("scope", nargs="?", metavar="SCOPE")
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(func=cmd_jobs)
+
+    schedule = sub.add_parser(
+        "schedule", parents=[common], help="plan a maintenance window (or --list them)"
+    )
+    schedule.add_argument("scope", nargs="?", metavar="SCOPE")
+    schedule.add_argument("--at", metavar="TIME", help="RFC 3339 start time")
+    schedule.add_argument(
+        "--for", dest="for_", type=_duration, metavar="DUR", help="length of the window"
+    )
+    schedule.add_argument("--reason", metavar="TEXT")
+    schedule.add_argument(
+        "--notice", type=_duration, metavar="DUR", help="announce it this long before (default 24h)"
+    )
+    schedule.add_argument(
+        "--auto-off", action="store_true", help="end maintenance at the end of the window"
+    )
+    schedule.add_argument("--list", action="store_true", help="list the windows")
+    schedule.add_argument("--json", action="store_true", help="with --list: JSON")
+    schedule.set_defaults(func=cmd_schedule)
+
+    unschedule = sub.add_parser("unschedule", parents=[common], help="remove a window")
+    unschedule.add_argument("id", metavar="ID")
+    unschedule.set_defaults(func=cmd_unschedule)
 
     watch = sub.add_parser("watch", parents=[common], help="stream state changes from guardd")
     watch.add_argument("--json", action="store_true")

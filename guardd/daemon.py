@@ -13,19 +13,33 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
 from guardd import __version__
 from guardd.config import Config, describe, load_config
 from guardd.control import ControlServer
 from guardd.errors import ConfigError, GuardError, run_cli
-from guardd.flag import FlagInfo, read_flag
+from guardd.flag import FlagInfo, read_flag, remove_flag, write_flag
+from guardd.hooks import HookRunner, transitions
 from guardd.jobs import count_jobs, describe_jobs, find_holders
 from guardd.notify import Notifier, watchdog_interval
 from guardd.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.protocol import status_reply
 from guardd.runlock import ensure_run_locks
+from guardd.schedule import (
+    Window,
+    due_steps,
+    locked,
+    mark,
+    next_wakeup,
+    read_windows,
+    schedule_path,
+    upcoming,
+    write_windows,
+)
 from guardd.state import ScopeStatus, all_statuses, summary
 from guardd.watch import RESCAN, Watcher
 
@@ -77,6 +91,8 @@ class Daemon:
         self.notifier = Notifier()
         # Current knowledge, kept in memory so that no answer touches the disk.
         self.flags: dict[str, FlagInfo | None] = {}
+        self.published_flags: dict[str, FlagInfo | None] = {}  # as of the last publish
+        self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
         self.statuses: dict[str, ScopeStatus] = {}
         # Signal flags, set by handlers and acted on by the main loop.
@@ -86,6 +102,8 @@ class Daemon:
         # Refresh bookkeeping: what must be re-read, coalesced across bursts.
         self.dirty_scopes: set[str] = set()
         self.jobs_dirty = False
+        self.schedule_dirty = False
+        self.schedule_timer: asyncio.TimerHandle | None = None
         self.refresh_wanted = asyncio.Event()
         self.refresher: asyncio.Task[None] | None = None
         self.drain_timer: asyncio.TimerHandle | None = None
@@ -94,6 +112,7 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.control: ControlServer | None = None
         self.listeners: list[StateListener] = []
+        self.hooks = HookRunner(config.hooks)
 
     # ------------------------------------------------------------------ serve
 
@@ -115,6 +134,8 @@ class Daemon:
         await self._read_everything()
         self._start_watcher(loop)
         self.refresher = loop.create_task(self._refresh_loop())
+        self.schedule_dirty = True  # a start missed while guardd was down happens now
+        self.refresh_wanted.set()
         self.control = ControlServer(
             path=self.config.control.socket,
             mode=self.config.control.mode,
@@ -155,7 +176,12 @@ class Daemon:
         """STOPPING=1, then close everything in reverse order of startup."""
         self.notifier.stopping()
         log.info("stopping")
-        for timer in (self.watchdog_timer, self.drain_timer, self.recount_timer):
+        for timer in (
+            self.watchdog_timer,
+            self.drain_timer,
+            self.recount_timer,
+            self.schedule_timer,
+        ):
             if timer is not None:
                 timer.cancel()
         for listener in self.listeners:
@@ -167,6 +193,7 @@ class Daemon:
         if self.refresher is not None:
             self.refresher.cancel()
             await asyncio.gather(self.refresher, return_exceptions=True)
+        await self.hooks.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
 
@@ -202,6 +229,8 @@ class Daemon:
         assert self.control is not None
         self.control.apply_permissions(mode=new.control.mode, group=new.control.group)
         self.config = new
+        self.hooks.reconfigure(new.hooks)
+        self.schedule_dirty = True
         for listener in self.listeners:
             await listener.reconfigure(new)
         if self.watcher is not None:
@@ -238,10 +267,12 @@ class Daemon:
             self._publish()
         else:
             self.statuses = all_statuses(self.flags, self.jobs)
+            self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
 
     def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
         flag_paths = {self.config.flag_path(scope) for scope in self.config.scopes}
+        flag_paths |= {schedule_path(self.config.lock_dir, scope) for scope in self.config.scopes}
         self.watcher = Watcher(
             files=flag_paths,
             run_dir=self.config.runtime_dir,
@@ -262,7 +293,11 @@ class Daemon:
                     self.dirty_scopes.add(scope)
             if any(os.path.dirname(p) == run_dir and p.endswith(".run") for p in paths):
                 self._schedule_job_recount()
-        if self.dirty_scopes or self.jobs_dirty:
+            if any(p.endswith(".schedule.json") for p in paths):
+                self.schedule_dirty = True
+        if RESCAN in paths:
+            self.schedule_dirty = True
+        if self.dirty_scopes or self.jobs_dirty or self.schedule_dirty:
             self.refresh_wanted.set()
 
     def _schedule_job_recount(self) -> None:
@@ -288,7 +323,12 @@ class Daemon:
             self.refresh_wanted.clear()
             scopes, self.dirty_scopes = sorted(self.dirty_scopes), set()
             jobs_dirty, self.jobs_dirty = self.jobs_dirty, False
+            schedule_dirty, self.schedule_dirty = self.schedule_dirty, False
             try:
+                if schedule_dirty:
+                    self.windows = await asyncio.to_thread(self._run_schedule)
+                    self._arm_schedule_timer()
+                    self._publish(force=True)
                 if scopes:
                     # Flags first: the flip reaches HTTP answers before jobs are counted.
                     self.flags.update(await asyncio.to_thread(self._read_flags, scopes))
@@ -300,15 +340,25 @@ class Daemon:
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
 
-    def _publish(self) -> None:
-        """Recompute statuses; tell watchers, listeners and systemd what changed."""
+    def _publish(self, *, force: bool = False) -> None:
+        """Recompute statuses; tell watchers, listeners, hooks and systemd what changed.
+
+        ``force`` updates the listeners even without a state change (the upcoming
+        windows they show changed).
+        """
         new = all_statuses(self.flags, self.jobs)
         changed = {
             scope: status for scope, status in new.items() if self.statuses.get(scope) != status
         }
+        calls = transitions(self.statuses, new, self.published_flags, self.flags)
         self.statuses = new
+        self.published_flags = dict(self.flags)
         self._schedule_drain_recount()
+        self.hooks.fire(calls)
         if not changed:
+            if force:
+                for listener in self.listeners:
+                    listener.update(self.statuses)
             return
         for status in changed.values():
             log.info(
@@ -335,6 +385,97 @@ class Daemon:
         self.jobs_dirty = True
         self.refresh_wanted.set()
 
+    # ------------------------------------------------------------------ schedule
+
+    def _run_schedule(self) -> dict[str, list[Window]]:
+        """Carry out due windows (worker thread); return every scope's windows."""
+        now = datetime.now(UTC)
+        result: dict[str, list[Window]] = {}
+        with locked(self.config.lock_dir):
+            for scope in self.config.scopes:
+                windows = read_windows(self.config.lock_dir, scope)
+                steps = due_steps(windows, now)
+                for step in steps:
+                    done = self._carry_out(step.action, step.window)
+                    windows = [done if w.id == done.id else w for w in windows]
+                if steps:
+                    write_windows(self.config.lock_dir, scope, windows)
+                result[scope] = windows
+        return result
+
+    def _carry_out(self, action: str, window: Window) -> Window:
+        path = self.config.flag_path(window.scope)
+        if action == "start":
+            if read_flag(path) is not None:
+                log.info(
+                    "window %s of %s starts; the flag is already there, left as is",
+                    window.id,
+                    window.scope,
+                )
+                return mark(window, started=True)
+            info = FlagInfo(
+                reason=window.reason, until=window.end, since=window.at, by=window.marker
+            )
+            write_flag(path, info)
+            log.info(
+                "window %s of %s started: maintenance on until %s",
+                window.id,
+                window.scope,
+                window.end,
+            )
+            return mark(window, started=True, wrote_flag=True)
+        if window.auto_off and window.wrote_flag:
+            current = read_flag(path)
+            if current is not None and current.by == window.marker:
+                remove_flag(path)
+                log.info(
+                    "window %s of %s ended: maintenance off (auto-off)", window.id, window.scope
+                )
+            else:
+                log.info(
+                    "window %s of %s ended; the flag was changed or removed by an "
+                    "operator, left as is",
+                    window.id,
+                    window.scope,
+                )
+        elif not window.started:
+            log.warning(
+                "window %s of %s was missed entirely (guardd was not running); "
+                "not entering maintenance after its end",
+                window.id,
+                window.scope,
+            )
+        else:
+            log.info(
+                "window %s of %s reached its end; maintenance stays on until an "
+                "operator ends it (no auto-off)",
+                window.id,
+                window.scope,
+            )
+        return mark(window, done=True)
+
+    def _arm_schedule_timer(self) -> None:
+        """Wake up at the next notice, start or end (at most an hour ahead: clocks move)."""
+        if self.schedule_timer is not None:
+            self.schedule_timer.cancel()
+            self.schedule_timer = None
+        all_windows = [w for windows in self.windows.values() for w in windows]
+        wakeup = next_wakeup(all_windows, datetime.now(UTC))
+        if wakeup is None:
+            return
+        delay = min(max(wakeup.timestamp() - time.time(), 0.0) + 0.01, 3600.0)
+        self.schedule_timer = asyncio.get_running_loop().call_later(delay, self._schedule_tick)
+
+    def _schedule_tick(self) -> None:
+        self.schedule_timer = None
+        self.schedule_dirty = True
+        self.refresh_wanted.set()
+
+    def upcoming(self) -> list[dict[str, object]]:
+        """Windows within their notice period (for the status reply and the page)."""
+        all_windows = [w for windows in self.windows.values() for w in windows]
+        return [w.upcoming_obj() for w in upcoming(all_windows, datetime.now(UTC))]
+
     # ------------------------------------------------------------------ watchdog
 
     def _start_watchdog(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -351,7 +492,9 @@ class Daemon:
     # ------------------------------------------------------------------ replies
 
     def _status_reply(self) -> dict[str, object]:
-        return status_reply(node=self.config.node, version=__version__, statuses=self.statuses)
+        reply = status_reply(node=self.config.node, version=__version__, statuses=self.statuses)
+        reply["upcoming"] = self.upcoming()
+        return reply
 
     async def _jobs_reply(self, scope: str | None) -> dict[str, object]:
         if scope is not None and scope not in self.config.scopes:

@@ -1,0 +1,233 @@
+"""Scheduled maintenance windows: the file format, its atomic update, and the pure plan.
+
+Windows live in ``<lock_dir>/<scope>.schedule.json``. guardctl adds and removes them
+(no daemon needed); guardd announces them from ``at - notice``, writes the flag at
+``at`` (never over an existing one) and, only with ``auto_off``, removes the flag it
+wrote at the end. guardd records each window as started and done in the file, so a
+restart neither misses a start nor re-enters a window an operator ended.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Literal
+
+from guardd.durations import format_time, parse_time
+
+SCHEDULE_SUFFIX = ".schedule.json"
+MUTEX_NAME = ".schedule.mutex"  # dot-file: never mistaken for a flag or a schedule
+BY_PREFIX = "guardd schedule "
+
+
+@dataclass(frozen=True)
+class Window:
+    """One maintenance window of one scope."""
+
+    id: str
+    scope: str
+    at: str  # RFC 3339 (UTC)
+    end: str
+    reason: str | None
+    notice: float  # seconds before `at` from which the window is announced
+    auto_off: bool
+    started: bool = False
+    done: bool = False
+    wrote_flag: bool = False  # guardd wrote the flag at the start (auto-off may remove it)
+
+    @property
+    def at_time(self) -> datetime:
+        return parse_time(self.at)
+
+    @property
+    def end_time(self) -> datetime:
+        return parse_time(self.end)
+
+    @property
+    def marker(self) -> str:
+        """The flag's `by` when guardd wrote it for this window."""
+        return BY_PREFIX + self.id
+
+    def upcoming_obj(self) -> dict[str, object]:
+        """How the window is announced (status reply, /maintenance.json)."""
+        return {
+            "id": self.id,
+            "scope": self.scope,
+            "at": self.at,
+            "until": self.end,
+            "reason": self.reason,
+        }
+
+
+def schedule_path(lock_dir: str, scope: str) -> str:
+    """The scope's schedule file."""
+    return os.path.join(lock_dir, f"{scope}{SCHEDULE_SUFFIX}")
+
+
+def new_id() -> str:
+    """A short, unguessable-enough id for operators to type."""
+    return secrets.token_hex(4)
+
+
+# --------------------------------------------------------------------------- file I/O
+
+
+def _window_from(obj: object, scope: str) -> Window | None:
+    if not isinstance(obj, dict):
+        return None
+    try:
+        window = Window(
+            id=str(obj["id"]),
+            scope=scope,
+            at=format_time(parse_time(str(obj["at"]))),
+            end=format_time(parse_time(str(obj["end"]))),
+            reason=obj.get("reason") if isinstance(obj.get("reason"), str) else None,
+            notice=float(obj.get("notice", 0)),
+            auto_off=bool(obj.get("auto_off", False)),
+            started=bool(obj.get("started", False)),
+            done=bool(obj.get("done", False)),
+            wrote_flag=bool(obj.get("wrote_flag", False)),
+        )
+    except (KeyError, ValueError, TypeError):
+        return None
+    return window
+
+
+def read_windows(lock_dir: str, scope: str) -> list[Window]:
+    """The scope's windows; a missing or damaged file reads as none (never raises)."""
+    try:
+        with open(schedule_path(lock_dir, scope), encoding="utf-8", errors="replace") as stream:
+            data = json.loads(stream.read(1024 * 1024))
+    except (OSError, ValueError, RecursionError):
+        return []
+    items = data.get("windows") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return []
+    windows = [w for w in (_window_from(item, scope) for item in items) if w is not None]
+    return sorted(windows, key=lambda w: w.at)
+
+
+def write_windows(lock_dir: str, scope: str, windows: list[Window]) -> None:
+    """Replace the scope's schedule file atomically (temp file, fsync, rename)."""
+    path = schedule_path(lock_dir, scope)
+    payload = {
+        "windows": [
+            {k: v for k, v in asdict(w).items() if k != "scope"}
+            for w in sorted(windows, key=lambda w: w.at)
+        ]
+    }
+    temp = f"{path}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            json.dump(payload, stream, indent=1)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.rename(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+@contextlib.contextmanager
+def locked(lock_dir: str) -> Iterator[None]:
+    """Serialise read-modify-write of schedule files between guardctl and guardd."""
+    os.makedirs(lock_dir, mode=0o755, exist_ok=True)
+    fd = os.open(os.path.join(lock_dir, MUTEX_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- pure plan
+
+
+def overlaps(new: Window, existing: list[Window]) -> Window | None:
+    """The first not-done window of the same scope whose time overlaps ``new``."""
+    for window in existing:
+        if window.done:
+            continue
+        if new.at_time < window.end_time and window.at_time < new.end_time:
+            return window
+    return None
+
+
+Action = Literal["start", "finish"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """What guardd must do now for one window."""
+
+    action: Action
+    window: Window
+
+
+def due_steps(windows: list[Window], now: datetime) -> list[Step]:
+    """Steps due at ``now``: start windows whose time has come, finish those past their end.
+
+    A window whose start was missed entirely (guardd down for its whole span) is
+    finished without starting: entering maintenance after the fact would surprise.
+    """
+    steps = []
+    for window in windows:
+        if window.done:
+            continue
+        if now >= window.end_time:
+            steps.append(Step("finish", window))
+        elif now >= window.at_time and not window.started:
+            steps.append(Step("start", window))
+    return steps
+
+
+def next_wakeup(windows: list[Window], now: datetime) -> datetime | None:
+    """The next moment something changes: a notice begins, a window starts or ends."""
+    moments = []
+    for window in windows:
+        if window.done:
+            continue
+        for moment in (window.at_time, window.end_time):
+            if moment > now:
+                moments.append(moment)
+        notice_start = window.at_time.timestamp() - window.notice
+        if notice_start > now.timestamp():
+            moments.append(datetime.fromtimestamp(notice_start, now.tzinfo))
+    return min(moments) if moments else None
+
+
+def upcoming(windows: list[Window], now: datetime) -> list[Window]:
+    """Windows to announce: within their notice period and not yet started."""
+    return [
+        w
+        for w in windows
+        if not w.done
+        and not w.started
+        and now < w.at_time
+        and now.timestamp() >= w.at_time.timestamp() - w.notice
+    ]
+
+
+def mark(
+    window: Window,
+    *,
+    started: bool | None = None,
+    done: bool | None = None,
+    wrote_flag: bool | None = None,
+) -> Window:
+    """A copy of ``window`` with its bookkeeping flags changed."""
+    return replace(
+        window,
+        started=window.started if started is None else started,
+        done=window.done if done is None else done,
+        wrote_flag=window.wrote_flag if wrote_flag is None else wrote_flag,
+    )

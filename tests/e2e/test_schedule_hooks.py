@@ -1,0 +1,203 @@
+"""Scheduled windows and transition hooks, with the real guardd and guardctl."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from guardd.durations import format_time
+from guardd.schedule import Window, read_windows, write_windows
+from tests.helpers import Guardd, command, wait_until
+
+MakeGuardd = Callable[..., Guardd]
+
+
+def ctl(daemon: Guardd, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GUARDD_CONFIG": str(daemon.config_path)}
+    return subprocess.run(
+        [command("guardctl"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def at(seconds: float) -> str:
+    return format_time(datetime.now(UTC) + timedelta(seconds=seconds))
+
+
+def shop_state(daemon: Guardd) -> str:
+    return str(daemon.request({"op": "status"})["scopes"]["shop"]["state"])
+
+
+def test_window_is_announced_started_and_auto_ended(make_guardd: MakeGuardd) -> None:
+    """A window shows as upcoming, writes the flag at its start and removes it at its end."""
+    daemon = make_guardd({"scopes": {"shop": None}}).start()
+    result = ctl(
+        daemon,
+        "schedule",
+        "shop",
+        "--at",
+        at(3),
+        "--for",
+        "2s",
+        "--reason",
+        "kernel update",
+        "--notice",
+        "1h",
+        "--auto-off",
+    )
+    assert result.returncode == 0, result.stderr
+    window_id = result.stdout.split()[1].rstrip(":")
+    status = daemon.request({"op": "status"})
+    assert [w["id"] for w in status["upcoming"]] == [window_id]
+    assert status["upcoming"][0]["reason"] == "kernel update"
+    listed = json.loads(ctl(daemon, "schedule", "--list", "--json").stdout)["windows"]
+    assert listed[0]["id"] == window_id and listed[0]["auto_off"] is True
+    assert "upcoming: shop" in ctl(daemon, "status").stdout
+    wait_until(lambda: shop_state(daemon) == "on", timeout=15, what="window start")
+    flag = json.loads(daemon.flag("shop").read_text())
+    assert flag["reason"] == "kernel update" and flag["by"] == f"guardd schedule {window_id}"
+    assert daemon.request({"op": "status"})["upcoming"] == []
+    wait_until(lambda: shop_state(daemon) == "off", timeout=15, what="auto-off at the end")
+    windows = read_windows(str(daemon.lock_dir), "shop")
+    assert windows[0].started and windows[0].done
+
+
+def test_without_auto_off_maintenance_stays_on(make_guardd: MakeGuardd) -> None:
+    """Without --auto-off the end of the window leaves maintenance on for the operator."""
+    daemon = make_guardd({"scopes": {"shop": None}}).start()
+    assert ctl(daemon, "schedule", "shop", "--at", at(1.5), "--for", "1s").returncode == 0
+    wait_until(
+        lambda: read_windows(str(daemon.lock_dir), "shop")[0].done, timeout=15, what="window done"
+    )
+    assert shop_state(daemon) == "on"
+
+
+def test_start_never_overwrites_an_existing_flag(make_guardd: MakeGuardd) -> None:
+    """An operator's flag present at the window's start is left as it is, even at auto-off."""
+    daemon = make_guardd({"scopes": {"shop": None}}).start()
+    daemon.flag("shop").write_text('{"reason": "operator"}')
+    assert (
+        ctl(daemon, "schedule", "shop", "--at", at(1.5), "--for", "1s", "--auto-off").returncode
+        == 0
+    )
+    wait_until(
+        lambda: read_windows(str(daemon.lock_dir), "shop")[0].done, timeout=15, what="window done"
+    )
+    assert json.loads(daemon.flag("shop").read_text()) == {"reason": "operator"}
+
+
+def test_restart_starts_a_missed_window_but_not_one_an_operator_ended(
+    make_guardd: MakeGuardd,
+) -> None:
+    """A start missed while guardd was down happens at startup; an ended one is not re-entered."""
+    daemon = make_guardd({"scopes": {"shop": None, "blog": None}})
+    now = datetime.now(UTC)
+    daemon.lock_dir.mkdir(parents=True)
+
+    def window(scope: str, *, started: bool) -> Window:
+        return Window(
+            id=f"{scope}1",
+            scope=scope,
+            at=format_time(now - timedelta(minutes=5)),
+            end=format_time(now + timedelta(hours=1)),
+            reason="planned",
+            notice=3600,
+            auto_off=True,
+            started=started,
+            wrote_flag=started,
+        )
+
+    write_windows(str(daemon.lock_dir), "shop", [window("shop", started=False)])
+    # blog's window started earlier and an operator has since removed the flag.
+    write_windows(str(daemon.lock_dir), "blog", [window("blog", started=True)])
+    daemon.start()
+    wait_until(lambda: shop_state(daemon) == "on", what="missed start carried out")
+    assert daemon.request({"op": "status"})["scopes"]["blog"]["state"] == "off"
+    assert not daemon.flag("blog").exists()
+
+
+def test_schedule_usage_errors(make_guardd: MakeGuardd) -> None:
+    """A past --at, an overlap or a missing --for is exit 2; unknown ids too."""
+    daemon = make_guardd({"scopes": {"shop": None}})
+    assert ctl(daemon, "schedule", "shop", "--at", at(-60), "--for", "1h").returncode == 2
+    assert ctl(daemon, "schedule", "shop", "--at", at(3600), "--for", "1h").returncode == 0
+    clash = ctl(daemon, "schedule", "shop", "--at", at(5400), "--for", "1h")
+    assert clash.returncode == 2 and "overlaps window" in clash.stderr
+    assert ctl(daemon, "schedule", "shop", "--at", at(3600)).returncode == 2
+    assert ctl(daemon, "unschedule", "nope").returncode == 2
+
+
+def test_unschedule_removes_the_window(make_guardd: MakeGuardd) -> None:
+    """unschedule ID removes a window; --list no longer shows it."""
+    daemon = make_guardd({"scopes": {"shop": None}})
+    out = ctl(daemon, "schedule", "shop", "--at", at(3600), "--for", "1h").stdout
+    window_id = out.split()[1].rstrip(":")
+    assert ctl(daemon, "unschedule", window_id).returncode == 0
+    assert ctl(daemon, "schedule", "--list").stdout.strip() == "no scheduled windows"
+
+
+def test_hooks_run_with_environment_in_order(make_guardd: MakeGuardd, tmp_short: Path) -> None:
+    """on_enter and on_exit run in order with GUARD_* set; a failing hook blocks nothing."""
+    log = tmp_short / "hooks.log"
+    record = [
+        "sh",
+        "-c",
+        f'echo "$0 $GUARD_SCOPE $GUARD_STATE $GUARD_REASON $GUARD_UNTIL" >> {log}',
+    ]
+    daemon = make_guardd(
+        {
+            "scopes": {"shop": None},
+            "hooks": {
+                "on_enter": [
+                    [*record[:2], record[2], "enter1"],
+                    ["false"],
+                    [*record[:2], record[2], "enter2"],
+                ],
+                "on_exit": [[*record[:2], record[2], "exit"]],
+            },
+        }
+    ).start()
+    daemon.flag("shop").write_text('{"reason": "db", "until": "2099-01-01T00:00:00Z"}')
+    wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2, what="enter hooks")
+    daemon.flag("shop").unlink()
+    wait_until(lambda: log.read_text().count("\n") >= 3, what="exit hook")
+    assert log.read_text().splitlines() == [
+        "enter1 shop on db 2099-01-01T00:00:00Z",
+        "enter2 shop on db 2099-01-01T00:00:00Z",
+        "exit shop off  ",
+    ]
+    _, err = daemon.stop()
+    assert "on_enter hook 'false' for shop failed with exit status 1" in err
+
+
+def test_hook_timeout_kills_it_and_states_found_at_start_fire_nothing(
+    make_guardd: MakeGuardd, tmp_short: Path
+) -> None:
+    """A hook past hooks.timeout is killed and logged; a flag present at start fires nothing."""
+    marker = tmp_short / "fired"
+    daemon = make_guardd(
+        {
+            "hooks": {"timeout": "0.5", "on_enter": [["sleep", "30"], ["touch", str(marker)]]},
+        }
+    )
+    daemon.lock_dir.mkdir(parents=True)
+    daemon.flag().touch()
+    daemon.start()
+    daemon.notify.wait_for("READY=1")
+    assert not marker.exists()
+    daemon.flag().unlink()
+    wait_until(
+        lambda: daemon.request({"op": "status"})["scopes"]["default"]["state"] == "off", what="off"
+    )
+    daemon.flag().touch()
+    wait_until(marker.exists, what="hook after the timed-out one")
+    _, err = daemon.stop()
+    assert "timed out after 0.5s and was killed" in err
