@@ -1,0 +1,302 @@
+"""Lifecycle of the load-balancer answers: bind, serve, follow the state, reload, close.
+
+The protocols live in http.py and agent.py; this module turns them into the
+daemon's ``StateListener``s. Sockets are bound (and listening) in ``start()`` but
+served only from the first ``update()``, so that no client is ever answered from a
+state that was not yet read: early connections wait in the kernel's backlog.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+from guardd.agent import AgentConnection, AgentShared
+from guardd.config import Config, ListenAddress
+from guardd.errors import GuardError
+from guardd.http import HttpConnection, HttpSettings, HttpShared, scope_status
+from guardd.state import ScopeStatus
+
+if TYPE_CHECKING:
+    from guardd.daemon import StateListener
+
+log = logging.getLogger(__name__)
+
+# Pending connections the kernel may queue (capped by net.core.somaxconn): a burst
+# of visitors must not be refused while the loop is busy for a moment.
+BACKLOG = 1024
+# A page_template larger than this is not a maintenance page.
+MAX_TEMPLATE_BYTES = 1024 * 1024
+
+ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+def bind_sockets(address: ListenAddress) -> list[socket.socket]:
+    """Listening, non-blocking sockets for one address; raises OSError.
+
+    ``:PORT`` binds IPv6 (v6-only) and IPv4 separately, so each family works
+    without the other, and a host without IPv6 still gets IPv4. A host name binds
+    every address it resolves to.
+    """
+    if address.host == "":
+        candidates = [(socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")]
+    else:
+        infos = socket.getaddrinfo(
+            address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        candidates = list(dict.fromkeys((info[0], str(info[4][0])) for info in infos))
+    bound: list[socket.socket] = []
+    port = address.port
+    try:
+        for family, host in candidates:
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as err:
+                if address.host == "" and err.errno == errno.EAFNOSUPPORT:
+                    continue  # no IPv6 in this kernel
+                raise
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind((host, port))
+                sock.listen(BACKLOG)
+                sock.setblocking(False)
+            except OSError as err:
+                sock.close()
+                if (
+                    address.host == ""
+                    and family == socket.AF_INET6
+                    and err.errno
+                    in (
+                        errno.EAFNOSUPPORT,
+                        errno.EADDRNOTAVAIL,
+                    )
+                ):
+                    continue  # IPv6 disabled on this host
+                raise
+            bound.append(sock)
+            port = sock.getsockname()[1]  # ":0": the same port for both families
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _sockname(server: asyncio.Server) -> list[str]:
+    names = []
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        names.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return names
+
+
+class Endpoints:
+    """The servers on one list of listen addresses, rebound on reload by difference."""
+
+    def __init__(self, key: str, factory: ProtocolFactory) -> None:
+        self.key = key  # the config key, for messages: "http.listen"
+        self.factory = factory
+        self.servers: dict[ListenAddress, list[asyncio.Server]] = {}
+        self.serving = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def _bind(self, address: ListenAddress) -> list[asyncio.Server]:
+        loop = asyncio.get_running_loop()
+        sockets = bind_sockets(address)
+        servers = []
+        try:
+            for sock in sockets:
+                servers.append(
+                    await loop.create_server(self.factory, sock=sock, start_serving=self.serving)
+                )
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return servers
+
+    async def bind(self, addresses: tuple[ListenAddress, ...]) -> None:
+        """Bind every address; a failure is one clear error naming the address."""
+        for index, address in enumerate(addresses):
+            if address in self.servers:
+                continue
+            try:
+                self.servers[address] = await self._bind(address)
+            except OSError as err:
+                reason = err.strerror or str(err)
+                raise GuardError(
+                    f"{self.key}[{index}]: cannot listen on {address}: {reason}"
+                ) from None
+
+    def start_serving(self) -> None:
+        """Begin accepting (once the first state is known)."""
+        if self.serving:
+            return
+        self.serving = True
+        for servers in self.servers.values():
+            for server in servers:
+                task = asyncio.get_running_loop().create_task(server.start_serving())
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    async def rebind(self, addresses: tuple[ListenAddress, ...]) -> None:
+        """Follow a reload: keep unchanged addresses, close removed ones, bind new ones.
+
+        A new address that cannot be bound is logged and skipped: the rest of the
+        reload must still take effect.
+        """
+        for address in [a for a in self.servers if a not in addresses]:
+            for server in self.servers.pop(address):
+                server.close()
+        for index, address in enumerate(addresses):
+            if address in self.servers:
+                continue
+            try:
+                self.servers[address] = await self._bind(address)
+            except OSError as err:
+                log.error("%s[%d]: cannot listen on %s: %s", self.key, index, address, err.strerror)
+
+    async def close(self) -> None:
+        """Stop accepting on every address."""
+        servers = [server for group in self.servers.values() for server in group]
+        self.servers = {}
+        for server in servers:
+            server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        for server in servers:
+            await server.wait_closed()
+
+    def names(self) -> list[str]:
+        """Bound addresses as ``host:port`` (the real port when 0 was asked for)."""
+        return [name for group in self.servers.values() for s in group for name in _sockname(s)]
+
+
+async def read_template(path: str) -> str:
+    """page_template's text, read off the event loop; raises GuardError."""
+
+    def read() -> str:
+        with open(path, "rb") as stream:
+            data = stream.read(MAX_TEMPLATE_BYTES + 1)
+        if len(data) > MAX_TEMPLATE_BYTES:
+            raise GuardError(f"http.page_template: {path} is larger than 1 MiB")
+        return data.decode("utf-8", errors="replace")
+
+    try:
+        return await asyncio.to_thread(read)
+    except OSError as err:
+        raise GuardError(f"http.page_template: cannot read {path}: {err.strerror}") from None
+
+
+class HttpListener:
+    """The HTTP health responder and maintenance page, as a daemon StateListener."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.statuses: Mapping[str, ScopeStatus] = {}
+        settings = HttpSettings.from_config(config, None)
+        self.shared = HttpShared(settings, scope_status({}, settings.scope))
+        loop_getter = asyncio.get_running_loop
+        self.endpoints = Endpoints(
+            "http.listen", lambda: HttpConnection(self.shared, loop_getter())
+        )
+
+    async def _settings(self, config: Config, *, strict: bool) -> HttpSettings:
+        template = None
+        path = config.http.page_template
+        if path is not None and config.http.listen:
+            try:
+                template = await read_template(path)
+            except GuardError as err:
+                if strict:
+                    raise
+                log.error("%s; serving the built-in page", err.message)
+        return HttpSettings.from_config(config, template)
+
+    async def start(self) -> None:
+        settings = await self._settings(self.config, strict=True)
+        self.shared.publish(settings, scope_status(self.statuses, settings.scope))
+        await self.endpoints.bind(self.config.http.listen)
+
+    def update(self, statuses: Mapping[str, ScopeStatus]) -> None:
+        self.statuses = statuses
+        settings = self.shared.settings
+        status = scope_status(statuses, settings.scope)
+        if status != self.shared.answers.status:
+            self.shared.publish(settings, status)
+        self.endpoints.start_serving()
+
+    async def reconfigure(self, config: Config) -> None:
+        settings = await self._settings(config, strict=False)
+        self.config = config
+        self.shared.publish(settings, scope_status(self.statuses, settings.scope))
+        await self.endpoints.rebind(config.http.listen)
+
+    async def close(self) -> None:
+        await self.endpoints.close()
+        self.shared.close_all()
+
+    def describe(self) -> str:
+        names = self.endpoints.names()
+        if not names:
+            return "HTTP responder off"
+        http = self.config.http
+        return f"HTTP on {', '.join(names)} (scope {http.scope}, policy {http.policy})"
+
+
+class AgentListener:
+    """The HAProxy agent-check port, as a daemon StateListener."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.statuses: Mapping[str, ScopeStatus] = {}
+        self.shared = AgentShared()
+        loop_getter = asyncio.get_running_loop
+        self.endpoints = Endpoints(
+            "agent.listen", lambda: AgentConnection(self.shared, loop_getter())
+        )
+
+    def _publish(self) -> None:
+        config = self.config
+        status = scope_status(self.statuses, config.agent.scope)
+        self.shared.publish(status, config.http.policy, config.agent.withdraw_as)
+
+    async def start(self) -> None:
+        self._publish()
+        await self.endpoints.bind(self.config.agent.listen)
+
+    def update(self, statuses: Mapping[str, ScopeStatus]) -> None:
+        self.statuses = statuses
+        self._publish()
+        self.endpoints.start_serving()
+
+    async def reconfigure(self, config: Config) -> None:
+        self.config = config
+        self._publish()
+        await self.endpoints.rebind(config.agent.listen)
+
+    async def close(self) -> None:
+        await self.endpoints.close()
+        self.shared.close_all()
+
+    def describe(self) -> str:
+        names = self.endpoints.names()
+        if not names:
+            return "agent-check off"
+        agent = self.config.agent
+        where = ", ".join(names)
+        return f"agent-check on {where} (scope {agent.scope}, maintenance: {agent.withdraw_as})"
+
+
+def make_listeners(config: Config) -> list[StateListener]:
+    """Both responders when either is configured (so a reload can turn the other on),
+    none when neither is."""
+    if not config.http.listen and not config.agent.listen:
+        return []
+    return [HttpListener(config), AgentListener(config)]
