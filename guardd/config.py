@@ -251,13 +251,9 @@ def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
                 "(the etcd cluster to read the fleet's state from)",
             )
         )
-    if http.policy == "fleet" or fleet.endpoints:
+    if http.policy == "fleet":
         raise ConfigError(
-            _where(
-                source,
-                "fleet mode (http.policy: fleet, fleet.endpoints) "
-                "is not available in this version of guardd",
-            )
+            _where(source, "http.policy: 'fleet' is not available in this version of guardd")
         )
 
     return Config(
@@ -346,7 +342,7 @@ def _agent(top: _Section, scopes: Mapping[str, ScopeConfig], http_scope: str) ->
 def _fleet(top: _Section) -> FleetConfig:
     section = top.section("fleet")
     result = FleetConfig(
-        endpoints=section.string_list("endpoints", default=()),
+        endpoints=section.string_list("endpoints", default=(), item_check=_endpoint),
         prefix=section.string(
             "prefix",
             default="/guardd",
@@ -399,6 +395,16 @@ def _hooks(top: _Section) -> HooksConfig:
 def _url_path(value: str) -> str | None:
     if not value.startswith("/") or any(c.isspace() for c in value):
         return "a URL path starting with '/'"
+    return None
+
+
+def _endpoint(value: str) -> str | None:
+    from guardd.etcd import parse_endpoint
+
+    try:
+        parse_endpoint(value)
+    except ValueError:
+        return "an etcd endpoint such as http://127.0.0.1:2379"
     return None
 
 

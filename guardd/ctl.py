@@ -30,6 +30,7 @@ from guardd.errors import (
     run_cli,
 )
 from guardd.flag import make_flag, read_flag, remove_flag, write_flag
+from guardd.fleetd import mirror_exists
 from guardd.jobs import Job, count_jobs, list_jobs
 from guardd.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.protocol import status_reply
@@ -301,6 +302,15 @@ class DrainView:
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    if args.fleet:
+        from guardd import fleetctl
+
+        data = fleetctl.fleet_status(config=config)
+        if args.json:
+            out.write(json.dumps(data, indent=2) + "\n")
+        else:
+            fleetctl.format_fleet(data, out)
+        return EXIT_OK
     scopes = [config.require_scope(name) for name in args.scopes] or sorted(config.scopes)
     reply = get_status(config, err=sys.stderr)
     if args.scopes:
@@ -321,6 +331,8 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         raise UsageError("--timeout, --then and --grace only go with --wait")
     now = datetime.now(UTC)
     until = _until(args, now)
+    if args.fleet:
+        return _fleet_on(config, args, scope=scope, until=until, now=now, out=out)
     path = turn_on(config=config, scope=scope, reason=args.reason, until=until, now=now)
     what = f"{scope}: maintenance on ({path})"
     if until is not None:
@@ -348,6 +360,46 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_DRAIN_TIMEOUT
 
 
+def _fleet_on(
+    config: Config,
+    args: argparse.Namespace,
+    *,
+    scope: str,
+    until: datetime | None,
+    now: datetime,
+    out: TextIO,
+) -> int:
+    from guardd import fleetctl
+
+    if args.then is not None or args.grace is not None:
+        raise UsageError(
+            "--then and --grace do not go with --fleet (other hosts' jobs are out of reach)"
+        )
+    info = make_flag(reason=args.reason, until=until, by=_actor(), now=now)
+    revision = fleetctl.fleet_on(config=config, scope=scope, info=info)
+    out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
+    out.flush()
+    if not args.wait:
+        return EXIT_OK
+
+    def progress(pending: list[str]) -> None:
+        if pending:
+            out.write(f"draining {scope} on {len(pending)} node(s): {', '.join(pending)}\n")
+            out.flush()
+
+    pending = fleetctl.fleet_wait(
+        config=config, scope=scope, revision=revision, timeout=args.timeout, on_progress=progress
+    )
+    if not pending:
+        out.write(f"{scope}: every live node reports it drained\n")
+        return EXIT_OK
+    out.write(
+        f"{scope}: fleet drain timed out; maintenance stays on; still draining: "
+        f"{', '.join(pending)}\n"
+    )
+    return EXIT_DRAIN_TIMEOUT
+
+
 def _until(args: argparse.Namespace, now: datetime) -> datetime | None:
     if args.until is not None and args.for_ is not None:
         raise UsageError("give --until or --for, not both")
@@ -366,6 +418,12 @@ def _until(args: argparse.Namespace, now: datetime) -> datetime | None:
 
 def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     scope = config.require_scope(args.scope)
+    if args.fleet:
+        from guardd import fleetctl
+
+        removed = fleetctl.fleet_off(config=config, scope=scope)
+        out.write(f"{scope}: fleet maintenance {'off' if removed else 'was not on'}\n")
+        return EXIT_OK
     if turn_off(config=config, scope=scope):
         out.write(f"{scope}: maintenance off\n")
     else:
@@ -373,6 +431,11 @@ def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     if scope != DEFAULT_SCOPE and read_flag(config.flag_path(DEFAULT_SCOPE)) is not None:
         out.write(
             f"note: 'default' is still on, so {scope} stays in maintenance (guardctl off default)\n"
+        )
+    if mirror_exists(config, scope):
+        out.write(
+            f"note: the fleet flag of {scope} is still on and was left alone "
+            f"(guardctl off {scope} --fleet)\n"
         )
     return EXIT_OK
 
@@ -514,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="every scope's state")
     status.add_argument("scopes", nargs="*", metavar="SCOPE")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--fleet", action="store_true", help="every node's states from etcd")
     status.set_defaults(func=cmd_status)
 
     on = sub.add_parser("on", parents=[common], help="put a scope in maintenance")
@@ -524,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--for", dest="for_", type=_duration, metavar="DUR", help="expected duration (sets until)"
     )
     on.add_argument("--wait", action="store_true", help="drain: wait until no job runs")
+    on.add_argument(
+        "--fleet",
+        action="store_true",
+        help="write the fleet flag in etcd (every node of the fleet)",
+    )
     on.add_argument(
         "--timeout",
         type=_duration,
@@ -546,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     off = sub.add_parser("off", parents=[common], help="end a scope's maintenance")
     off.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE")
+    off.add_argument("--fleet", action="store_true", help="remove the fleet flag in etcd")
     off.set_defaults(func=cmd_off)
 
     jobs = sub.add_parser("jobs", parents=[common], help="running guarded jobs")

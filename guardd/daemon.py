@@ -23,6 +23,7 @@ from guardd.config import Config, describe, load_config
 from guardd.control import ControlServer
 from guardd.errors import ConfigError, GuardError, run_cli
 from guardd.flag import FlagInfo, read_flag, remove_flag, write_flag
+from guardd.fleetd import FleetAgent, mirror_paths
 from guardd.hooks import HookRunner, transitions
 from guardd.jobs import count_jobs, describe_jobs, find_holders
 from guardd.notify import Notifier, watchdog_interval
@@ -113,6 +114,7 @@ class Daemon:
         self.control: ControlServer | None = None
         self.listeners: list[StateListener] = []
         self.hooks = HookRunner(config.hooks)
+        self.fleet: FleetAgent | None = None
 
     # ------------------------------------------------------------------ serve
 
@@ -144,6 +146,7 @@ class Daemon:
             jobs_reply=self._jobs_reply,
         )
         await self.control.start()
+        self._start_fleet()
         self.listeners = build_listeners(self.config)
         for listener in self.listeners:
             await listener.start()
@@ -184,6 +187,8 @@ class Daemon:
         ):
             if timer is not None:
                 timer.cancel()
+        if self.fleet is not None:
+            await self.fleet.close()  # revokes the lease: the node leaves the fleet at once
         for listener in self.listeners:
             await listener.close()
         if self.control is not None:
@@ -231,6 +236,11 @@ class Daemon:
         self.config = new
         self.hooks.reconfigure(new.hooks)
         self.schedule_dirty = True
+        if new.fleet != old.fleet or new.node != old.node or new.scopes != old.scopes:
+            if self.fleet is not None:
+                await self.fleet.close()
+                self.fleet = None
+            self._start_fleet()
         for listener in self.listeners:
             await listener.reconfigure(new)
         if self.watcher is not None:
@@ -256,7 +266,37 @@ class Daemon:
         }
 
     def _read_flags(self, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
-        return {scope: read_flag(self.config.flag_path(scope)) for scope in scopes}
+        """Each scope's effective flag: its own, else its mirrored fleet flag."""
+        mirrors = mirror_paths(self.config)
+        flags = {}
+        for scope in scopes:
+            flag = read_flag(self.config.flag_path(scope))
+            if flag is None and scope in mirrors:
+                flag = read_flag(mirrors[scope])
+            flags[scope] = flag
+        return flags
+
+    # ------------------------------------------------------------------ fleet
+
+    def _start_fleet(self) -> None:
+        if not self.config.fleet.endpoints:
+            return
+        self.fleet = FleetAgent(
+            config=self.config,
+            statuses=lambda: self.statuses,
+            mirror_written=self._mirror_written,
+            view_changed=self._fleet_view_changed,
+        )
+        self.fleet.start()
+
+    async def _mirror_written(self, scope: str) -> None:
+        """The fleet agent updated a mirror file: take it in before reporting it applied."""
+        self.flags.update(await asyncio.to_thread(self._read_flags, [scope]))
+        self._publish()
+
+    def _fleet_view_changed(self) -> None:
+        for listener in self.listeners:
+            listener.update(self.statuses)
 
     async def _read_everything(self, *, publish: bool = False) -> None:
         flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
@@ -273,6 +313,7 @@ class Daemon:
     def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
         flag_paths = {self.config.flag_path(scope) for scope in self.config.scopes}
         flag_paths |= {schedule_path(self.config.lock_dir, scope) for scope in self.config.scopes}
+        flag_paths |= set(mirror_paths(self.config).values())
         self.watcher = Watcher(
             files=flag_paths,
             run_dir=self.config.runtime_dir,
@@ -291,6 +332,11 @@ class Daemon:
             for scope in self.config.scopes:
                 if os.path.abspath(self.config.flag_path(scope)) in paths:
                     self.dirty_scopes.add(scope)
+            for scope, mirror in mirror_paths(self.config).items():
+                if os.path.abspath(mirror) in paths:
+                    self.dirty_scopes.add(scope)
+                    if self.fleet is not None:
+                        self.fleet.mirror_touched(scope)  # restore it if deleted by hand
             if any(os.path.dirname(p) == run_dir and p.endswith(".run") for p in paths):
                 self._schedule_job_recount()
             if any(p.endswith(".schedule.json") for p in paths):
@@ -372,6 +418,8 @@ class Daemon:
         for listener in self.listeners:
             listener.update(self.statuses)
         self.notifier.status(summary(self.statuses))
+        if self.fleet is not None:
+            self.fleet.local_changed()
 
     def _schedule_drain_recount(self) -> None:
         """Recount jobs on a timer only while a scope drains: no idle wake-ups."""
