@@ -15,6 +15,7 @@ from guardd.flag import FlagInfo, parse_flag_content
 from guardd.fleet import NodeRecord, decode_node, parse_key, pending_nodes, scope_key
 
 POLL_INTERVAL = 0.1
+RETRY_FOR = 5.0  # seconds: longer than an etcd leader election, short for an operator
 T = TypeVar("T")
 
 
@@ -24,13 +25,26 @@ def _require_fleet(config: Config) -> None:
 
 
 def _run(operation: Callable[[Etcd], Awaitable[T]], config: Config) -> T:
-    """Run one fleet operation; etcd trouble becomes exit 4."""
+    """Run one fleet operation; etcd trouble becomes exit 4.
+
+    Operations are idempotent (puts of the same flag, deletes, reads), so a failure
+    is retried on the next endpoint until RETRY_FOR has passed: a cluster that just
+    lost its leader answers "request timed out" until it has elected a new one.
+    """
 
     async def body() -> T:
+        deadline = time.monotonic() + RETRY_FOR
         etcd = Etcd(config.fleet.endpoints, timeout=3.0)
         try:
-            await etcd.connect()
-            return await operation(etcd)
+            while True:
+                try:
+                    await etcd.connect()
+                    return await operation(etcd)
+                except EtcdUnavailable:
+                    await etcd.close()
+                    if time.monotonic() >= deadline:
+                        raise
+                    await asyncio.sleep(0.2)
         finally:
             await etcd.close()
 
