@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import subprocess
 import time
@@ -77,10 +76,8 @@ class EtcdCluster:
         for member in [name] if name else self.names:
             url = f"http://127.0.0.1:{self.client_ports[member]}/health"
             while True:
-                with contextlib.suppress(OSError, ValueError):
-                    with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
-                        if b'"true"' in response.read():
-                            break
+                if _healthy(url):
+                    break
                 if time.monotonic() > deadline:
                     raise AssertionError(f"etcd member {member} never became healthy")
                 time.sleep(0.1)
@@ -95,3 +92,11 @@ class EtcdCluster:
 
     def close(self) -> None:
         self.stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as response:
+            return b'"true"' in response.read()
+    except (OSError, ValueError):
+        return False
