@@ -6,8 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from tests.helpers import EVENT_TIMEOUT, wait_until
@@ -172,10 +175,69 @@ def wait_listening(port: int, host: str = "127.0.0.1", timeout: float = EVENT_TI
 
 def write_flag(path: Any, content: dict[str, Any] | str) -> None:
     """Write a flag file atomically (temp file + rename), as guardctl does."""
-    from pathlib import Path
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f".{target.name}.{time.monotonic_ns()}.tmp")
     temp.write_text(content if isinstance(content, str) else json.dumps(content))
     temp.rename(target)
+
+
+class StandInApp:
+    """The application behind a load balancer, in a thread: "APP OK" on every path
+    (200), so a test can tell the app's answers from guardd's."""
+
+    BODY = b"APP OK\n"
+
+    def __init__(self) -> None:
+        body = self.BODY
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet: the test output is for the test."""
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                """Health checkers reset their connections; that is not news."""
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port: int = self.server.server_address[1]
+        self.thread: threading.Thread | None = None
+
+    def __enter__(self) -> StandInApp:
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop answering: the port refuses connections afterwards."""
+        if self.thread is not None:
+            self.server.shutdown()
+            self.thread.join(timeout=10)
+            self.thread = None
+        self.server.server_close()
+
+
+def template(source: Any, replacements: dict[str, str]) -> str:
+    """An example file's text with literal values replaced; each must occur in it
+    (so an example that drifts from its test fails loudly)."""
+    text = Path(source).read_text()
+    for old, new in replacements.items():
+        assert old in text, f"{old!r} is no longer in {source}"
+        text = text.replace(old, new)
+    return text
