@@ -162,20 +162,31 @@ class Endpoints:
             except OSError as err:
                 log.error("%s[%d]: cannot listen on %s: %s", self.key, index, address, err.strerror)
 
-    async def close(self) -> None:
-        """Stop accepting on every address."""
+    def stop(self) -> list[asyncio.Server]:
+        """Stop accepting on every address; return the servers to wait for."""
         servers = [server for group in self.servers.values() for server in group]
         self.servers = {}
         for server in servers:
             server.close()
         for task in list(self.tasks):
             task.cancel()
-        for server in servers:
-            await server.wait_closed()
+        return servers
 
     def names(self) -> list[str]:
         """Bound addresses as ``host:port`` (the real port when 0 was asked for)."""
         return [name for group in self.servers.values() for s in group for name in _sockname(s)]
+
+
+async def _close(endpoints: Endpoints, close_connections: Callable[[], None]) -> None:
+    """Stop accepting, cut open connections, then wait for the servers.
+
+    In that order: since Python 3.12 ``wait_closed()`` also waits for every open
+    connection, and an idle keep-alive would hold shutdown up until its timeout.
+    """
+    servers = endpoints.stop()
+    close_connections()
+    for server in servers:
+        await server.wait_closed()
 
 
 async def read_template(path: str) -> str:
@@ -239,8 +250,7 @@ class HttpListener:
         await self.endpoints.rebind(config.http.listen)
 
     async def close(self) -> None:
-        await self.endpoints.close()
-        self.shared.close_all()
+        await _close(self.endpoints, self.shared.close_all)
 
     def describe(self) -> str:
         names = self.endpoints.names()
@@ -282,8 +292,7 @@ class AgentListener:
         await self.endpoints.rebind(config.agent.listen)
 
     async def close(self) -> None:
-        await self.endpoints.close()
-        self.shared.close_all()
+        await _close(self.endpoints, self.shared.close_all)
 
     def describe(self) -> str:
         names = self.endpoints.names()

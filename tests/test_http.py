@@ -705,3 +705,15 @@ def test_parse_head_paths() -> None:
 def test_prefers_json(accept: bytes, expected: bool) -> None:
     """Content negotiation ranks application/json against text/html by q, then specificity."""
     assert prefers_json(accept) is expected
+
+
+def test_reload_turns_http_on(make_guardd: Callable[..., Guardd]) -> None:
+    """With only the agent port at start, a reload can turn the HTTP responder on."""
+    agent_port, http_port = free_port(), free_port()
+    daemon = make_guardd({"agent": {"listen": [f"127.0.0.1:{agent_port}"]}}).start()
+    daemon.settings["http"] = {"listen": [f"127.0.0.1:{http_port}"]}
+    daemon.write_config()
+    seen = len(daemon.notify.collect())
+    daemon.signal(signal.SIGHUP)
+    daemon.notify.wait_for("READY=1", after=seen)
+    assert get(http_port, "/healthz").json()["status"] == "pass"
