@@ -39,6 +39,10 @@ MAX_HEAD = 8192
 LINGER_SECONDS = 5.0
 # Distinct Accept headers remembered; browsers send a handful of them.
 ACCEPT_CACHE_SIZE = 512
+# Answers to pipelined requests are written in batches of about this size, so that
+# flow control (pause_writing) stops a client that sends without reading before
+# its answers pile up in memory.
+FLUSH_BYTES = 65536
 STATUS_PATH = b"/maintenance.json"
 BYPASS_PREFIX = b"/.guardd/"
 
@@ -566,6 +570,7 @@ class HttpConnection(asyncio.Protocol):
         pos = 0
         size = len(data)
         heads = 0
+        pending = 0
         while pos < size:
             if self.body_left:
                 skipped = min(self.body_left, size - pos)
@@ -596,11 +601,17 @@ class HttpConnection(asyncio.Protocol):
                 return
             pos = after
             heads += 1
-            out.append(answers.wire(self._route(path, accept), head_only, persist, now))
+            answer = answers.wire(self._route(path, accept), head_only, persist, now)
+            out.append(answer)
             if persist is _CLOSE:
                 self._finish(out)
                 return
             self.body_left = body_length
+            pending += len(answer)
+            if pending >= FLUSH_BYTES and self.transport is not None:
+                self.transport.write(b"".join(out))  # may call pause_writing()
+                out.clear()
+                pending = 0
         if heads:
             # The next head is due within header_timeout; the timer that is already
             # armed fires early, sees the later deadline and re-arms (no per-request

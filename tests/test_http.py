@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -717,3 +718,30 @@ def test_reload_turns_http_on(make_guardd: Callable[..., Guardd]) -> None:
     daemon.signal(signal.SIGHUP)
     daemon.notify.wait_for("READY=1", after=seen)
     assert get(http_port, "/healthz").json()["status"] == "pass"
+
+
+def _peak_rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+
+
+def test_pipelining_flood_without_reading_is_flow_controlled(served: Served) -> None:
+    """A client pipelining requests without reading: guardd stops reading instead of
+    queueing every answer in memory, and answers them all once the client reads."""
+    served.on(reason="flood")
+    assert served.guardd.process is not None
+    pid = served.guardd.process.pid
+    count = 20_000  # ~1 MB of requests asking for ~110 MB of answers
+    before = _peak_rss_kib(pid)
+    with Connection(served.port) as connection:
+        sender = threading.Thread(
+            target=connection.send, args=(build_request("/") * count,), daemon=True
+        )
+        sender.start()
+        # Give guardd the chance to overeat. This only makes the check sharper: a
+        # slow machine can make the test pass too easily, never fail wrongly.
+        time.sleep(0.5)
+        statuses = {connection.read_response().status for _ in range(count)}
+        sender.join(timeout=10)
+    assert statuses == {503}
+    assert _peak_rss_kib(pid) - before < 48_000
