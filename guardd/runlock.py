@@ -13,7 +13,10 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Iterable
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (guard-run's start)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 RUN_LOCK_MODE = 0o644
 
