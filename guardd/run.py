@@ -1,0 +1,753 @@
+"""guard-run: run a command only while its scope is in service, holding the run locks.
+
+The protocol (SPEC, "The drain guarantee"): take the shared run locks, *then* read
+the flags; the command inherits the locks and holds them for its whole life. This
+module sits in front of every cron job, so the decision is made with os, fcntl and
+the lean guardd.paths/runlock/runcache helpers; everything else (signal handling,
+durations, syslog, JSON) is imported only on the paths that need it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from guardd.errors import (
+    EXIT_NOT_EXECUTABLE,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_TEMPFAIL,
+    EXIT_USAGE,
+    GuardError,
+    UsageError,
+    run_cli,
+)
+from guardd.paths import (
+    DEFAULT_SCOPE,
+    SCOPE_ENV,
+    SCOPE_PATTERN,
+    RunView,
+    fleet_flag_path,
+    is_scope_name,
+    run_lock_path,
+)
+from guardd.runcache import load_run_view
+from guardd.runlock import lock_shared, open_run_lock
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Literal
+
+    WhenOn = Literal["skip", "wait", "fail"]
+
+PROG = "guard-run"
+WHEN_ON: tuple[WhenOn, ...] = ("skip", "wait", "fail")
+DEFAULT_GRACE = 30.0
+# How often the flags are looked at while waiting or supervising: a few lstat calls.
+POLL_INTERVAL = 0.25
+# A drain holds a run lock exclusively only for an instant; longer means something
+# is wrong, and a stuck holder must not hang every cron job for ever.
+LOCK_TIMEOUT = 10.0
+# Lock descriptors are moved this high so that a job's own ``exec 3>file`` cannot
+# close them by accident (which would silently drop the lock mid-job).
+LOCK_FD_FLOOR = 200
+# Signals forwarded to the command's process group with --interrupt (SPEC).
+FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+MAX_REASON_CHARS = 200
+
+USAGE = f"""\
+usage: {PROG} [--scope S] [--when-on skip|wait|fail] [--wait-timeout DUR]
+                 [--skip-code N] [--interrupt [--grace DUR]] [--config PATH] [-v]
+                 -- COMMAND [ARG...]
+       {PROG} --check [--scope S] [--config PATH] [-v]
+
+Run COMMAND only while SCOPE is in service, holding its run locks (shared) for the
+command's whole life, so that `guardctl on --wait` can drain it.
+
+  --scope S          scope to guard (default: $GUARD_SCOPE, else "default")
+  --when-on MODE     in maintenance: skip (exit --skip-code, silently), wait (until
+                     off, without holding the locks) or fail (exit 75)
+  --wait-timeout DUR with --when-on wait: give up after DUR and act as fail
+  --skip-code N      exit status when skipped (default: run.skip_code, else 0)
+  --interrupt        stay as parent; when maintenance comes on, SIGTERM the
+                     command's process group, SIGKILL after --grace (default 30s)
+  --check            run nothing: exit 0 in service, 1 in maintenance
+  --config PATH      config file (default: $GUARDD_CONFIG, else /etc/guardd/config.yaml)
+  -v, --verbose      say on stderr what was decided and why
+
+Exit: the command's status (128+N if killed by signal N), 126/127 not executable/
+not found, 2 usage or config error, 75 in maintenance with --when-on fail.
+"""
+
+
+class RunOptions:
+    """A parsed guard-run command line."""
+
+    __slots__ = (
+        "check",
+        "command",
+        "config_path",
+        "grace",
+        "interrupt",
+        "scope",
+        "show_help",
+        "skip_code",
+        "verbose",
+        "wait_timeout",
+        "when_on",
+    )
+
+    def __init__(
+        self,
+        *,
+        command: list[str],
+        scope: str = DEFAULT_SCOPE,
+        when_on: WhenOn = "skip",
+        wait_timeout: float | None = None,
+        skip_code: int | None = None,
+        interrupt: bool = False,
+        grace: float = DEFAULT_GRACE,
+        check: bool = False,
+        config_path: str | None = None,
+        verbose: bool = False,
+        show_help: bool = False,
+    ) -> None:
+        self.command = command
+        self.scope = scope
+        self.when_on: WhenOn = when_on
+        self.wait_timeout = wait_timeout
+        self.skip_code = skip_code
+        self.interrupt = interrupt
+        self.grace = grace
+        self.check = check
+        self.config_path = config_path
+        self.verbose = verbose
+        self.show_help = show_help
+
+
+# --------------------------------------------------------------------------- parsing
+
+_VALUE_OPTIONS = ("--scope", "--when-on", "--wait-timeout", "--skip-code", "--grace", "--config")
+_FLAG_OPTIONS = ("--interrupt", "--check", "-v", "--verbose", "-h", "--help")
+_RUN_ONLY = ("--when-on", "--wait-timeout", "--skip-code", "--grace", "--interrupt")
+
+
+def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> RunOptions:
+    """Parse guard-run's command line. Pure; raises UsageError with one clear line.
+
+    Options end at ``--`` or at the first argument that is not an option, so that
+    ``guard-run backup --full`` passes ``--full`` to ``backup``.
+    """
+    values: dict[str, str] = {}
+    flags: set[str] = set()
+    command: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg == "--":
+            command = list(argv[index + 1 :])
+            break
+        if not arg.startswith("-") or arg == "-":
+            command = list(argv[index:])
+            break
+        name, equals, inline = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if name in _VALUE_OPTIONS:
+            if equals:
+                value = inline
+            elif index + 1 < len(argv):
+                index += 1
+                value = argv[index]
+            else:
+                raise UsageError(f"{name} needs a value")
+            if name in values:
+                raise UsageError(f"{name} given twice")
+            values[name] = value
+        elif name in _FLAG_OPTIONS and not equals:
+            flags.add("--verbose" if name == "-v" else "--help" if name == "-h" else name)
+        else:
+            raise UsageError(f"unknown option {arg!r} (see {PROG} --help)")
+        index += 1
+
+    if "--help" in flags:
+        return RunOptions(command=[], show_help=True)
+    options = RunOptions(
+        command=command,
+        scope=_scope(values.get("--scope"), environ.get(SCOPE_ENV)),
+        check="--check" in flags,
+        interrupt="--interrupt" in flags,
+        verbose="--verbose" in flags,
+        config_path=values.get("--config"),
+    )
+    if options.config_path == "":
+        raise UsageError("--config needs a path")
+    if options.check:
+        given = [name for name in _RUN_ONLY if name in values or name in flags]
+        if given:
+            raise UsageError(f"--check runs nothing: {given[0]} does not apply")
+        if command:
+            raise UsageError("--check runs nothing: remove the command")
+        return options
+    if not command:
+        raise UsageError(f"no command given (usage: {PROG} [OPTIONS] -- COMMAND [ARG...])")
+
+    when_on = values.get("--when-on", "skip")
+    for mode in WHEN_ON:
+        if when_on == mode:
+            options.when_on = mode
+            break
+    else:
+        raise UsageError(f"--when-on: expected one of skip, wait, fail, got {when_on!r}")
+    if "--wait-timeout" in values:
+        if options.when_on != "wait":
+            raise UsageError("--wait-timeout only applies to --when-on wait")
+        options.wait_timeout = _duration("--wait-timeout", values["--wait-timeout"])
+    if "--grace" in values:
+        if not options.interrupt:
+            raise UsageError("--grace only applies to --interrupt")
+        options.grace = _duration("--grace", values["--grace"])
+    if "--skip-code" in values:
+        text = values["--skip-code"]
+        if not (text.isascii() and text.isdigit() and int(text) <= 255):
+            raise UsageError(f"--skip-code: expected a whole number from 0 to 255, got {text!r}")
+        options.skip_code = int(text)
+    return options
+
+
+def _scope(from_option: str | None, from_env: str | None) -> str:
+    if from_option is not None:
+        scope, source = from_option, "--scope"
+    elif from_env:
+        scope, source = from_env, SCOPE_ENV
+    else:
+        return DEFAULT_SCOPE
+    if not is_scope_name(scope):
+        raise UsageError(f"{source}: {scope!r} is not a scope name (expected {SCOPE_PATTERN})")
+    return scope
+
+
+def _duration(option: str, text: str) -> float:
+    from guardd.durations import parse_duration  # only when given: re and datetime
+
+    try:
+        return parse_duration(text)
+    except ValueError as err:
+        raise UsageError(f"{option}: {err}") from None
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def scope_flags(view: RunView, scope: str) -> tuple[str, ...]:
+    """Every file whose existence puts ``scope`` in maintenance, ``default``'s first.
+
+    A scope that is not configured is a usage error naming the known scopes.
+    """
+    if scope not in view.scope_flags:
+        known = ", ".join(sorted(view.scope_flags))
+        raise UsageError(f"unknown scope {scope!r} (configured scopes: {known})")
+    scopes = (DEFAULT_SCOPE,) if scope == DEFAULT_SCOPE else (DEFAULT_SCOPE, scope)
+    paths: list[str] = []
+    for name in scopes:
+        # The scope's own flag, and guardd's mirror of its fleet flag.
+        paths += (view.scope_flags[name], fleet_flag_path(view.lock_dir, name))
+    return tuple(paths)
+
+
+def present_flag(paths: Sequence[str]) -> str | None:
+    """The first of ``paths`` that exists, None when none does.
+
+    Existence is all that counts (lstat: even a dangling symlink is "on"). When it
+    cannot be known (EACCES on the directory, EIO, ...) nothing may run: exit 2.
+    """
+    for path in paths:
+        try:
+            os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:
+            raise GuardError(
+                f"cannot tell whether flag {path} exists: {err.strerror} (not running)",
+                exit_code=EXIT_USAGE,
+            ) from None
+        return path
+    return None
+
+
+def flag_reason(path: str) -> str | None:
+    """The reason a flag file gives (JSON ``reason`` or its first line), cleaned.
+
+    A small twin of guardd.flag's reading, which would cost guard-run dataclasses and
+    datetime; only used to say why a job was skipped. Never raises.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 64 * 1024)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    text = data.decode("utf-8", errors="replace").strip()
+    reason: object = None
+    if text.startswith("{"):
+        import json
+
+        try:
+            parsed = json.loads(text)
+        except (ValueError, RecursionError):
+            parsed = None
+        if isinstance(parsed, dict):
+            reason = parsed.get("reason")
+            text = ""
+    if reason is None and text and "\x00" not in text.split("\n", 1)[0]:
+        reason = text.split("\n", 1)[0]
+    if not isinstance(reason, str):
+        return None
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
+    return cleaned[:MAX_REASON_CHARS].strip() or None
+
+
+def _why(scope: str, flag: str) -> str:
+    reason = flag_reason(flag)
+    detail = f"{reason}; flag {flag}" if reason else f"flag {flag}"
+    return f"scope {scope} is in maintenance ({detail})"
+
+
+# --------------------------------------------------------------------------- run locks
+
+
+def run_lock_paths(view: RunView, scope: str) -> tuple[str, ...]:
+    """``default.run`` (every job holds it) and the scope's own run lock."""
+    paths = [run_lock_path(view.runtime_dir, DEFAULT_SCOPE)]
+    if scope != DEFAULT_SCOPE:
+        paths.append(run_lock_path(view.runtime_dir, scope))
+    return tuple(paths)
+
+
+def _open_lock(path: str) -> int:
+    try:
+        try:
+            fd = open_run_lock(path, create=True)
+        except FileNotFoundError:
+            _make_runtime_dir(os.path.dirname(path))
+            fd = open_run_lock(path, create=True)
+    except OSError as err:
+        raise GuardError(
+            f"cannot open run lock {path}: {err.strerror} (not running)", exit_code=EXIT_USAGE
+        ) from None
+    import fcntl
+
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, LOCK_FD_FLOOR)
+    except OSError:
+        return fd  # a low RLIMIT_NOFILE: keep the descriptor where it is
+    os.close(fd)
+    return high
+
+
+def _make_runtime_dir(directory: str) -> None:
+    """Create the runtime directory 0755 (whatever the umask: others' jobs open it too)."""
+    try:
+        os.mkdir(directory, 0o755)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        os.makedirs(directory, 0o755, exist_ok=True)
+    os.chmod(directory, 0o755)  # noqa: S103 -- every user's jobs open the run locks
+
+
+class LockBusy(Exception):
+    """A run lock stayed exclusively locked for longer than a drain ever holds it."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.path = path
+
+
+def take_run_locks(paths: Sequence[str], *, timeout: float) -> list[int]:
+    """Open (creating when possible) and lock every run lock shared, in order.
+
+    Raises LockBusy when one stays exclusively locked for ``timeout`` and GuardError
+    (exit 2) naming a run lock that cannot be opened; either way none is held then.
+    """
+    fds: list[int] = []
+    busy = None
+    try:
+        for path in paths:
+            fds.append(_open_lock(path))
+            if not lock_shared(fds[-1], timeout=timeout):
+                busy = path
+                break
+    except BaseException:
+        release(fds)
+        raise
+    if busy is not None:
+        release(fds)
+        raise LockBusy(busy)
+    return fds
+
+
+def release(fds: list[int]) -> None:
+    """Close the lock descriptors (which releases the locks) and forget them."""
+    for fd in fds:
+        os.close(fd)
+    fds.clear()
+
+
+# --------------------------------------------------------------------------- core
+
+
+def check_scope(*, scope: str, config_path: str | None = None, verbose: bool = False) -> int:
+    """``--check``: 0 when ``scope`` is in service, 1 in maintenance; runs nothing."""
+    view = load_run_view(config_path)
+    flag = present_flag(scope_flags(view, scope))
+    if flag is None:
+        if verbose:
+            _say(f"scope {scope} is in service")
+        return EXIT_OK
+    if verbose:
+        _say(_why(scope, flag))
+    return 1
+
+
+def run_guarded(
+    *,
+    command: Sequence[str],
+    scope: str = DEFAULT_SCOPE,
+    when_on: WhenOn = "skip",
+    wait_timeout: float | None = None,
+    skip_code: int | None = None,
+    interrupt: bool = False,
+    grace: float = DEFAULT_GRACE,
+    config_path: str | None = None,
+    verbose: bool = False,
+) -> int:
+    """Run ``command`` under the run locks if ``scope`` is in service (SPEC guard-run).
+
+    Without ``interrupt`` this does not return when the command runs: it is exec'd
+    in place and inherits the locks. Returns the exit status otherwise; raises
+    GuardError for usage/config errors (2), ``fail`` (75) and exec failures (126/127).
+    """
+    view = load_run_view(config_path)
+    flags = scope_flags(view, scope)
+    lock_paths = run_lock_paths(view, scope)
+    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+    announced = False
+    while True:
+        lock_timeout = LOCK_TIMEOUT
+        if deadline is not None:
+            lock_timeout = min(lock_timeout, max(deadline - time.monotonic(), 0.5))
+        fds: list[int] = []
+        busy: str | None = None
+        try:
+            fds = take_run_locks(lock_paths, timeout=lock_timeout)
+        except LockBusy as err:
+            busy = err.path
+        try:
+            flag = present_flag(flags)
+        except BaseException:
+            release(fds)
+            raise
+        if flag is None and busy is None:
+            break
+        release(fds)  # never hold the locks while in maintenance
+        if flag is None:
+            # No flag, yet a run lock stays exclusively locked: not a drain as we
+            # know it. Running would break the protocol; waiting for ever hangs cron.
+            raise GuardError(
+                f"run lock {busy} stayed exclusively locked for {lock_timeout:g}s; "
+                f"not running {_shown(command)}",
+                exit_code=EXIT_TEMPFAIL,
+            )
+        if when_on == "skip":
+            code = view.skip_code if skip_code is None else skip_code
+            _log_skip(command, scope, flag, verbose=verbose)
+            return code
+        if when_on == "fail":
+            raise GuardError(
+                f"{_why(scope, flag)}: not running {_shown(command)}", exit_code=EXIT_TEMPFAIL
+            )
+        if verbose and not announced:
+            _say(f"{_why(scope, flag)}: waiting to run {_shown(command)}")
+            announced = True
+        if not wait_until_off(flags, deadline=deadline):
+            raise GuardError(
+                f"{_why(scope, flag)}: still on after --wait-timeout; "
+                f"not running {_shown(command)}",
+                exit_code=EXIT_TEMPFAIL,
+            )
+        # Off now: loop to take the locks again and re-check (SPEC: wait).
+    if interrupt:
+        return supervise(command, fds, scope=scope, flags=flags, grace=grace, verbose=verbose)
+    exec_in_place(command, fds)
+    raise AssertionError("exec_in_place returned")  # pragma: no cover
+
+
+def wait_until_off(flags: Sequence[str], *, deadline: float | None) -> bool:
+    """Poll until no flag is present; False when ``deadline`` (monotonic) passes first."""
+    while present_flag(flags) is not None:
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return False
+        pause = POLL_INTERVAL if deadline is None else min(POLL_INTERVAL, deadline - now)
+        time.sleep(pause)
+    return True
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _exec_error(program: str, err: OSError) -> GuardError:
+    if isinstance(err, FileNotFoundError | NotADirectoryError):
+        return GuardError(f"{program}: command not found", exit_code=EXIT_NOT_FOUND)
+    return GuardError(f"{program}: cannot execute: {err.strerror}", exit_code=EXIT_NOT_EXECUTABLE)
+
+
+def exec_in_place(command: Sequence[str], fds: Sequence[int]) -> None:
+    """Become ``command``, keeping the lock descriptors open across exec.
+
+    The command, and every child it forks, then holds the locks for its whole life:
+    nothing of guard-run is left to die or to linger.
+    """
+    import signal
+
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    # Python ignores these at start-up; an exec'd program must get the defaults
+    # (``guard-run -- yes | head`` must end on SIGPIPE).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execvp(command[0], list(command))  # noqa: S606 -- running COMMAND is the job
+    except OSError as err:
+        raise _exec_error(command[0], err) from None
+
+
+def supervise(
+    command: Sequence[str],
+    fds: list[int],
+    *,
+    scope: str,
+    flags: Sequence[str],
+    grace: float,
+    verbose: bool,
+) -> int:
+    """``--interrupt``: run ``command`` in its own process group and watch the flags.
+
+    The child inherits the lock descriptors too, so a guard-run killed with SIGKILL
+    leaves the locks held by the job alone. Signals are taken synchronously
+    (blocked, then sigtimedwait): no handler races, and SIGCHLD wakes us at once.
+    """
+    import signal
+
+    forwarded = [
+        number
+        for number in (getattr(signal, name) for name in FORWARDED_SIGNALS)
+        # One the caller ignores (nohup) stays ignored, for us and for the command.
+        if signal.getsignal(number) != signal.SIG_IGN
+    ]
+    watched = {*forwarded, signal.SIGCHLD}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    try:
+        pid = _spawn_in_own_group(
+            command,
+            mask=old_mask,
+            defaults=(*forwarded, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
+        )
+    except OSError as err:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        raise _exec_error(command[0], err) from None
+
+    kill_at: float | None = None  # set once maintenance made us send SIGTERM
+    killed = False
+    next_poll = time.monotonic() + POLL_INTERVAL
+    flag_error_shown = False
+    while True:
+        info = signal.sigtimedwait(watched, max(next_poll - time.monotonic(), 0.0))
+        if info is not None and info.si_signo != signal.SIGCHLD:
+            # Also when systemd signalled the whole cgroup: the command then gets it
+            # twice (KillMode=mixed avoids that; see docs/guard-run.md).
+            _signal_group(pid, info.si_signo)
+            continue
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        now = time.monotonic()
+        if now < next_poll:
+            continue
+        next_poll = now + POLL_INTERVAL
+        if kill_at is None:
+            try:
+                flag = present_flag(flags)
+            except GuardError as err:
+                # A running worker is not stopped on a guess; the drain still waits
+                # for it, so the guarantee holds. Say it once.
+                if not flag_error_shown:
+                    err.show(PROG)
+                    flag_error_shown = True
+                continue
+            if flag is not None:
+                if verbose:
+                    _say(f"{_why(scope, flag)}: sending SIGTERM to {_shown(command)}")
+                _signal_group(pid, signal.SIGTERM)
+                kill_at = now + grace
+        elif not killed and now >= kill_at:
+            if verbose:
+                _say(f"still running {grace:g}s after SIGTERM: sending SIGKILL")
+            _signal_group(pid, signal.SIGKILL)
+            killed = True
+    if kill_at is not None and not killed:
+        _finish_group(pid, kill_at)
+    return _exit_status(status)
+
+
+def _spawn_in_own_group(
+    command: Sequence[str], *, mask: Iterable[int], defaults: Iterable[int]
+) -> int:
+    """fork + exec ``command`` as leader of a new process group; exec errors raise here.
+
+    Not posix_spawn: glibc's leaves its internal signals (32, 33) ignored in the
+    program it starts. The exec status comes back through a close-on-exec pipe:
+    EOF means the exec happened, else the child sends its errno and exits.
+    """
+    import signal
+
+    status_read, status_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child; what it does is seen from outside
+        try:
+            os.close(status_read)
+            os.setpgid(0, 0)
+            for signum in defaults:
+                signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            os.execvp(command[0], list(command))  # noqa: S606 -- running COMMAND is the job
+        except OSError as err:
+            os.write(status_write, str(err.errno).encode())
+        finally:
+            os._exit(EXIT_NOT_FOUND)
+    os.close(status_write)
+    try:
+        report = b""
+        while chunk := os.read(status_read, 64):
+            report += chunk
+    finally:
+        os.close(status_read)
+    if not report:
+        return pid
+    os.waitpid(pid, 0)
+    code = int(report)
+    raise OSError(code, os.strerror(code))
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone, or a member changed its user: nothing more to do
+
+
+def _finish_group(pgid: int, kill_at: float) -> None:
+    """After the command exits on our SIGTERM, give what is left of its group the same
+    grace, then SIGKILL: leftovers would otherwise hold the locks and stall the drain."""
+    import signal
+
+    while _group_alive(pgid):
+        if time.monotonic() >= kill_at:
+            _signal_group(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs. Zombies do not count: they hold no
+    locks, and orphans wait for init to reap them (not always promptly)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stream:
+                fields = stream.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
+            return True
+    return False
+
+
+def _exit_status(status: int) -> int:
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+# --------------------------------------------------------------------------- output
+
+
+def _shown(command: Sequence[str]) -> str:
+    import shlex
+
+    return shlex.join(command)
+
+
+def _say(message: str) -> None:
+    sys.stderr.write(f"{PROG}: {message}\n")
+    sys.stderr.flush()
+
+
+def _log_skip(command: Sequence[str], scope: str, flag: str, *, verbose: bool) -> None:
+    """One line to syslog (the journal under systemd); stderr only with -v.
+
+    cron mails any output, so a skip is silent on stdout and stderr by default.
+    """
+    message = f"{_why(scope, flag)}: skipped {_shown(command)}"
+    if verbose:
+        _say(message)
+    import syslog
+
+    # Without a syslog socket (/dev/log) this is silently lost; the exit code tells.
+    syslog.openlog(PROG, syslog.LOG_PID, syslog.LOG_USER)
+    syslog.syslog(syslog.LOG_INFO, message)
+    syslog.closelog()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(argv: Sequence[str]) -> int:
+    options = parse_args(argv, os.environ)
+    if options.show_help:
+        sys.stdout.write(USAGE)
+        return EXIT_OK
+    if options.check:
+        return check_scope(
+            scope=options.scope, config_path=options.config_path, verbose=options.verbose
+        )
+    return run_guarded(
+        command=options.command,
+        scope=options.scope,
+        when_on=options.when_on,
+        wait_timeout=options.wait_timeout,
+        skip_code=options.skip_code,
+        interrupt=options.interrupt,
+        grace=options.grace,
+        config_path=options.config_path,
+        verbose=options.verbose,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``guard-run`` console script."""
+    arguments = sys.argv[1:] if argv is None else argv
+    return run_cli(PROG, lambda: _cli(arguments))

@@ -1,0 +1,189 @@
+"""The config cache: guard-run's settings (a RunView) without parsing YAML on every run.
+
+``import yaml`` alone costs more than starting Python, and guard-run sits in front of
+every cron job. The cache maps one config file to its RunView, keyed on the file's
+identity *and* content checksum (an edit in the same timestamp tick is still seen),
+plus the built-in defaults the view may depend on. It lives where only the invoking
+user can write (``$XDG_CACHE_HOME/guardd``, else ``~/.cache/guardd``). Any doubt —
+wrong owner, loose mode, a key mismatch, bad JSON — means a full load_config.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from guardd.paths import RunView, default_lock_dir, default_runtime_dir, find_config_path
+
+CACHE_VERSION = 1
+# A config file bigger than this is not cached (and surely not a config file).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CACHE_BYTES = 256 * 1024
+
+
+def load_run_view(config_path: str | None) -> RunView:
+    """guard-run's view of the config: built-ins, the cache, or a full (validating) load.
+
+    ``config_path`` is ``--config`` (None: ``$GUARDD_CONFIG``, else the default file,
+    else built-ins). Raises ConfigError exactly as load_config does.
+    """
+    path = find_config_path(config_path)
+    if path is None:
+        return RunView.builtin()
+    path = os.path.abspath(path)
+    key = config_key(path)
+    if key is None:
+        return _full_load(path)  # unreadable or odd: load_config says why
+    cache_file = cache_path(path)
+    if cache_file is not None:
+        cached = read_cache(cache_file, key)
+        if cached is not None:
+            return cached
+    view = _full_load(path)
+    if cache_file is not None:
+        write_cache(cache_file, key, view)
+    return view
+
+
+def _full_load(path: str) -> RunView:
+    from guardd.config import load_config
+
+    return load_config(path).run_view()
+
+
+def config_key(path: str) -> dict[str, object] | None:
+    """What the cached view depends on; None when the file cannot be read as a config."""
+    import zlib
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_CONFIG_BYTES:
+            return None
+        content = os.read(fd, MAX_CONFIG_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(content) != info.st_size:
+        return None  # changing under our feet: do not cache a moving target
+    return {
+        "path": path,
+        "dev": info.st_dev,
+        "ino": info.st_ino,
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "ctime_ns": info.st_ctime_ns,
+        # stat alone misses an in-place rewrite of the same size within one tick
+        "crc32": zlib.crc32(content),
+        # settings the config leaves out come from these (they depend on the user)
+        "euid": os.geteuid(),
+        "default_lock_dir": default_lock_dir(),
+        "default_runtime_dir": default_runtime_dir(),
+    }
+
+
+def cache_dir() -> str | None:
+    """``$XDG_CACHE_HOME/guardd``, else ``~/.cache/guardd``; None without a home."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(base):
+        home = os.path.expanduser("~")
+        if not os.path.isabs(home):
+            return None
+        base = os.path.join(home, ".cache")
+    return os.path.join(base, "guardd")
+
+
+def cache_path(config_path: str) -> str | None:
+    """The cache file for one config file (one file per config path)."""
+    import zlib
+
+    directory = cache_dir()
+    if directory is None:
+        return None
+    tag = zlib.crc32(config_path.encode("utf-8", "surrogateescape"))
+    return os.path.join(directory, f"run-view-{tag:08x}.json")
+
+
+def _trusted(info: os.stat_result, *, owners: tuple[int, ...]) -> bool:
+    """Owned by us (or root, for directories) and writable by nobody else."""
+    return info.st_uid in owners and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+
+
+def _trusted_dir(directory: str) -> bool:
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and _trusted(info, owners=(os.geteuid(), 0))
+
+
+def read_cache(cache_file: str, key: dict[str, object]) -> RunView | None:
+    """The cached view for ``key``; None on a miss or on any doubt about the file."""
+    if not _trusted_dir(os.path.dirname(cache_file)):
+        return None
+    try:
+        fd = os.open(cache_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or not _trusted(info, owners=(os.geteuid(),)):
+            return None
+        data = os.read(fd, MAX_CACHE_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    import json
+
+    try:
+        entry = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict):
+        return None
+    if entry.get("version") != CACHE_VERSION or entry.get("key") != key:
+        return None
+    return RunView.from_json_obj(entry.get("view"))
+
+
+def write_cache(cache_file: str, key: dict[str, object], view: RunView) -> bool:
+    """Store ``view`` atomically (temp file, rename); best effort, True when stored."""
+    import json
+
+    directory = os.path.dirname(cache_file)
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError:
+        return False
+    if not _trusted_dir(directory):
+        return False
+    payload = json.dumps(
+        {"version": CACHE_VERSION, "key": key, "view": view.to_json_obj()}, sort_keys=True
+    ).encode()
+    temp = f"{cache_file}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(
+            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except OSError:
+        return False
+    try:
+        try:
+            view_bytes = memoryview(payload)
+            while view_bytes:
+                view_bytes = view_bytes[os.write(fd, view_bytes) :]
+        finally:
+            os.close(fd)
+        os.rename(temp, cache_file)
+    except OSError:
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        return False
+    return True

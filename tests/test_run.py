@@ -1,0 +1,685 @@
+"""guard-run: option parsing (pure), then every option and exit code with real processes,
+real flag files and real flocks, with and without guardd running."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from guardd.errors import UsageError
+from guardd.paths import RunView
+from guardd.run import flag_reason, parse_args, scope_flags
+from guardd.runlock import ensure_run_locks
+from tests.helpers import Guardd, wait_until
+from tests.run_helpers import (
+    GUARD_RUN,
+    NOBODY,
+    Site,
+    as_nobody,
+    exclusive_now,
+    kill_session,
+    open_to_nobody,
+)
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_parse_defaults() -> None:
+    """Without options: scope default, skip, no timeout, skip code from config, no -v."""
+    options = parse_args(["--", "backup", "--full"], {})
+    assert options.command == ["backup", "--full"]
+    assert (options.scope, options.when_on, options.wait_timeout) == ("default", "skip", None)
+    assert (options.skip_code, options.interrupt, options.grace) == (None, False, 30.0)
+    assert (options.check, options.verbose, options.config_path) == (False, False, None)
+
+
+def test_parse_every_option_in_both_spellings() -> None:
+    """Each option is read as ``--opt value`` and ``--opt=value``; durations are parsed."""
+    options = parse_args(
+        [
+            "--scope=shop",
+            "--when-on",
+            "wait",
+            "--wait-timeout=1m30s",
+            "--skip-code",
+            "3",
+            "--interrupt",
+            "--grace=5s",
+            "--config",
+            "/etc/x.yaml",
+            "-v",
+            "--",
+            "worker",
+        ],
+        {},
+    )
+    assert options.scope == "shop" and options.when_on == "wait"
+    assert options.wait_timeout == 90.0 and options.skip_code == 3
+    assert options.interrupt and options.grace == 5.0
+    assert options.config_path == "/etc/x.yaml" and options.verbose
+    assert options.command == ["worker"]
+
+
+def test_parse_command_starts_at_first_non_option() -> None:
+    """Options end at the command: its own options are passed to it untouched."""
+    options = parse_args(["-v", "backup", "--scope", "x", "--"], {})
+    assert options.verbose and options.scope == "default"
+    assert options.command == ["backup", "--scope", "x", "--"]
+
+
+def test_parse_scope_from_environment() -> None:
+    """GUARD_SCOPE is the default scope; --scope wins over it; empty means unset."""
+    assert parse_args(["true"], {"GUARD_SCOPE": "shop"}).scope == "shop"
+    assert parse_args(["--scope", "blog", "true"], {"GUARD_SCOPE": "shop"}).scope == "blog"
+    assert parse_args(["true"], {"GUARD_SCOPE": ""}).scope == "default"
+
+
+def test_parse_check() -> None:
+    """--check takes --scope, --config and -v, and no command."""
+    options = parse_args(["--check", "--scope", "shop", "-v"], {})
+    assert options.check and options.scope == "shop" and options.command == []
+
+
+def test_parse_help() -> None:
+    """-h and --help ask for the usage text, whatever else is given."""
+    assert parse_args(["-h"], {}).show_help
+    assert parse_args(["--scope", "shop", "--help"], {}).show_help
+    assert not parse_args(["--", "true", "--help"], {}).show_help
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        ([], {}, "no command given"),
+        (["--"], {}, "no command given"),
+        (["--scope", "Shop", "true"], {}, "'Shop' is not a scope name"),
+        (["true"], {"GUARD_SCOPE": "bad scope"}, "GUARD_SCOPE"),
+        (["--bogus", "true"], {}, "unknown option '--bogus'"),
+        (["--scope"], {}, "--scope needs a value"),
+        (["--scope", "a", "--scope", "b", "true"], {}, "--scope given twice"),
+        (["--when-on", "later", "true"], {}, "expected one of skip, wait, fail"),
+        (["--skip-code", "256", "true"], {}, "from 0 to 255"),
+        (["--skip-code", "-1", "true"], {}, "from 0 to 255"),
+        (["--skip-code", "\u00b2", "true"], {}, "from 0 to 255"),
+        (["--wait-timeout", "5", "true"], {}, "only applies to --when-on wait"),
+        (["--when-on", "wait", "--wait-timeout", "soon", "true"], {}, "--wait-timeout:"),
+        (["--grace", "5", "true"], {}, "only applies to --interrupt"),
+        (["--interrupt", "--grace", "-1", "true"], {}, "--grace:"),
+        (["--interrupt=yes", "true"], {}, "unknown option '--interrupt=yes'"),
+        (["--config=", "true"], {}, "--config needs a path"),
+        (["--check", "true"], {}, "remove the command"),
+        (["--check", "--interrupt"], {}, "--interrupt does not apply"),
+        (["--check", "--when-on", "fail"], {}, "--when-on does not apply"),
+    ],
+)
+def test_parse_usage_errors(argv: list[str], env: dict[str, str], needle: str) -> None:
+    """Every malformed command line is one UsageError (exit 2) saying what is wrong."""
+    with pytest.raises(UsageError) as caught:
+        parse_args(argv, env)
+    assert needle in caught.value.message
+    assert caught.value.exit_code == 2
+    assert "\n" not in caught.value.message
+
+
+# --------------------------------------------------------------------------- flags (pure)
+
+
+def _view(**scope_flags: str) -> RunView:
+    return RunView(
+        lock_dir="/l",
+        runtime_dir="/r",
+        scope_flags={"default": "/l/default.lock", **scope_flags},
+        skip_code=0,
+    )
+
+
+def test_scope_flags_default_then_own_and_fleet_mirrors() -> None:
+    """A named scope is on by default's flag, its own flag, or either fleet mirror."""
+    view = _view(shop="/srv/shop/down")
+    assert scope_flags(view, "shop") == (
+        "/l/default.lock",
+        "/l/default.fleet.lock",
+        "/srv/shop/down",
+        "/l/shop.fleet.lock",
+    )
+    assert scope_flags(view, "default") == ("/l/default.lock", "/l/default.fleet.lock")
+
+
+def test_scope_flags_unknown_scope_names_known_ones() -> None:
+    """A scope that is not configured is a usage error listing the configured ones."""
+    with pytest.raises(
+        UsageError, match=r"unknown scope 'blog' \(configured scopes: default, shop\)"
+    ):
+        scope_flags(_view(shop="/l/shop.lock"), "blog")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"reason": "db upgrade", "until": "2030-01-01T00:00:00Z"}', "db upgrade"),
+        (b"kernel update\nsecond line", "kernel update"),
+        (b"", None),
+        (b'{"until": "x"}', None),
+        (b"{not json", "{not json"),
+        (b"\x00\x01\x02binary", None),
+        (b"tab\there\x1b[31m", "tab here [31m"),
+        (b"x" * 300, "x" * 200),
+    ],
+)
+def test_flag_reason(tmp_path: Path, content: bytes, reason: str | None) -> None:
+    """The skip log's reason: JSON ``reason`` or the first text line, cleaned, never a crash."""
+    flag = tmp_path / "f.lock"
+    flag.write_bytes(content)
+    assert flag_reason(str(flag)) == reason
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(params=["no-daemon", "guardd-running"])
+def site(
+    request: pytest.FixtureRequest, tmp_short: Path, make_guardd: Callable[..., Guardd]
+) -> Site:
+    """A config with scopes default and shop; the second variant has guardd running on it."""
+    if request.param == "no-daemon":
+        return Site(tmp_short)
+    daemon = make_guardd({"scopes": {"shop": None}}).start()
+    return Site.of_guardd(daemon)
+
+
+@pytest.fixture
+def plain_site(tmp_short: Path) -> Site:
+    """A config with scopes default and shop, no daemon."""
+    return Site(tmp_short)
+
+
+def test_in_service_runs_command_with_its_io_and_status(site: Site) -> None:
+    """In service the command runs with guard-run's stdin/stdout/stderr and exit status."""
+    result = site.run(
+        "--scope", "shop", "--", "sh", "-c", "cat; echo err >&2; exit 7", input="from stdin\n"
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (7, "from stdin\n", "err\n")
+
+
+def test_exec_in_place_holds_both_run_locks(site: Site) -> None:
+    """Without --interrupt the command *is* the guard-run process and holds both locks."""
+    proc = site.popen("--scope", "shop", "--", "sleep", "30")
+    try:
+        wait_until(lambda: site.holders("shop") == {proc.pid}, what="shop lock held")
+        assert site.holders("default") == {proc.pid}
+        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes() == b"sleep\x0030\x00"
+        assert not exclusive_now(site.run_lock("shop"))
+    finally:
+        kill_session(proc)
+    assert exclusive_now(site.run_lock("shop")) and exclusive_now(site.run_lock("default"))
+
+
+def test_lock_descriptors_survive_the_jobs_own_low_fds(plain_site: Site) -> None:
+    """A job that reuses fds 3-9 (``exec 3>file``) does not drop its run lock."""
+    proc = plain_site.popen(
+        "--",
+        "sh",
+        "-c",
+        "exec 3>/dev/null 4>/dev/null 5>/dev/null 6>/dev/null 7>/dev/null; echo ok; sleep 30",
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ok\n"
+        assert not exclusive_now(plain_site.run_lock("default"))
+    finally:
+        kill_session(proc)
+
+
+def test_signal_death_of_exec_command_is_seen_by_the_caller(plain_site: Site) -> None:
+    """Exec'd in place, a command killed by signal N is reported as 128+N by a shell."""
+    result = subprocess.run(
+        ["sh", "-c", f'"{GUARD_RUN}" -- sh -c "kill -KILL \\$\\$"; echo "status=$?"'],
+        env=plain_site.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.stdout == "status=137\n"
+    direct = plain_site.run("--", "sh", "-c", "kill -TERM $$")
+    assert direct.returncode == -15
+
+
+def test_sigpipe_and_sigxfsz_are_default_for_the_command(plain_site: Site) -> None:
+    """The command starts with the signal dispositions it would have had without guard-run."""
+    baseline = subprocess.run(
+        ["grep", "^SigIgn", "/proc/self/status"], capture_output=True, text=True, check=True
+    ).stdout
+    for extra in ([], ["--interrupt"]):
+        result = plain_site.run(*extra, "--", "grep", "^SigIgn", "/proc/self/status")
+        assert result.stdout == baseline, extra
+
+
+def test_skip_is_silent_exit_0_and_command_not_run(site: Site) -> None:
+    """Scope in maintenance (default --when-on skip): exit 0, nothing on stdout or stderr."""
+    site.turn_on("shop", '{"reason": "migration"}')
+    marker = site.root / "ran"
+    result = site.run("--scope", "shop", "--", "touch", str(marker))
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    assert not marker.exists()
+
+
+def test_skip_code_option_and_config(tmp_short: Path) -> None:
+    """--skip-code sets the skip status; run.skip_code is the default; the option wins."""
+    site = Site(tmp_short, settings={"run": {"skip_code": 4}})
+    site.turn_on()
+    assert site.run("--", "true").returncode == 4
+    assert site.run("--skip-code", "3", "--", "true").returncode == 3
+    assert site.run("--skip-code", "0", "--", "true").returncode == 0
+
+
+def test_skip_verbose_says_why_on_stderr(plain_site: Site) -> None:
+    """With -v a skip is one stderr line naming the scope, reason, flag and command."""
+    plain_site.turn_on("shop", '{"reason": "db upgrade"}')
+    result = plain_site.run("-v", "--scope", "shop", "--", "backup", "--full")
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr == (
+        f"guard-run: scope shop is in maintenance (db upgrade; flag {plain_site.flag('shop')}):"
+        " skipped backup --full\n"
+    )
+
+
+@pytest.fixture
+def dev_log(tmp_short: Path) -> Iterator[tuple[Path, socket.socket]]:
+    """A private /dev holding our own /dev/log socket, for a mount namespace."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to give guard-run a private /dev/log")
+    dev = tmp_short / "dev"
+    dev.mkdir()
+    (dev / "null").touch()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(dev / "log"))
+    sock.settimeout(10)
+    yield dev, sock
+    sock.close()
+
+
+def test_skip_logs_one_line_to_syslog(
+    plain_site: Site, dev_log: tuple[Path, socket.socket]
+) -> None:
+    """A skip sends exactly one LOG_INFO line (ident guard-run) with command, scope, reason."""
+    dev, sock = dev_log
+    plain_site.turn_on("shop", "kernel update\n")
+    script = f'mount --bind /dev/null {dev}/null && mount --bind {dev} /dev && exec "$@"'
+    result = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+            GUARD_RUN,
+            "--scope",
+            "shop",
+            "--",
+            "backup",
+            "--full",
+        ],
+        env=plain_site.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    line = sock.recv(4096).decode()
+    assert line.startswith("<14>")  # facility user (1) * 8 + LOG_INFO (6)
+    assert "guard-run[" in line
+    assert line.endswith(
+        f"scope shop is in maintenance (kernel update; flag {plain_site.flag('shop')}):"
+        " skipped backup --full"
+    )
+    sock.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        sock.recv(4096)
+
+
+def test_default_flag_puts_every_scope_on_but_not_the_reverse(site: Site) -> None:
+    """default's flag skips jobs of every scope; a named scope's flag leaves default alone."""
+    site.turn_on("default")
+    assert site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 75
+    site.turn_off("default")
+    site.turn_on("shop")
+    assert site.run("--when-on", "fail", "--", "true").returncode == 0
+    assert site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 75
+
+
+def test_scope_with_own_lock_file(tmp_short: Path) -> None:
+    """A scope's own lock_file (an app's ``down`` file) drives it, even a dangling symlink."""
+    down = tmp_short / "app" / "storage" / "down"
+    site = Site(tmp_short, settings={"scopes": {"shop": {"lock_file": str(down)}}})
+    assert site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 0
+    down.parent.mkdir(parents=True)
+    down.symlink_to(tmp_short / "nowhere")
+    assert site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 75
+    site.turn_on("shop")  # <lock_dir>/shop.lock is not this scope's flag
+    down.unlink()
+    assert site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 0
+
+
+def test_fleet_flag_mirror_counts(plain_site: Site) -> None:
+    """guardd's mirror of a fleet flag (<scope>.fleet.lock) puts the scope on too."""
+    plain_site.lock_dir.mkdir()
+    (plain_site.lock_dir / "shop.fleet.lock").write_text("{}")
+    assert plain_site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 75
+    assert plain_site.run("--when-on", "fail", "--", "true").returncode == 0
+
+
+def test_fail_mode_exit_75_one_line(site: Site) -> None:
+    """--when-on fail in maintenance: exit 75 and one line on stderr; command not run."""
+    site.turn_on("default", "planned work")
+    marker = site.root / "ran"
+    result = site.run("--when-on", "fail", "--scope", "shop", "--", "touch", str(marker))
+    assert result.returncode == 75 and result.stdout == ""
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("guard-run: scope shop is in maintenance (planned work; flag ")
+    assert result.stderr.endswith(f": not running touch {marker}\n")
+    assert not marker.exists()
+
+
+def test_check(site: Site) -> None:
+    """--check: 0 in service, 1 in maintenance (own or default flag), silent, runs nothing."""
+    assert site.run("--check", "--scope", "shop").returncode == 0
+    site.turn_on("shop")
+    result = site.run("--check", "--scope", "shop")
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "")
+    assert site.run("--check").returncode == 0
+    site.turn_on("default")
+    assert site.run("--check").returncode == 1
+    verbose = site.run("--check", "-v")
+    assert verbose.returncode == 1 and "scope default is in maintenance" in verbose.stderr
+
+
+def test_check_needs_no_run_lock(tmp_short: Path) -> None:
+    """--check answers even where the run locks cannot be created (it takes none)."""
+    (tmp_short / "file").touch()
+    site = Site(tmp_short, settings={"runtime_dir": str(tmp_short / "file" / "run")})
+    assert site.run("--check").returncode == 0
+    assert site.run("--", "true").returncode == 2
+
+
+def test_guard_scope_environment(plain_site: Site) -> None:
+    """GUARD_SCOPE picks the scope when --scope is not given."""
+    plain_site.turn_on("shop")
+    env = plain_site.env(GUARD_SCOPE="shop")
+    assert plain_site.run("--when-on", "fail", "--", "true", env=env).returncode == 75
+    assert plain_site.run("--scope", "default", "--", "true", env=env).returncode == 0
+
+
+@pytest.mark.parametrize("mode", [[], ["--interrupt"]])
+def test_command_not_found_127_not_executable_126(plain_site: Site, mode: list[str]) -> None:
+    """Not found: 127, not executable: 126, each with one clear stderr line."""
+    missing = plain_site.run(*mode, "--", "no-such-command-xyz")
+    assert missing.returncode == 127
+    assert missing.stderr == "guard-run: no-such-command-xyz: command not found\n"
+    script = plain_site.root / "script.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o644)
+    denied = plain_site.run(*mode, "--", str(script))
+    assert denied.returncode == 126
+    assert denied.stderr == f"guard-run: {script}: cannot execute: Permission denied\n"
+    assert plain_site.run(*mode, "--", str(plain_site.root)).returncode == 126
+
+
+def test_usage_error_exit_2_one_line_command_not_run(plain_site: Site) -> None:
+    """A usage error: exit 2, one line on stderr, the command is not run."""
+    marker = plain_site.root / "ran"
+    result = plain_site.run("--when-on", "sometimes", "--", "touch", str(marker))
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (
+        "guard-run: --when-on: expected one of skip, wait, fail, got 'sometimes'\n"
+    )
+    assert not marker.exists()
+
+
+def test_help_exits_0(plain_site: Site) -> None:
+    """--help prints the usage on stdout and exits 0."""
+    result = plain_site.run("--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: guard-run")
+
+
+def test_unknown_scope_exit_2_naming_known_scopes(site: Site) -> None:
+    """A scope that is not configured: exit 2 naming the configured scopes."""
+    result = site.run("--scope", "blog", "--", "true")
+    assert result.returncode == 2
+    assert result.stderr == "guard-run: unknown scope 'blog' (configured scopes: default, shop)\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("lock_dir: [unclosed\n", "invalid YAML"),
+        ("scopes: {shop: {}}\nrun: {skip_cod: 1}\n", "run.skip_cod: unknown key"),
+        ("run: {skip_code: 300}\n", "run.skip_code: expected a whole number"),
+    ],
+)
+def test_config_error_exit_2_command_not_run(tmp_short: Path, text: str, needle: str) -> None:
+    """An invalid config: exit 2, one line naming the problem; the command is not run."""
+    site = Site(tmp_short)
+    site.config_path.write_text(text)
+    marker = tmp_short / "ran"
+    result = site.run("--", "touch", str(marker))
+    assert result.returncode == 2 and needle in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not marker.exists()
+
+
+def test_missing_config_file_exit_2(plain_site: Site) -> None:
+    """--config or GUARDD_CONFIG naming a missing file is exit 2, not the built-ins."""
+    missing = str(plain_site.root / "nope.yaml")
+    result = plain_site.run("--config", missing, "--", "true")
+    assert (result.returncode, result.stderr) == (2, f"guard-run: {missing}: no such file\n")
+    env = plain_site.env(GUARDD_CONFIG=missing)
+    assert plain_site.run("--", "true", env=env).returncode == 2
+
+
+def test_config_option_beats_environment(plain_site: Site, tmp_short: Path) -> None:
+    """--config wins over GUARDD_CONFIG."""
+    (tmp_short / "other").mkdir()
+    other = Site(tmp_short / "other")
+    other.turn_on()
+    result = plain_site.run("--config", str(other.config_path), "--when-on", "fail", "--", "true")
+    assert result.returncode == 75
+
+
+def test_run_lock_not_creatable_exit_2_naming_path(tmp_short: Path) -> None:
+    """Where the run lock cannot be created: exit 2 naming it; the command is not run."""
+    (tmp_short / "file").touch()
+    runtime = tmp_short / "file" / "run"
+    site = Site(tmp_short, settings={"runtime_dir": str(runtime)})
+    marker = tmp_short / "ran"
+    result = site.run("--", "touch", str(marker))
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"guard-run: cannot open run lock {runtime}/default.run: Not a directory (not running)\n"
+    )
+    assert not marker.exists()
+
+
+def test_run_lock_not_creatable_by_user_exit_2(tmp_short: Path) -> None:
+    """A user who may not create a missing run lock in root's runtime dir gets exit 2."""
+    site = Site(tmp_short)
+    site.runtime_dir.mkdir(mode=0o755)
+    open_to_nobody(site.config_path, site.runtime_dir)
+    result = subprocess.run(
+        as_nobody([GUARD_RUN, "--scope", "shop", "--", "true"]),
+        env=site.env(XDG_CACHE_HOME=str(tmp_short / "nobody-cache")),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert f"cannot open run lock {site.runtime_dir}/default.run: Permission denied" in (
+        result.stderr
+    )
+
+
+def test_user_job_locks_root_created_run_locks(tmp_short: Path) -> None:
+    """Run locks created by root (0644) let any user's job hold them shared."""
+    site = Site(tmp_short)
+    ensure_run_locks(str(site.runtime_dir), ["default", "shop"])
+    assert site.run_lock("shop").stat().st_mode & 0o777 == 0o644
+    open_to_nobody(site.config_path, site.runtime_dir)
+    proc = subprocess.Popen(
+        as_nobody([GUARD_RUN, "--scope", "shop", "--", "sleep", "30"]),
+        env=site.env(XDG_CACHE_HOME=str(tmp_short / "nobody-cache")),
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: site.holders("shop") == {proc.pid}, what="nobody's job holding shop")
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+
+
+def test_unreadable_flag_directory_fails_closed(tmp_short: Path) -> None:
+    """When whether a flag exists cannot be known (EACCES), nothing runs: exit 2."""
+    site = Site(tmp_short)
+    site.lock_dir.mkdir(mode=0o700)
+    ensure_run_locks(str(site.runtime_dir), ["default", "shop"])
+    out = tmp_short / "out"
+    out.mkdir(mode=0o777)
+    out.chmod(0o777)
+    open_to_nobody(site.config_path, site.runtime_dir, out)
+    marker = out / "ran"
+    for args in (["--", "touch", str(marker)], ["--check"]):
+        result = subprocess.run(
+            as_nobody([GUARD_RUN, *args]),
+            env=site.env(XDG_CACHE_HOME=str(tmp_short / "nobody-cache")),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode == 2, args
+        assert result.stderr == (
+            f"guard-run: cannot tell whether flag {site.lock_dir}/default.lock exists: "
+            "Permission denied (not running)\n"
+        )
+    assert not marker.exists()
+
+
+def test_builtin_paths_without_config_file(tmp_short: Path) -> None:
+    """No config file: a user's built-in state and runtime dirs are used (run lock 0644)."""
+    state, runtime = tmp_short / "state", tmp_short / "xdg-run"
+    for path in (state / "guardd", runtime):
+        path.mkdir(parents=True)
+        os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    open_to_nobody(state, runtime)
+    env = {k: v for k, v in os.environ.items() if k not in ("GUARDD_CONFIG", "GUARD_SCOPE")}
+    env.update(
+        XDG_STATE_HOME=str(state),
+        XDG_RUNTIME_DIR=str(runtime),
+        XDG_CACHE_HOME=str(tmp_short / "nobody-cache"),
+    )
+    if os.path.exists("/etc/guardd/config.yaml"):
+        pytest.skip("this host has /etc/guardd/config.yaml: built-ins are not in use")
+    result = subprocess.run(
+        as_nobody([GUARD_RUN, "--", "echo", "ran"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+    run_lock = runtime / "guardd" / "default.run"
+    assert run_lock.stat().st_mode & 0o777 == 0o644
+    assert (runtime / "guardd").stat().st_mode & 0o777 == 0o755
+    (state / "guardd" / "default.lock").touch()
+    result = subprocess.run(
+        as_nobody([GUARD_RUN, "--when-on", "fail", "--", "true"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 75
+    shop = subprocess.run(
+        as_nobody([GUARD_RUN, "--scope", "shop", "--", "true"]),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert shop.returncode == 2 and "configured scopes: default" in shop.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "maintenance"),
+    [
+        (["--", "true"], False),
+        (["--", "true"], True),
+        (["--when-on", "fail", "--", "true"], True),
+        (["--check"], True),
+        (["--interrupt", "--", "true"], False),
+    ],
+)
+def test_lean_start(plain_site: Site, args: list[str], maintenance: bool) -> None:
+    """With a warm config cache, guard-run runs or skips without asyncio, psutil, yaml,
+    dataclasses/inspect, subprocess or any daemon module."""
+    assert plain_site.run("--", "true").returncode == 0  # fills the cache
+    if maintenance:
+        plain_site.turn_on("default", '{"reason": "x"}')
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", GUARD_RUN, *args],
+        env=plain_site.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "guardd.run" in imported
+    forbidden = {
+        "asyncio",
+        "psutil",
+        "yaml",
+        "dataclasses",
+        "inspect",
+        "subprocess",
+        "guardd.config",
+        "guardd.daemon",
+        "guardd.flag",
+        "guardd.jobs",
+        "guardd.control",
+        "guardd.watch",
+        "guardd.client",
+    }
+    assert imported & forbidden == set()
+
+
+def test_cache_is_used_and_rejected_when_config_changes(plain_site: Site) -> None:
+    """A warm cache is written 0600 in a 0700 dir; editing the config is seen at once."""
+    assert plain_site.run("--scope", "shop", "--", "true").returncode == 0
+    cache_dir = plain_site.cache_home / "guardd"
+    (cache_file,) = cache_dir.iterdir()
+    assert cache_dir.stat().st_mode & 0o777 == 0o700
+    assert cache_file.stat().st_mode & 0o777 == 0o600
+    assert json.loads(cache_file.read_text())["view"]["scope_flags"]["shop"].endswith("shop.lock")
+    text = plain_site.config_path.read_text()
+    plain_site.config_path.write_text(text.replace("shop: null", "blog: null"))
+    result = plain_site.run("--scope", "shop", "--", "true")
+    assert result.returncode == 2 and "configured scopes: blog, default" in result.stderr
