@@ -1,0 +1,121 @@
+"""Job discovery from the run locks: only live processes that really hold a lock, found
+with no registration, also when the process that took the lock is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from guardd.jobs import count_jobs, describe_jobs, find_holders, list_jobs
+from tests.helpers import wait_until
+from tests.run_helpers import Site, kill_session
+
+
+@pytest.fixture
+def site(tmp_short: Path) -> Site:
+    """A config with scopes default and shop, no daemon."""
+    return Site(tmp_short)
+
+
+def _locks(site: Site) -> dict[str, str]:
+    return {scope: str(site.run_lock(scope)) for scope in ("default", "shop")}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_no_jobs_and_missing_locks(site: Site) -> None:
+    """No holder, or no lock file at all: every scope maps to an empty set."""
+    assert find_holders(_locks(site)) == {"default": set(), "shop": set()}
+    site.runtime_dir.mkdir()
+    site.run_lock("default").touch()
+    assert count_jobs(_locks(site)) == {"default": 0, "shop": 0}
+
+
+def test_guard_run_job_listed_under_its_scope(site: Site) -> None:
+    """A guard-run job is found by its pid, listed once under its own scope with its
+    command line and start time."""
+    proc = site.popen("--scope", "shop", "--", "sleep", "30")
+    try:
+        holders = wait_until(
+            lambda: (h := find_holders(_locks(site)))["shop"] and h, what="the job's locks"
+        )
+        assert holders == {"default": {proc.pid}, "shop": {proc.pid}}
+        (job,) = describe_jobs(holders)
+        assert (job.pid, job.scope, job.cmd) == (proc.pid, "shop", ("sleep", "30"))
+        assert job.started is not None and job.started.endswith("Z")
+        assert [j.pid for j in list_jobs(_locks(site), "shop")] == [proc.pid]
+        assert [j.pid for j in list_jobs(_locks(site), "default")] == [proc.pid]
+    finally:
+        kill_session(proc)
+    assert find_holders(_locks(site)) == {"default": set(), "shop": set()}
+
+
+def test_job_that_forked_and_exited_is_found_as_its_child(site: Site) -> None:
+    """A job whose first process exited leaves its lock with the child; the child is
+    listed and the dead pid is not."""
+    result = site.run(
+        "--scope", "shop", "--", "sh", "-c", "sleep 30 </dev/null >/dev/null 2>&1 & echo $!"
+    )
+    child = int(result.stdout)
+    try:
+        holders = find_holders(_locks(site))
+        assert holders == {"default": {child}, "shop": {child}}
+        assert [j.pid for j in list_jobs(_locks(site), "shop")] == [child]
+    finally:
+        os.kill(child, signal.SIGKILL)
+    wait_until(lambda: not find_holders(_locks(site))["shop"], what="lock freed")
+
+
+def test_job_killed_mid_run_leaves_no_holder(site: Site) -> None:
+    """A job killed with SIGKILL mid-run holds nothing once it is gone."""
+    proc = site.popen("--scope", "shop", "--", "sleep", "30")
+    wait_until(lambda: find_holders(_locks(site))["shop"] == {proc.pid}, what="job running")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert find_holders(_locks(site)) == {"default": set(), "shop": set()}
+
+
+def test_supervisor_sigkilled_leaves_lock_with_live_job_only(site: Site) -> None:
+    """guard-run --interrupt killed with SIGKILL: the job it started still holds the
+    locks (it inherited them), and is the only holder listed; none once it ends."""
+    # No pipes: the orphaned job would keep them open, and reading them would wait for it.
+    proc = site.popen(
+        "--interrupt",
+        "--scope",
+        "shop",
+        "--",
+        "sleep",
+        "30",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    holders = wait_until(lambda: find_holders(_locks(site))["shop"], what="supervisor holds")
+    assert holders == {proc.pid}
+    child = int(
+        wait_until(
+            lambda: Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split(),
+            what="child started",
+        )[0]
+    )
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    try:
+        assert _pid_alive(child)
+        assert find_holders(_locks(site)) == {"default": {child}, "shop": {child}}
+        assert [(j.pid, j.cmd) for j in list_jobs(_locks(site))] == [(child, ("sleep", "30"))]
+    finally:
+        os.kill(child, signal.SIGKILL)
+    wait_until(
+        lambda: find_holders(_locks(site)) == {"default": set(), "shop": set()},
+        what="no holder after the job died",
+    )
