@@ -676,12 +676,15 @@ class HttpConnection(asyncio.Protocol):
 
     def drop(self) -> None:
         """Close now, without waiting for anything."""
-        if self.transport is None:
+        transport = self.transport
+        if transport is None:
             return
-        if self.lingering:
-            self.transport.abort()  # it would not hang up: a reset is all it gets
+        if self.lingering or transport.get_write_buffer_size():
+            # A client that would not hang up, or does not read what it asked for:
+            # close() would wait for it for ever, a reset is all it gets.
+            transport.abort()
         else:
-            self.transport.close()
+            transport.close()
 
 
 def scope_status(statuses: Mapping[str, ScopeStatus], scope: str) -> ScopeStatus:

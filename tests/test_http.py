@@ -745,3 +745,27 @@ def test_pipelining_flood_without_reading_is_flow_controlled(served: Served) -> 
         sender.join(timeout=10)
     assert statuses == {503}
     assert _peak_rss_kib(pid) - before < 48_000
+
+
+def _established(port: int) -> int:
+    """Established TCP connections whose local port is ``port`` (the server's side)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+            count += 1
+    return count
+
+
+def test_client_that_never_reads_is_cut_after_header_timeout(
+    serve: Callable[..., Served],
+) -> None:
+    """A client that sends requests but never reads is cut once header_timeout passes,
+    instead of holding its connection and unsent answers for ever."""
+    served = serve({"header_timeout": 0.5})
+    served.on(reason="stuck")
+    with Connection(served.port) as connection:
+        connection.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        connection.send(build_request("/") * 2000)
+        assert _established(served.port) == 1
+        wait_until(lambda: _established(served.port) == 0, what="guardd to cut the client")
