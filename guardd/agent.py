@@ -10,7 +10,7 @@ import asyncio
 
 from guardd.config import Policy, WithdrawAs
 from guardd.policy import agent_line
-from guardd.state import ScopeStatus
+from guardd.state import ScopeView
 
 # HAProxy hangs up once it has the line; a checker that does not is cut after this.
 LINGER_SECONDS = 5.0
@@ -33,9 +33,11 @@ class AgentShared:
         self.line = encode_line("up ready 100%")
         self.connections: set[AgentConnection] = set()
 
-    def publish(self, status: ScopeStatus, policy: Policy, withdraw_as: WithdrawAs) -> None:
+    def publish(self, view: ScopeView, policy: Policy, withdraw_as: WithdrawAs) -> None:
         """Rebuild the reply for a new state or config."""
-        self.line = encode_line(agent_line(status, policy, withdraw_as))
+        self.line = encode_line(
+            agent_line(view.status, policy, withdraw_as, other_node_serves=view.other_node_serves)
+        )
 
     def close_all(self) -> None:
         """Cut every open connection (shutdown)."""

@@ -251,10 +251,6 @@ def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
                 "(the etcd cluster to read the fleet's state from)",
             )
         )
-    if http.policy == "fleet":
-        raise ConfigError(
-            _where(source, "http.policy: 'fleet' is not available in this version of guardd")
-        )
 
     return Config(
         source=source,

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
@@ -41,7 +41,7 @@ from guardd.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.state import ScopeStatus, all_statuses, summary
+from guardd.state import ScopeStatus, Snapshot, all_statuses, summary
 from guardd.watch import RESCAN, Watcher
 
 log = logging.getLogger("guardd")
@@ -59,7 +59,7 @@ class StateListener(Protocol):
     async def start(self) -> None:
         """Bind listeners."""
 
-    def update(self, statuses: Mapping[str, ScopeStatus]) -> None:
+    def update(self, snapshot: Snapshot) -> None:
         """The state changed: rebuild prebuilt answers."""
 
     async def reconfigure(self, config: Config) -> None:
@@ -73,14 +73,10 @@ class StateListener(Protocol):
 
 
 def build_listeners(config: Config) -> list[StateListener]:
-    """The HTTP responder and agent-check port, when configured."""
-    listeners: list[StateListener] = []
-    try:
-        from guardd.responders import make_listeners
-    except ImportError:
-        return listeners
-    listeners.extend(make_listeners(config))
-    return listeners
+    """The HTTP responder and agent-check port (each says "off" without addresses)."""
+    from guardd.responders import make_listeners
+
+    return make_listeners(config)
 
 
 class Daemon:
@@ -150,7 +146,7 @@ class Daemon:
         self.listeners = build_listeners(self.config)
         for listener in self.listeners:
             await listener.start()
-            listener.update(self.statuses)
+            listener.update(self.snapshot())
         self._start_watchdog(loop)
         line = summary(self.statuses)
         self.notifier.ready(line)
@@ -296,7 +292,7 @@ class Daemon:
 
     def _fleet_view_changed(self) -> None:
         for listener in self.listeners:
-            listener.update(self.statuses)
+            listener.update(self.snapshot())
 
     async def _read_everything(self, *, publish: bool = False) -> None:
         flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
@@ -404,7 +400,7 @@ class Daemon:
         if not changed:
             if force:
                 for listener in self.listeners:
-                    listener.update(self.statuses)
+                    listener.update(self.snapshot())
             return
         for status in changed.values():
             log.info(
@@ -416,7 +412,7 @@ class Daemon:
         if self.control is not None:
             self.control.broadcast(changed)
         for listener in self.listeners:
-            listener.update(self.statuses)
+            listener.update(self.snapshot())
         self.notifier.status(summary(self.statuses))
         if self.fleet is not None:
             self.fleet.local_changed()
@@ -518,6 +514,25 @@ class Daemon:
         self.schedule_timer = None
         self.schedule_dirty = True
         self.refresh_wanted.set()
+
+    def snapshot(self) -> Snapshot:
+        """What the responders answer from: statuses, upcoming windows, the fleet view."""
+        others: dict[str, bool] | None = None
+        degraded = False
+        if self.fleet is not None:
+            view = self.fleet.view
+            degraded = not view.connected
+            if view.ever_connected:
+                others = {
+                    scope: bool(view.others_serving(scope, self.config.node))
+                    for scope in self.config.scopes
+                }
+        return Snapshot(
+            statuses=self.statuses,
+            upcoming=tuple(self.upcoming()),
+            others_serving=others,
+            fleet_degraded=degraded,
+        )
 
     def upcoming(self) -> list[dict[str, object]]:
         """Windows within their notice period (for the status reply and the page)."""

@@ -17,7 +17,6 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 from enum import IntEnum
@@ -27,7 +26,7 @@ from typing import NamedTuple
 from guardd.config import Config, Policy
 from guardd.page import Page, maintenance_page, outage_page, render_template, uses_retry_after
 from guardd.policy import health_answer, health_body, retry_after_seconds, until_epoch
-from guardd.state import ScopeStatus
+from guardd.state import ScopeView
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +136,21 @@ _FIXED_REPLIES = {
 
 
 def build_replies(
-    status: ScopeStatus, settings: HttpSettings, *, retry_after: int, page: Page
+    view: ScopeView, settings: HttpSettings, *, retry_after: int, page: Page
 ) -> dict[Kind, Reply]:
     """Every answer for one scope state. Pure: ``page`` is the rendered maintenance page."""
+    status = view.status
     maintenance = status.in_maintenance
     marker = (("Guard-Maintenance", status.scope),) if maintenance else ()
     retry = (("Retry-After", str(retry_after)),)
     vary = (("Vary", "Accept"),)
 
-    health = health_answer(status, settings.policy)
+    health = health_answer(
+        status,
+        settings.policy,
+        other_node_serves=view.other_node_serves,
+        degraded=view.degraded,
+    )
     replies = dict(_FIXED_REPLIES)
     replies[Kind.HEALTH] = Reply(
         health.code,
@@ -165,7 +170,7 @@ def build_replies(
                 "since": status.since,
                 "until": status.until,
                 "retry_after": retry_after if maintenance else None,
-                "upcoming": [],
+                "upcoming": [dict(window) for window in view.upcoming],
             }
         ),
         marker,
@@ -271,8 +276,9 @@ class Answers:
     to ``until``); framed lazily per (kind, HEAD, persistence) and cached.
     """
 
-    def __init__(self, status: ScopeStatus, settings: HttpSettings) -> None:
-        self.status = status
+    def __init__(self, view: ScopeView, settings: HttpSettings) -> None:
+        self.view = view
+        status = self.status = view.status
         self.settings = settings
         self.until = until_epoch(status.until) if status.in_maintenance else None
         self.second = -1
@@ -312,7 +318,7 @@ class Answers:
         if retry_after != self.retry_after:
             self.retry_after = retry_after
             self.replies = build_replies(
-                self.status, self.settings, retry_after=retry_after, page=self._page(retry_after)
+                self.view, self.settings, retry_after=retry_after, page=self._page(retry_after)
             )
 
     def wire(self, kind: Kind, head_only: bool, persist: Persist, now: float) -> bytes:
@@ -331,16 +337,16 @@ class Answers:
 class HttpShared:
     """State shared by every connection of one responder; swapped, never mutated in place."""
 
-    def __init__(self, settings: HttpSettings, status: ScopeStatus) -> None:
+    def __init__(self, settings: HttpSettings, view: ScopeView) -> None:
         self.settings = settings
-        self.answers = Answers(status, settings)
+        self.answers = Answers(view, settings)
         self.accept_cache: dict[bytes, bool] = {}
         self.connections: set[HttpConnection] = set()
 
-    def publish(self, settings: HttpSettings, status: ScopeStatus) -> None:
+    def publish(self, settings: HttpSettings, view: ScopeView) -> None:
         """New settings or state: one assignment swaps every answer at once."""
         self.settings = settings
-        self.answers = Answers(status, settings)
+        self.answers = Answers(view, settings)
 
     def wants_json(self, accept: bytes) -> bool:
         """prefers_json, remembered per distinct header value."""
@@ -685,11 +691,3 @@ class HttpConnection(asyncio.Protocol):
             transport.abort()
         else:
             transport.close()
-
-
-def scope_status(statuses: Mapping[str, ScopeStatus], scope: str) -> ScopeStatus:
-    """The scope's status, or "off" before anything is known about it."""
-    status = statuses.get(scope)
-    if status is not None:
-        return status
-    return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=0)

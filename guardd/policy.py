@@ -51,10 +51,26 @@ def withdraws(status: ScopeStatus, policy: Policy, *, other_node_serves: bool | 
 
 
 def health_answer(
-    status: ScopeStatus, policy: Policy, *, other_node_serves: bool | None = None
+    status: ScopeStatus,
+    policy: Policy,
+    *,
+    other_node_serves: bool | None = None,
+    degraded: bool = False,
 ) -> HealthAnswer:
-    """The health path's answer for ``status`` under ``policy``."""
+    """The health path's answer for ``status`` under ``policy``.
+
+    ``degraded`` (fleet mode with etcd unreachable) turns a "pass" into "warn": the
+    answer still routes traffic, but the fleet view it rests on may be stale.
+    """
     if not status.in_maintenance:
+        if degraded:
+            return HealthAnswer(
+                code=200,
+                status="warn",
+                maintenance=False,
+                retry_after=False,
+                output="fleet view is stale: etcd unreachable",
+            )
         return HealthAnswer(
             code=200, status="pass", maintenance=False, retry_after=False, output=None
         )

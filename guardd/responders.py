@@ -12,14 +12,14 @@ import asyncio
 import errno
 import logging
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from guardd.agent import AgentConnection, AgentShared
 from guardd.config import Config, ListenAddress
 from guardd.errors import GuardError
-from guardd.http import HttpConnection, HttpSettings, HttpShared, scope_status
-from guardd.state import ScopeStatus
+from guardd.http import HttpConnection, HttpSettings, HttpShared
+from guardd.state import Snapshot
 
 if TYPE_CHECKING:
     from guardd.daemon import StateListener
@@ -210,9 +210,9 @@ class HttpListener:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.statuses: Mapping[str, ScopeStatus] = {}
+        self.snapshot = Snapshot(statuses={})
         settings = HttpSettings.from_config(config, None)
-        self.shared = HttpShared(settings, scope_status({}, settings.scope))
+        self.shared = HttpShared(settings, self.snapshot.view(settings.scope))
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "http.listen", lambda: HttpConnection(self.shared, loop_getter())
@@ -232,21 +232,21 @@ class HttpListener:
 
     async def start(self) -> None:
         settings = await self._settings(self.config, strict=True)
-        self.shared.publish(settings, scope_status(self.statuses, settings.scope))
+        self.shared.publish(settings, self.snapshot.view(settings.scope))
         await self.endpoints.bind(self.config.http.listen)
 
-    def update(self, statuses: Mapping[str, ScopeStatus]) -> None:
-        self.statuses = statuses
+    def update(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
         settings = self.shared.settings
-        status = scope_status(statuses, settings.scope)
-        if status != self.shared.answers.status:
-            self.shared.publish(settings, status)
+        view = snapshot.view(settings.scope)
+        if view != self.shared.answers.view:
+            self.shared.publish(settings, view)
         self.endpoints.start_serving()
 
     async def reconfigure(self, config: Config) -> None:
         settings = await self._settings(config, strict=False)
         self.config = config
-        self.shared.publish(settings, scope_status(self.statuses, settings.scope))
+        self.shared.publish(settings, self.snapshot.view(settings.scope))
         await self.endpoints.rebind(config.http.listen)
 
     async def close(self) -> None:
@@ -265,7 +265,7 @@ class AgentListener:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.statuses: Mapping[str, ScopeStatus] = {}
+        self.snapshot = Snapshot(statuses={})
         self.shared = AgentShared()
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
@@ -274,15 +274,15 @@ class AgentListener:
 
     def _publish(self) -> None:
         config = self.config
-        status = scope_status(self.statuses, config.agent.scope)
-        self.shared.publish(status, config.http.policy, config.agent.withdraw_as)
+        view = self.snapshot.view(config.agent.scope)
+        self.shared.publish(view, config.http.policy, config.agent.withdraw_as)
 
     async def start(self) -> None:
         self._publish()
         await self.endpoints.bind(self.config.agent.listen)
 
-    def update(self, statuses: Mapping[str, ScopeStatus]) -> None:
-        self.statuses = statuses
+    def update(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
         self._publish()
         self.endpoints.start_serving()
 
@@ -304,8 +304,6 @@ class AgentListener:
 
 
 def make_listeners(config: Config) -> list[StateListener]:
-    """Both responders when either is configured (so a reload can turn the other on),
-    none when neither is."""
-    if not config.http.listen and not config.agent.listen:
-        return []
+    """Both responders, always: one with no addresses binds nothing and says "off",
+    and a reload that adds addresses turns it on."""
     return [HttpListener(config), AgentListener(config)]

@@ -89,3 +89,42 @@ def summary(statuses: Mapping[str, ScopeStatus]) -> str:
             text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
         parts.append(text)
     return "maintenance: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ScopeView:
+    """Everything one scope's load-balancer answers depend on."""
+
+    status: ScopeStatus
+    upcoming: tuple[Mapping[str, object], ...] = ()
+    # Fleet policy input: another live node reports this scope off (None: no fleet view).
+    other_node_serves: bool | None = None
+    # Fleet mode without etcd: a health answer that would be "pass" says "warn".
+    degraded: bool = False
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What guardd publishes to its responders on every change."""
+
+    statuses: Mapping[str, ScopeStatus]
+    upcoming: tuple[Mapping[str, object], ...] = ()
+    others_serving: Mapping[str, bool] | None = None
+    fleet_degraded: bool = False
+
+    def view(self, scope: str) -> ScopeView:
+        """The view of one scope (off before anything is known about it).
+
+        Upcoming windows of ``default`` are shown for every scope: they affect all.
+        """
+        status = self.statuses.get(scope) or ScopeStatus(
+            scope=scope, state="off", since=None, until=None, reason=None, jobs=0
+        )
+        return ScopeView(
+            status=status,
+            upcoming=tuple(w for w in self.upcoming if w.get("scope") in (scope, DEFAULT_SCOPE)),
+            other_node_serves=None
+            if self.others_serving is None
+            else self.others_serving.get(scope, False),
+            degraded=self.fleet_degraded,
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from guardd.flag import FlagInfo
 from guardd.hooks import transitions
 from guardd.state import all_statuses
@@ -9,7 +11,12 @@ from guardd.state import all_statuses
 FLAG = FlagInfo(reason="r", until=None, since="2026-11-21T23:00:00Z", by=None)
 
 
-def kinds(old_flags, new_flags, old_jobs=None, new_jobs=None):
+def kinds(
+    old_flags: Mapping[str, FlagInfo | None],
+    new_flags: Mapping[str, FlagInfo | None],
+    old_jobs: dict[str, int] | None = None,
+    new_jobs: dict[str, int] | None = None,
+) -> list[tuple[str, str, str]]:
     old = all_statuses(old_flags, old_jobs or {})
     new = all_statuses(new_flags, new_jobs or {})
     return [

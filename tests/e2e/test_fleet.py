@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 import pytest
 
 from tests.etcd_helpers import EtcdCluster
-from tests.helpers import Guardd, command, wait_until
+from tests.helpers import Guardd, command, free_port, wait_until
+from tests.httpclient import get
 
 MakeGuardd = Callable[..., Guardd]
 LEASE_TTL = 2
@@ -218,3 +220,76 @@ def test_three_member_cluster_losing_one_member(make_guardd: MakeGuardd, tmp_sho
         assert set(fleet_nodes(a)) == {"web-a", "web-b"}
     finally:
         cluster.close()
+
+
+def agent_line(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        return conn.makefile("rb").read().decode()
+
+
+def health(port: int) -> tuple[int, str]:
+    response = get(port, "/healthz")
+    return response.status, str(response.json()["status"])
+
+
+def test_fleet_policy_withdraws_while_another_node_serves(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """fleet policy: 503 on a node in maintenance while another serves; 200 once none does."""
+    ports = [free_port(), free_port()]
+    agent_ports = [free_port(), free_port()]
+    a, b = (
+        node(
+            make_guardd,
+            etcd,
+            name,
+            http={"listen": [f"127.0.0.1:{port}"], "policy": "fleet", "scope": "shop"},
+            agent={"listen": [f"127.0.0.1:{agent}"]},
+        ).start()
+        for name, port, agent in zip(("web-a", "web-b"), ports, agent_ports, strict=True)
+    )
+    wait_until(lambda: len(fleet_nodes(a)) == 2, what="two nodes registered")
+    a.flag("shop").touch()  # a alone goes into maintenance: b still serves
+    wait_until(lambda: health(ports[0]) == (503, "fail"), what="a withdrawn")
+    assert health(ports[1]) == (200, "pass")
+    assert agent_line(agent_ports[0]).startswith("maint")
+    b.flag("shop").touch()  # now no node serves: both stay in the pool with the page
+    wait_until(lambda: health(ports[0]) == (200, "warn"), what="a back in the pool")
+    wait_until(lambda: health(ports[1]) == (200, "warn"), what="b in the pool")
+    assert agent_line(agent_ports[0]) == "up ready 100%\n"
+    page = get(ports[0], "/")
+    assert page.status == 503 and page.header("Guard-Maintenance") == "shop"
+    b.flag("shop").unlink()
+    wait_until(lambda: health(ports[0]) == (503, "fail"), what="a withdrawn again")
+
+
+def test_etcd_outage_turns_pass_into_warn(make_guardd: MakeGuardd, etcd: EtcdCluster) -> None:
+    """With etcd unreachable the health answer says warn where it would say pass."""
+    port = free_port()
+    daemon = node(
+        make_guardd, etcd, "web-a", http={"listen": [f"127.0.0.1:{port}"], "policy": "fleet"}
+    ).start()
+    wait_until(lambda: health(port) == (200, "pass"), what="pass with etcd up")
+    etcd.stop()
+    wait_until(lambda: health(port) == (200, "warn"), timeout=30, what="warn during outage")
+    daemon.flag().touch()  # local flags still work; no other node known: stays in pool
+    wait_until(
+        lambda: get(port, "/maintenance.json").json()["state"] == "on",
+        what="local flag during outage",
+    )
+
+
+def test_fleet_policy_without_any_fleet_view_acts_as_withdraw(
+    make_guardd: MakeGuardd, tmp_short: Path
+) -> None:
+    """etcd unreachable since start: the fleet policy answers as withdraw."""
+    port = free_port()
+    daemon = make_guardd(
+        {
+            "scopes": {"shop": None},
+            "http": {"listen": [f"127.0.0.1:{port}"], "policy": "fleet"},
+            "fleet": {"endpoints": [f"http://127.0.0.1:{free_port()}"], "lease_ttl": 2},
+        }
+    ).start()
+    daemon.flag().touch()
+    wait_until(lambda: health(port) == (503, "fail"), what="withdrawn without a fleet view")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from guardd.durations import format_time
 from guardd.schedule import Window, read_windows, write_windows
-from tests.helpers import Guardd, command, wait_until
+from tests.helpers import Guardd, command, free_port, wait_until
+from tests.httpclient import get
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -201,3 +203,37 @@ def test_hook_timeout_kills_it_and_states_found_at_start_fire_nothing(
     wait_until(marker.exists, what="hook after the timed-out one")
     _, err = daemon.stop()
     assert "timed out after 0.5s and was killed" in err
+
+
+def test_upcoming_window_is_in_maintenance_json(make_guardd: MakeGuardd) -> None:
+    """/maintenance.json lists a window in its notice period under upcoming (for banners)."""
+    port = free_port()
+    daemon = make_guardd(
+        {"scopes": {"shop": None}, "http": {"listen": [f"127.0.0.1:{port}"], "scope": "shop"}}
+    ).start()
+    assert get(port, "/maintenance.json").json()["upcoming"] == []
+    result = ctl(
+        daemon,
+        "schedule",
+        "shop",
+        "--at",
+        at(3600),
+        "--for",
+        "30m",
+        "--reason",
+        "db upgrade",
+        "--notice",
+        "2h",
+    )
+    assert result.returncode == 0, result.stderr
+    document = wait_until(
+        lambda: (d := get(port, "/maintenance.json").json())["upcoming"] and d,
+        what="upcoming window published",
+    )
+    assert document["state"] == "off"
+    [window] = document["upcoming"]
+    assert window["reason"] == "db upgrade" and window["scope"] == "shop"
+    # A window further away than its notice is not announced yet.
+    ctl(daemon, "schedule", "shop", "--at", at(5 * 3600), "--for", "30m", "--notice", "1h")
+    time.sleep(0.3)
+    assert len(get(port, "/maintenance.json").json()["upcoming"]) == 1
