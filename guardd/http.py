@@ -4,6 +4,10 @@ Every answer is prebuilt as bytes when the scope's state changes (and renewed at
 most once a second for ``Date`` and ``Retry-After``); a request costs parsing its
 head and one dictionary look-up. Nothing here touches the disk.
 
+The nginx ``auth_request`` gate (``http.gate_path``) answers 204 or 403 from the
+same prebuilt bytes; only while the scope is in maintenance does a gate request
+cost more: reading four headers and asking ``guardd.gate`` (which remembers).
+
 Request bodies are never buffered: a ``Content-Length`` body is counted off as it
 arrives and the connection stays usable; a chunked body (or one announced with
 ``Expect: 100-continue``) is answered, then the connection is half-closed and its
@@ -24,6 +28,7 @@ from http import HTTPStatus
 from typing import NamedTuple
 
 from guardd.config import Config, Policy
+from guardd.gate import BYPASS_PATH, Gate, GateRules, Verdict
 from guardd.page import Page, maintenance_page, outage_page, render_template, uses_retry_after
 from guardd.policy import health_answer, health_body, retry_after_seconds, until_epoch
 from guardd.state import ScopeView
@@ -58,10 +63,16 @@ class Kind(IntEnum):
     STATUS = 1  # /maintenance.json
     PAGE_HTML = 2  # maintenance page, or the outage page when the scope is off
     PAGE_JSON = 3  # the same for API clients
-    NOT_FOUND = 4  # /.guardd/...: the bypass is not configured
+    NOT_FOUND = 4  # /.guardd/... other than the bypass URL with the right secret
     BAD_REQUEST = 5  # malformed: 400, then close
     TOO_LARGE = 6  # head over MAX_HEAD: 431, then close
     BAD_VERSION = 7  # HTTP/2 and later spoken as text: 505, then close
+    GATE_OPEN = 8  # the gate, scope off: 204
+    GATE_PATH = 9  # the gate in maintenance, an exempt path: 204
+    GATE_ADDRESS = 10  # ... an allowed client address: 204
+    GATE_COOKIE = 11  # ... a valid bypass cookie: 204
+    GATE_CLOSED = 12  # the gate in maintenance, nothing lets it through: 403
+    BYPASS = 13  # /.guardd/bypass/<secret>: set the cookie, 302 to /
 
 
 class Persist(IntEnum):
@@ -86,6 +97,8 @@ class HttpSettings:
     scope: str
     policy: Policy
     health_path: bytes
+    gate_path: bytes
+    gate: GateRules
     api_prefixes: tuple[bytes, ...]
     page_status: int
     retry_after: int
@@ -101,6 +114,8 @@ class HttpSettings:
             scope=http.scope,
             policy=http.policy,
             health_path=http.health_path.encode(),
+            gate_path=http.gate_path.encode(),
+            gate=GateRules.from_config(config.bypass, http.scope),
             api_prefixes=tuple(prefix.encode() for prefix in http.api_prefixes),
             page_status=http.page_status,
             retry_after=http.retry_after,
@@ -132,6 +147,13 @@ _FIXED_REPLIES = {
     Kind.BAD_REQUEST: Reply(400, TEXT, b"bad request\n"),
     Kind.TOO_LARGE: Reply(431, TEXT, b"request header fields too large\n"),
     Kind.BAD_VERSION: Reply(505, TEXT, b"HTTP version not supported\n"),
+    Kind.GATE_OPEN: Reply(204, "", b""),
+}
+# Which bypass let a request through, for nginx's auth_request_set and for logs.
+_GATE_PASSES = {
+    Kind.GATE_PATH: "path",
+    Kind.GATE_ADDRESS: "address",
+    Kind.GATE_COOKIE: "cookie",
 }
 
 
@@ -152,6 +174,10 @@ def build_replies(
         degraded=view.degraded,
     )
     replies = dict(_FIXED_REPLIES)
+    for kind, why in _GATE_PASSES.items():
+        replies[kind] = Reply(204, "", b"", (*marker, ("Guard-Bypass", why)))
+    # nginx sends a 403 from the gate to the maintenance page (error_page 403).
+    replies[Kind.GATE_CLOSED] = Reply(403, "", b"", marker)
     replies[Kind.HEALTH] = Reply(
         health.code,
         HEALTH_JSON,
@@ -211,15 +237,12 @@ def frame(reply: Reply, *, date: str, head_only: bool, persist: Persist) -> byte
         phrase = HTTPStatus(reply.status).phrase
     except ValueError:
         phrase = "Status"
-    lines = [
-        f"HTTP/1.1 {reply.status} {phrase}",
-        f"Date: {date}",
-        "Server: guardd",
-        f"Content-Type: {reply.content_type}",
-        f"Content-Length: {len(reply.body)}",
-        "Cache-Control: no-store",
-        "X-Content-Type-Options: nosniff",
-    ]
+    lines = [f"HTTP/1.1 {reply.status} {phrase}", f"Date: {date}", "Server: guardd"]
+    if reply.content_type:
+        lines.append(f"Content-Type: {reply.content_type}")
+    if reply.status != 204:  # RFC 9110 8.6: a 204 carries no Content-Length
+        lines.append(f"Content-Length: {len(reply.body)}")
+    lines += ["Cache-Control: no-store", "X-Content-Type-Options: nosniff"]
     lines += [f"{name}: {value}" for name, value in reply.headers]
     head = ("\r\n".join(lines) + "\r\n").encode("latin-1") + _CONNECTION_HEADER[persist] + b"\r\n"
     return head if head_only else head + reply.body
@@ -279,6 +302,7 @@ class Answers:
     def __init__(self, view: ScopeView, settings: HttpSettings) -> None:
         self.view = view
         status = self.status = view.status
+        self.maintenance = status.in_maintenance
         self.settings = settings
         self.until = until_epoch(status.until) if status.in_maintenance else None
         self.second = -1
@@ -329,9 +353,26 @@ class Answers:
         key = (kind << 3) | (persist << 1) | head_only
         data = self.wire_cache.get(key)
         if data is None:
-            data = frame(self.replies[kind], date=self.date, head_only=head_only, persist=persist)
+            reply = self.replies[kind] if kind != Kind.BYPASS else self._bypass_reply()
+            data = frame(reply, date=self.date, head_only=head_only, persist=persist)
             self.wire_cache[key] = data
         return data
+
+    def _bypass_reply(self) -> Reply:
+        # Built on demand and kept for the current second, like every answer: the
+        # cookie's expiry only changes with the second.
+        cookie = self.settings.gate.bypass_cookie(float(self.second))
+        return Reply(
+            302,
+            TEXT,
+            b"bypass cookie set\n",
+            (
+                ("Location", "/"),
+                ("Set-Cookie", cookie),
+                # The secret is in this URL: never hand it on as a Referer.
+                ("Referrer-Policy", "no-referrer"),
+            ),
+        )
 
 
 class HttpShared:
@@ -340,11 +381,14 @@ class HttpShared:
     def __init__(self, settings: HttpSettings, view: ScopeView) -> None:
         self.settings = settings
         self.answers = Answers(view, settings)
+        self.gate = Gate(settings.gate)
         self.accept_cache: dict[bytes, bool] = {}
         self.connections: set[HttpConnection] = set()
 
     def publish(self, settings: HttpSettings, view: ScopeView) -> None:
         """New settings or state: one assignment swaps every answer at once."""
+        if settings is not self.settings:
+            self.gate = Gate(settings.gate)  # a reload forgets every gate decision
         self.settings = settings
         self.answers = Answers(view, settings)
 
@@ -382,6 +426,7 @@ class ParsedRequest(NamedTuple):
     persist: Persist
     accept: bytes | None
     body_length: int  # Content-Length to skip; -1: unknown (chunked), read no further
+    fields: bytes  # the header lines, as sent: read again only by a gate request
 
 
 # One match validates a whole request line: method SP target SP HTTP/d.d, no
@@ -396,6 +441,11 @@ _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r?\n)
 _WANTED_HEADERS = re.compile(
     rb"\n(connection|content-length|transfer-encoding|accept|expect):([^\r\n]*)"
 )
+# The headers the gate reads. Their values are case-sensitive (paths, cookies):
+# names are found in a lowercased copy, values cut from the original bytes at the
+# same offsets (``bytes.lower`` keeps every offset). Only read for a gate request
+# during maintenance.
+_GATE_HEADER_NAMES = re.compile(rb"\n(x-original-uri|x-forwarded-for|x-real-ip|cookie):")
 # Module-level aliases: an enum member looked up on its class costs ~0.1 us,
 # several times per request on the hot path.
 _KEEP, _KEEP_10, _CLOSE = Persist.KEEP, Persist.KEEP_10, Persist.CLOSE
@@ -406,6 +456,53 @@ _HEALTH, _STATUS, _PAGE_HTML, _PAGE_JSON, _NOT_FOUND = (
     Kind.PAGE_JSON,
     Kind.NOT_FOUND,
 )
+_GATE_OPEN, _BYPASS = Kind.GATE_OPEN, Kind.BYPASS
+# The gate's verdict -> its answer.
+_GATE_KINDS = {
+    Verdict.DENY: Kind.GATE_CLOSED,
+    Verdict.PATH: Kind.GATE_PATH,
+    Verdict.ADDRESS: Kind.GATE_ADDRESS,
+    Verdict.COOKIE: Kind.GATE_COOKIE,
+}
+
+
+class GateHeaders(NamedTuple):
+    """What the gate reads from a request (None: the header is absent)."""
+
+    original_uri: bytes | None
+    forwarded_for: bytes | None
+    real_ip: bytes | None
+    cookie: bytes | None
+
+
+def gate_headers(fields: bytes) -> GateHeaders:
+    """The gate's four headers from a header block, values as sent.
+
+    Repeated ``X-Forwarded-For`` headers are one list (RFC 9110 5.3), repeated
+    ``Cookie`` headers one cookie string; of the single-valued ones the first wins.
+    """
+    original_uri = real_ip = None
+    forwarded: list[bytes] = []
+    cookies: list[bytes] = []
+    block = b"\n" + fields
+    for match in _GATE_HEADER_NAMES.finditer(block.lower()):
+        name = match.group(1)
+        start = match.end()
+        value = block[start : block.find(b"\n", start)].strip(b" \t\r")
+        if name == b"cookie":
+            cookies.append(value)
+        elif name == b"x-forwarded-for":
+            forwarded.append(value)
+        elif name == b"x-original-uri":
+            original_uri = value if original_uri is None else original_uri
+        else:
+            real_ip = value if real_ip is None else real_ip
+    return GateHeaders(
+        original_uri,
+        b",".join(forwarded) if forwarded else None,
+        real_ip,
+        b"; ".join(cookies) if cookies else None,
+    )
 
 
 def _target_path(target: bytes) -> bytes:
@@ -488,7 +585,9 @@ def parse_head(head: bytes) -> ParsedRequest:
         persist = _KEEP
     else:
         persist = _KEEP_10 if keep_alive else _CLOSE
-    return ParsedRequest(_target_path(target), method == b"HEAD", persist, accept, body_length)
+    return ParsedRequest(
+        _target_path(target), method == b"HEAD", persist, accept, body_length, fields
+    )
 
 
 def _find_head_end(data: bytes, start: int) -> tuple[int, int]:
@@ -523,6 +622,8 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.timer: asyncio.TimerHandle | None = None
         self.lingering = False
+        # The TCP peer's address, looked up by the first gate request that needs it.
+        self.peer: str | None = None
 
     # ------------------------------------------------------------------ asyncio
 
@@ -600,14 +701,14 @@ class HttpConnection(asyncio.Protocol):
                 self.buffer = data[pos:]
                 break
             try:
-                path, head_only, persist, accept, body_length = parse_head(data[pos:end])
+                path, head_only, persist, accept, body_length, fields = parse_head(data[pos:end])
             except _Malformed as err:
                 out.append(answers.wire(err.kind, False, _CLOSE, now))
                 self._finish(out)
                 return
             pos = after
             heads += 1
-            answer = answers.wire(self._route(path, accept), head_only, persist, now)
+            answer = answers.wire(self._route(path, accept, fields, now), head_only, persist, now)
             out.append(answer)
             if persist is _CLOSE:
                 self._finish(out)
@@ -628,21 +729,48 @@ class HttpConnection(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _route(self, path: bytes, accept: bytes | None) -> Kind:
-        settings = self.shared.settings
+    def _route(self, path: bytes, accept: bytes | None, fields: bytes, now: float) -> Kind:
+        shared = self.shared
+        settings = shared.settings
+        if path == settings.gate_path:
+            # The hottest path behind nginx: while the scope is off, no work at all.
+            if not shared.answers.maintenance:
+                return _GATE_OPEN
+            return self._gate(fields, now)
         if path == settings.health_path:
             return _HEALTH
         if path == STATUS_PATH:
             return _STATUS
         if path.startswith(BYPASS_PREFIX):
-            # The bypass cookie comes with a later version: "no secret configured"
-            # is a 404 in the SPEC.
+            # A wrong secret, or none configured, gets the very 404 of any other
+            # /.guardd/ path: nothing tells an attacker which case it was.
+            if path.startswith(BYPASS_PATH) and shared.gate.rules.signer.secret_matches(
+                path[len(BYPASS_PATH) :]
+            ):
+                return _BYPASS
             return _NOT_FOUND
         if path.startswith(settings.api_prefixes) or (
             accept is not None and self.shared.wants_json(accept)
         ):
             return _PAGE_JSON
         return _PAGE_HTML
+
+    def _gate(self, fields: bytes, now: float) -> Kind:
+        """The gate's answer during maintenance."""
+        original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
+        peer = self.peer
+        if peer is None and self.transport is not None:
+            name = self.transport.get_extra_info("peername")
+            peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
+        verdict = self.shared.gate.decide(
+            original_uri=original_uri,
+            peer=peer,
+            forwarded_for=forwarded_for,
+            real_ip=real_ip,
+            cookie=cookie,
+            now=now,
+        )
+        return _GATE_KINDS[verdict]
 
     # ------------------------------------------------------------------ closing
 

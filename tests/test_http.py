@@ -370,14 +370,16 @@ def test_http_scope_follows_own_and_default_flag(serve: Callable[..., Served]) -
     assert document["reason"] == "host work"
 
 
-def test_bypass_path_is_404_and_gate_gets_the_page(served: Served) -> None:
-    """/.guardd/bypass/... is 404 (no secret configured); the gate path is an ordinary page."""
+def test_guardd_paths_are_404_and_gate_answers_without_bypass_config(served: Served) -> None:
+    """Without a bypass section: /.guardd/bypass/... is a plain 404 (no secret configured),
+    and the gate path answers 403 with the marker while on (tests/test_gate.py has the rest)."""
     served.on()
-    bypass = served.get("/.guardd/bypass/some-secret")
+    bypass = served.get("/.guardd/bypass/some-secret-0123456789")
     assert bypass.status == 404
     assert "guard-maintenance" not in bypass.header_names()
-    gate = served.get("/gate")
-    assert gate.status == 503
+    assert "set-cookie" not in bypass.header_names()
+    gate = served.get("/gate", headers={"X-Original-URI": "/static/x.css"})
+    assert gate.status == 403
     assert gate.header("guard-maintenance") == "default"
 
 
