@@ -443,18 +443,21 @@ def run_guarded(
             lock_timeout = min(lock_timeout, max(deadline - time.monotonic(), 0.5))
         fds: list[int] = []
         busy: str | None = None
-        try:
-            fds = take_run_locks(lock_paths, timeout=lock_timeout)
-        except LockBusy as err:
-            busy = err.path
-        try:
-            flag = present_flag(flags)
-        except BaseException:
-            release(fds)
-            raise
-        if flag is None and busy is None:
-            break
-        release(fds)  # never hold the locks while in maintenance
+        # Deciding *not* to run needs no lock: a skip never shows up as a job.
+        flag = present_flag(flags)
+        if flag is None:
+            try:
+                fds = take_run_locks(lock_paths, timeout=lock_timeout)
+            except LockBusy as err:
+                busy = err.path
+            try:
+                flag = present_flag(flags)  # the check the protocol relies on
+            except BaseException:
+                release(fds)
+                raise
+            if flag is None and busy is None:
+                break
+            release(fds)  # never hold the locks while in maintenance
         if flag is None:
             # No flag, yet a run lock stays exclusively locked: not a drain as we
             # know it. Running would break the protocol; waiting for ever hangs cron.

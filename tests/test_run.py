@@ -3,6 +3,7 @@ real flag files and real flocks, with and without guardd running."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -89,7 +90,8 @@ def test_parse_check() -> None:
 
 
 def test_parse_help() -> None:
-    """-h and --help ask for the usage text, whatever else is given."""
+    """-h and --help among the options ask for the usage text; after ``--`` they are
+    the command's."""
     assert parse_args(["-h"], {}).show_help
     assert parse_args(["--scope", "shop", "--help"], {}).show_help
     assert not parse_args(["--", "true", "--help"], {}).show_help
@@ -403,6 +405,40 @@ def test_check(site: Site) -> None:
     assert site.run("--check").returncode == 1
     verbose = site.run("--check", "-v")
     assert verbose.returncode == 1 and "scope default is in maintenance" in verbose.stderr
+
+
+@pytest.fixture
+def drain_holding(plain_site: Site) -> Iterator[Path]:
+    """default.run held exclusively for the whole test (a drain that never lets go)."""
+    plain_site.runtime_dir.mkdir()
+    path = plain_site.run_lock("default")
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield path
+    os.close(fd)
+
+
+def test_skip_and_fail_need_no_run_lock(plain_site: Site, drain_holding: Path) -> None:
+    """In maintenance guard-run decides without the run locks: a lock held exclusively
+    does not delay a skip or a fail (a skip never shows up as a job)."""
+    plain_site.turn_on()
+    assert plain_site.run("--", "true", timeout=5).returncode == 0
+    assert plain_site.run("--when-on", "fail", "--", "true", timeout=5).returncode == 75
+
+
+def test_run_lock_held_exclusively_without_flag_is_75(
+    plain_site: Site, drain_holding: Path
+) -> None:
+    """A run lock that stays exclusively locked while no flag exists is not a drain:
+    the command is not run, exit 75 with one line naming the lock."""
+    marker = plain_site.root / "ran"
+    result = plain_site.run(
+        "--when-on", "wait", "--wait-timeout", "1", "--", "touch", str(marker), timeout=20
+    )
+    assert result.returncode == 75
+    assert result.stderr.startswith(f"guard-run: run lock {drain_holding} stayed exclusively")
+    assert result.stderr.count("\n") == 1
+    assert not marker.exists()
 
 
 def test_check_needs_no_run_lock(tmp_short: Path) -> None:
