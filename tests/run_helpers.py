@@ -139,8 +139,12 @@ def flock_drain(site: Site, scope: str = "default", *, timeout: float = 10.0) ->
 
 
 def exclusive_now(path: Path) -> bool:
-    """One non-blocking try at an exclusive lock: True when nobody holds ``path``."""
-    fd = os.open(path, os.O_RDONLY)
+    """One non-blocking try at an exclusive lock: True when nobody holds ``path`` (also
+    when it does not exist: then nobody can)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
