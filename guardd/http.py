@@ -441,11 +441,27 @@ _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r?\n)
 _WANTED_HEADERS = re.compile(
     rb"\n(connection|content-length|transfer-encoding|accept|expect):([^\r\n]*)"
 )
-# The headers the gate reads. Their values are case-sensitive (paths, cookies):
-# names are found in a lowercased copy, values cut from the original bytes at the
-# same offsets (``bytes.lower`` keeps every offset). Only read for a gate request
-# during maintenance.
-_GATE_HEADER_NAMES = re.compile(rb"\n(x-original-uri|x-forwarded-for|x-real-ip|cookie):")
+
+
+def _any_case(name: bytes) -> bytes:
+    """A regex matching ``name`` in any letter case, as character classes: several
+    times faster than re.IGNORECASE, and the values keep their own case."""
+    return b"".join(
+        b"[%c%c]" % (c, c - 32) if 97 <= c <= 122 else re.escape(bytes([c])) for c in name
+    )
+
+
+# The headers the gate reads, whose values are case-sensitive (paths, cookies), so
+# they are matched on the original bytes. Read only for a gate request during
+# maintenance. The names' lengths tell them apart: 14, 15, 9 and 6.
+_GATE_HEADERS = re.compile(
+    rb"\n("
+    + b"|".join(
+        _any_case(n) for n in (b"x-original-uri", b"x-forwarded-for", b"x-real-ip", b"cookie")
+    )
+    + rb"):[ \t]*([^\r\n]*)"
+)
+_ORIGINAL_URI, _FORWARDED_FOR, _REAL_IP = 14, 15, 9
 # Module-level aliases: an enum member looked up on its class costs ~0.1 us,
 # several times per request on the hot path.
 _KEEP, _KEEP_10, _CLOSE = Persist.KEEP, Persist.KEEP_10, Persist.CLOSE
@@ -484,19 +500,17 @@ def gate_headers(fields: bytes) -> GateHeaders:
     original_uri = real_ip = None
     forwarded: list[bytes] = []
     cookies: list[bytes] = []
-    block = b"\n" + fields
-    for match in _GATE_HEADER_NAMES.finditer(block.lower()):
-        name = match.group(1)
-        start = match.end()
-        value = block[start : block.find(b"\n", start)].strip(b" \t\r")
-        if name == b"cookie":
-            cookies.append(value)
-        elif name == b"x-forwarded-for":
+    for name, raw_value in _GATE_HEADERS.findall(b"\n" + fields):
+        value = raw_value.rstrip(b" \t")
+        size = len(name)
+        if size == _FORWARDED_FOR:
             forwarded.append(value)
-        elif name == b"x-original-uri":
+        elif size == _ORIGINAL_URI:
             original_uri = value if original_uri is None else original_uri
-        else:
+        elif size == _REAL_IP:
             real_ip = value if real_ip is None else real_ip
+        else:
+            cookies.append(value)
     return GateHeaders(
         original_uri,
         b",".join(forwarded) if forwarded else None,
