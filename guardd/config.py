@@ -321,6 +321,16 @@ def _http(top: _Section, scopes: Mapping[str, ScopeConfig]) -> HttpConfig:
         header_timeout=section.duration("header_timeout", default=10.0, minimum=0.1),
     )
     section.finish()
+    # The responder routes these paths before the page: none may shadow another.
+    reserved = {"/maintenance.json": "the status document"}
+    for key, path in (("health_path", result.health_path), ("gate_path", result.gate_path)):
+        if path in reserved or path.startswith("/.guardd/"):
+            what = reserved.get(path, "guardd's own /.guardd/ paths")
+            raise ConfigError(_where(top.source, f"http.{key}: {path!r} is taken by {what}"))
+    if result.gate_path == result.health_path:
+        raise ConfigError(
+            _where(top.source, f"http.gate_path: {result.gate_path!r} is also http.health_path")
+        )
     return result
 
 

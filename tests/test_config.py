@@ -109,6 +109,12 @@ def test_scopes_and_lock_files() -> None:
         ({"hooks": {"on_exit": [[]]}}, "hooks.on_exit[0]"),
         ({"fleet": {"prefix": "guardd"}}, "fleet.prefix: expected a key prefix"),
         ({"http": []}, "http: expected a mapping, got a list"),
+        (
+            {"http": {"gate_path": "/healthz"}},
+            "http.gate_path: '/healthz' is also http.health_path",
+        ),
+        ({"http": {"gate_path": "/maintenance.json"}}, "is taken by the status document"),
+        ({"http": {"health_path": "/.guardd/h"}}, "is taken by guardd's own /.guardd/ paths"),
     ],
 )
 def test_bad_values_name_the_key_path(data: dict[str, object], message: str) -> None:
