@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, get_args
 
 from guardd.durations import format_duration, parse_duration
@@ -115,6 +115,9 @@ class BypassConfig:
     cidrs: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     secret: str | None = field(default=None, repr=False)
+    # A file holding the secret, read by guardd only (at start and on reload), so the
+    # config itself can stay world-readable for every user's guard-run.
+    secret_file: str | None = None
     cookie_ttl: float = 12 * 3600.0
     insecure_cookie: bool = False
 
@@ -167,6 +170,7 @@ class Config:
             runtime_dir=self.runtime_dir,
             scope_flags={name: self.flag_path(name) for name in self.scopes},
             skip_code=self.run.skip_code,
+            fleet_mirrors=bool(self.fleet.endpoints),
         )
 
 
@@ -369,19 +373,46 @@ def _bypass(top: _Section) -> BypassConfig:
         cidrs=section.string_list("cidrs", default=(), item_check=_cidr),
         trusted_proxies=section.string_list("trusted_proxies", default=(), item_check=_cidr),
         secret=section.string("secret", default=None, expected="a secret string"),
+        secret_file=section.path("secret_file", default=None),
         cookie_ttl=section.duration("cookie_ttl", default=12 * 3600.0, minimum=1.0),
         insecure_cookie=section.boolean("insecure_cookie", default=False),
     )
     section.finish()
-    if result.secret is not None and len(result.secret) < 16:
+    if result.secret is not None and result.secret_file is not None:
+        raise ConfigError(
+            _where(top.source, "bypass.secret_file: give bypass.secret or secret_file, not both")
+        )
+    _check_secret(result.secret, "bypass.secret", top.source)
+    return result
+
+
+def _check_secret(secret: str | None, key: str, source: str | None) -> None:
+    if secret is not None and len(secret) < 16:
         raise ConfigError(
             _where(
-                top.source,
-                "bypass.secret: expected at least 16 characters "
+                source,
+                f"{key}: expected at least 16 characters "
                 "(it is the only thing between the public and the site)",
             )
         )
-    return result
+
+
+def resolve_secrets(config: Config) -> Config:
+    """Read ``bypass.secret_file`` into ``bypass.secret`` (guardd only; guard-run never
+    needs the secret, and may not be allowed to read it)."""
+    path = config.bypass.secret_file
+    if path is None:
+        return config
+    try:
+        with open(path, encoding="utf-8") as stream:
+            secret = stream.read(4096).strip()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise ConfigError(
+            _where(config.source, f"bypass.secret_file: cannot read {path}: {reason}")
+        ) from None
+    _check_secret(secret, f"bypass.secret_file ({path})", config.source)
+    return replace(config, bypass=replace(config.bypass, secret=secret))
 
 
 def _hooks(top: _Section) -> HooksConfig:
@@ -753,6 +784,7 @@ def describe(config: Config) -> dict[str, Any]:
             "cidrs": list(config.bypass.cidrs),
             "trusted_proxies": list(config.bypass.trusted_proxies),
             "secret": "********" if config.bypass.secret else None,
+            "secret_file": config.bypass.secret_file,
             "cookie_ttl": format_duration(config.bypass.cookie_ttl),
             "insecure_cookie": config.bypass.insecure_cookie,
         },

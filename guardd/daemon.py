@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
 from guardd import __version__
-from guardd.config import Config, describe, load_config
+from guardd.config import Config, describe, load_config, resolve_secrets
 from guardd.control import ControlServer
 from guardd.errors import ConfigError, GuardError, run_cli
 from guardd.flag import FlagInfo, read_flag, remove_flag, write_flag
@@ -214,7 +214,7 @@ class Daemon:
         """SIGHUP: load the config again; keep the old one if the new one is invalid."""
         self.notifier.reloading()
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(lambda: resolve_secrets(load_config(self.config_path)))
             await self._apply_config(new)
             log.info("configuration reloaded from %s", new.source or "built-in defaults")
         except GuardError as err:
@@ -610,7 +610,7 @@ def setup_logging() -> None:
 
 def run(*, config_path: str | None, check_config: bool) -> int:
     """Load the config, then either print it (--check-config) or serve until stopped."""
-    config = load_config(config_path)
+    config = resolve_secrets(load_config(config_path))
     if check_config:
         import yaml
 

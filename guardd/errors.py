@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TextIO
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (guard-run's start)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TextIO
 
 # Exit codes from the SPEC, named once.
 EXIT_OK = 0

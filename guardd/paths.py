@@ -74,7 +74,7 @@ def run_lock_path(runtime_dir: str, scope: str) -> str:
 class RunView:
     """The few settings guard-run needs, without the cost of loading the full config."""
 
-    __slots__ = ("lock_dir", "runtime_dir", "scope_flags", "skip_code")
+    __slots__ = ("fleet_mirrors", "lock_dir", "runtime_dir", "scope_flags", "skip_code")
 
     def __init__(
         self,
@@ -83,12 +83,16 @@ class RunView:
         runtime_dir: str,
         scope_flags: dict[str, str],
         skip_code: int,
+        fleet_mirrors: bool = False,
     ) -> None:
         self.lock_dir = lock_dir
         self.runtime_dir = runtime_dir
         # scope name -> its flag path (own lock_file or <lock_dir>/<scope>.lock)
         self.scope_flags = scope_flags
         self.skip_code = skip_code
+        # Fleet mode: guardd mirrors fleet flags into <lock_dir>/<scope>.fleet.lock.
+        # Only then do the mirrors count (a leftover one after fleet mode ends does not).
+        self.fleet_mirrors = fleet_mirrors
 
     @classmethod
     def builtin(cls) -> RunView:
@@ -108,6 +112,7 @@ class RunView:
             "runtime_dir": self.runtime_dir,
             "scope_flags": dict(self.scope_flags),
             "skip_code": self.skip_code,
+            "fleet_mirrors": self.fleet_mirrors,
         }
 
     @classmethod
@@ -119,6 +124,7 @@ class RunView:
         runtime_dir = data.get("runtime_dir")
         scope_flags = data.get("scope_flags")
         skip_code = data.get("skip_code")
+        fleet_mirrors = data.get("fleet_mirrors")
         if not (
             isinstance(lock_dir, str)
             and isinstance(runtime_dir, str)
@@ -126,6 +132,7 @@ class RunView:
             and all(isinstance(k, str) and isinstance(v, str) for k, v in scope_flags.items())
             and isinstance(skip_code, int)
             and not isinstance(skip_code, bool)
+            and isinstance(fleet_mirrors, bool)
         ):
             return None
         return cls(
@@ -133,4 +140,5 @@ class RunView:
             runtime_dir=runtime_dir,
             scope_flags=scope_flags,
             skip_code=skip_code,
+            fleet_mirrors=fleet_mirrors,
         )

@@ -250,8 +250,10 @@ def scope_flags(view: RunView, scope: str) -> tuple[str, ...]:
     scopes = (DEFAULT_SCOPE,) if scope == DEFAULT_SCOPE else (DEFAULT_SCOPE, scope)
     paths: list[str] = []
     for name in scopes:
-        # The scope's own flag, and guardd's mirror of its fleet flag.
-        paths += (view.scope_flags[name], fleet_flag_path(view.lock_dir, name))
+        paths.append(view.scope_flags[name])
+        if view.fleet_mirrors:
+            # guardd's mirror of the scope's fleet flag (fleet mode only).
+            paths.append(fleet_flag_path(view.lock_dir, name))
     return tuple(paths)
 
 

@@ -11,7 +11,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardd.config import ListenAddress, build_config, load_config, parse_config_text, parse_listen
+from guardd.config import (
+    ListenAddress,
+    build_config,
+    load_config,
+    parse_config_text,
+    parse_listen,
+    resolve_secrets,
+)
 from guardd.errors import ConfigError
 from tests.helpers import command
 
@@ -275,3 +282,35 @@ def test_example_config_is_valid() -> None:
     config = load_config(str(path))
     assert "shop" in config.scopes
     assert config.http.policy == "withdraw"
+
+
+def test_secret_file_is_read_by_guardd_only(tmp_path: Path) -> None:
+    """bypass.secret_file: loading the config never reads it; guardd does, and masks it."""
+    secret_file = tmp_path / "bypass.secret"
+    config_path = tmp_path / "c.yaml"
+    config_path.write_text(f"bypass: {{secret_file: {secret_file}}}\n")
+    config = load_config(str(config_path))  # what guard-run does: the file may be unreadable
+    assert config.bypass.secret is None and config.bypass.secret_file == str(secret_file)
+    with pytest.raises(ConfigError, match=r"bypass\.secret_file: cannot read"):
+        resolve_secrets(config)
+    secret_file.write_text("short\n")
+    with pytest.raises(ConfigError, match="expected at least 16 characters"):
+        resolve_secrets(config)
+    secret_file.write_text("correct-horse-battery-staple\n")
+    assert resolve_secrets(config).bypass.secret == "correct-horse-battery-staple"
+    result = subprocess.run(
+        [command("guardd"), "--check-config", "--config", str(config_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load(result.stdout)["bypass"]["secret"] == "********"
+    assert "correct-horse" not in result.stdout
+
+
+def test_secret_and_secret_file_together_is_an_error() -> None:
+    """bypass.secret and bypass.secret_file are exclusive."""
+    with pytest.raises(ConfigError, match="not both"):
+        cfg({"bypass": {"secret": "x" * 20, "secret_file": "/etc/guardd/secret"}})

@@ -144,8 +144,10 @@ def _view(**scope_flags: str) -> RunView:
 
 
 def test_scope_flags_default_then_own_and_fleet_mirrors() -> None:
-    """A named scope is on by default's flag, its own flag, or either fleet mirror."""
+    """A named scope is on by default's flag or its own; in fleet mode by either mirror too."""
     view = _view(shop="/srv/shop/down")
+    assert scope_flags(view, "shop") == ("/l/default.lock", "/srv/shop/down")
+    view.fleet_mirrors = True
     assert scope_flags(view, "shop") == (
         "/l/default.lock",
         "/l/default.fleet.lock",
@@ -374,12 +376,17 @@ def test_scope_with_own_lock_file(tmp_short: Path) -> None:
     assert site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 0
 
 
-def test_fleet_flag_mirror_counts(plain_site: Site) -> None:
-    """guardd's mirror of a fleet flag (<scope>.fleet.lock) puts the scope on too."""
-    plain_site.lock_dir.mkdir()
-    (plain_site.lock_dir / "shop.fleet.lock").write_text("{}")
-    assert plain_site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 75
-    assert plain_site.run("--when-on", "fail", "--", "true").returncode == 0
+def test_fleet_flag_mirror_counts_only_in_fleet_mode(tmp_short: Path) -> None:
+    """guardd's mirror of a fleet flag (<scope>.fleet.lock) puts the scope on in fleet mode,
+    and a leftover mirror is ignored once fleet mode is off."""
+    fleet = {"fleet": {"endpoints": ["http://127.0.0.1:1"]}}
+    site = Site(tmp_short, settings=fleet)
+    site.lock_dir.mkdir()
+    (site.lock_dir / "shop.fleet.lock").write_text("{}")
+    assert site.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 75
+    assert site.run("--when-on", "fail", "--", "true").returncode == 0
+    plain = Site(tmp_short)  # same directories, fleet mode off
+    assert plain.run("--scope", "shop", "--when-on", "fail", "--", "true").returncode == 0
 
 
 def test_fail_mode_exit_75_one_line(site: Site) -> None:

@@ -52,6 +52,17 @@ def ctl(daemon: Guardd, *args: str, timeout: float = 60) -> subprocess.Completed
     )
 
 
+def guard_run_check(daemon: Guardd) -> int:
+    env = {**os.environ, "GUARDD_CONFIG": str(daemon.config_path)}
+    return subprocess.run(
+        [command("guard-run"), "--check", "--scope", "shop"],
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    ).returncode
+
+
 def state(daemon: Guardd, scope: str = "shop") -> str:
     return str(daemon.request({"op": "status"})["scopes"][scope]["state"])
 
@@ -76,10 +87,12 @@ def test_one_switch_flips_every_node(make_guardd: MakeGuardd, etcd: EtcdCluster)
         assert (
             daemon.request({"op": "status"})["scopes"]["shop"]["reason"] == "fleet-wide migration"
         )
+        assert guard_run_check(daemon) == 1  # guard-run sees it, file-only
     assert ctl(nodes[1], "off", "shop", "--fleet").returncode == 0
     for daemon in nodes:
         wait_until(lambda d=daemon: state(d) == "off", what="node back in service")
         assert not (daemon.lock_dir / "shop.fleet.lock").exists()
+        assert guard_run_check(daemon) == 0
 
 
 def test_fleet_wait_waits_for_every_node_to_drain(
