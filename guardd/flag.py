@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
+from guardd.atomic import fsync_dir, write_atomic
 from guardd.durations import format_time, format_timestamp, parse_time
 
 # Read no more than this: a flag is a few hundred bytes, a huge file is garbage.
@@ -140,14 +140,6 @@ def make_flag(
     )
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_flag(path: str, info: FlagInfo) -> None:
     """Write the flag atomically: temp file in the same directory, fsync, rename, fsync dir.
 
@@ -155,29 +147,10 @@ def write_flag(path: str, info: FlagInfo) -> None:
     temp name never ends in ``.lock``, so a stray one is never read as a flag.
     Raises OSError on failure, after removing the temp file.
     """
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
     payload = (json.dumps(info.to_json_obj(), ensure_ascii=False) + "\n").encode()
-    temp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            os.fchmod(fd, 0o644)  # readable by every job's user, whatever the umask
-            view = memoryview(payload)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(directory)
+    # 0644: readable by every job's user, whatever the umask.
+    write_atomic(path, payload, mode=0o644)
 
 
 def remove_flag(path: str) -> bool:
@@ -187,7 +160,7 @@ def remove_flag(path: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        _fsync_dir(os.path.dirname(path) or ".")
+        fsync_dir(os.path.dirname(path) or ".")
     except OSError:
         pass  # the unlink happened; durability of the removal is best effort
     return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 
+from guardd.atomic import write_atomic
 from guardd.paths import RunView, default_lock_dir, default_runtime_dir, find_config_path
 
 CACHE_VERSION = 1
@@ -165,25 +166,9 @@ def write_cache(cache_file: str, key: dict[str, object], view: RunView) -> bool:
     payload = json.dumps(
         {"version": CACHE_VERSION, "key": key, "view": view.to_json_obj()}, sort_keys=True
     ).encode()
-    temp = f"{cache_file}.{os.getpid()}.tmp"
     try:
-        fd = os.open(
-            temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        # A cache, not a record: no fsync (a lost write only costs one full load).
+        write_atomic(cache_file, payload, mode=0o600, durable=False)
     except OSError:
-        return False
-    try:
-        try:
-            view_bytes = memoryview(payload)
-            while view_bytes:
-                view_bytes = view_bytes[os.write(fd, view_bytes) :]
-        finally:
-            os.close(fd)
-        os.rename(temp, cache_file)
-    except OSError:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
         return False
     return True

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Literal
 
+from guardd.atomic import write_atomic
 from guardd.durations import format_time, parse_time
 
 SCHEDULE_SUFFIX = ".schedule.json"
@@ -115,26 +116,14 @@ def read_windows(lock_dir: str, scope: str) -> list[Window]:
 
 def write_windows(lock_dir: str, scope: str, windows: list[Window]) -> None:
     """Replace the scope's schedule file atomically (temp file, fsync, rename)."""
-    path = schedule_path(lock_dir, scope)
     payload = {
         "windows": [
             {k: v for k, v in asdict(w).items() if k != "scope"}
             for w in sorted(windows, key=lambda w: w.at)
         ]
     }
-    temp = f"{path}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=1)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.rename(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    data = (json.dumps(payload, indent=1) + "\n").encode()
+    write_atomic(schedule_path(lock_dir, scope), data, mode=0o644)
 
 
 @contextlib.contextmanager
