@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar, get_args
 
-from guardd.durations import format_duration, parse_duration
+from guardd.durations import check_duration, format_duration, parse_duration
 from guardd.errors import ConfigError
 from guardd.paths import (
     DEFAULT_SCOPE,
@@ -487,7 +487,8 @@ def _kind(value: object) -> str:
     if isinstance(value, bool):
         return f"a boolean ({str(value).lower()})"
     if isinstance(value, int | float):
-        return f"a number ({value})"
+        shown = str(value) if not isinstance(value, int) or abs(value) < 10**40 else "huge"
+        return f"a number ({shown})"
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the text {shown!r}"
@@ -603,19 +604,20 @@ class _Section:
         def check(value: Any) -> float:
             expected = (
                 f"a duration of at least {format_duration(minimum) if minimum >= 1 else minimum}"
-                " (45, 30s, 10m, 2h, 1h30m)"
+                " and at most 100 years (45, 30s, 10m, 2h, 1h30m)"
             )
             if isinstance(value, bool):
                 raise self.error(self.key(name), expected, value)
-            if isinstance(value, int | float):
-                seconds = float(value)
-            elif isinstance(value, str):
-                try:
+            try:
+                if isinstance(value, int | float):
+                    # YAML's .nan, .inf and 400-digit integers are numbers too.
+                    seconds = check_duration(float(value), value)
+                elif isinstance(value, str):
                     seconds = parse_duration(value)
-                except ValueError:
-                    raise self.error(self.key(name), expected, value) from None
-            else:
-                raise self.error(self.key(name), expected, value)
+                else:
+                    raise self.error(self.key(name), expected, value)
+            except (ValueError, OverflowError):
+                raise self.error(self.key(name), expected, value) from None
             if seconds < minimum:
                 raise self.error(self.key(name), expected, value)
             return seconds

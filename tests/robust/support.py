@@ -1,0 +1,146 @@
+"""Helpers of the robustness suite: daemons started through a wrapper (prlimit,
+setpriv), one long-lived daemon per module, and what a test reads from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import START_TIMEOUT, Guardd, command, short_tmp, wait_until
+from tests.httpclient import get
+
+# What only a crashed or confused daemon writes to its log: a traceback, asyncio's
+# report of a callback or protocol that raised, a task whose exception was lost.
+CRASH_MARKERS = (
+    "Traceback",
+    "Fatal error",
+    "Exception in callback",
+    "exception was never retrieved",
+    "Unhandled exception",
+)
+
+
+class WrappedGuardd(Guardd):
+    """A Guardd started through a command prefix (``prlimit ...``, ``setpriv ...``)."""
+
+    def __init__(
+        self,
+        root: Path,
+        settings: dict[str, Any] | None = None,
+        *,
+        prefix: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(root, settings, env=env)
+        self.prefix = list(prefix)
+
+    def start(self, *, wait_ready: bool = True) -> WrappedGuardd:
+        seen = len(self.notify.collect())
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [*self.prefix, command("guardd"), "--config", str(self.config_path)],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        if wait_ready:
+            try:
+                self.notify.wait_for("READY=1", timeout=START_TIMEOUT, after=seen)
+            except AssertionError:
+                self.close()
+                raise AssertionError(f"guardd never became ready: {self.log()}") from None
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+
+@contextlib.contextmanager
+def long_lived_guardd(
+    settings: dict[str, Any] | None = None,
+    *,
+    prefix: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[WrappedGuardd]:
+    """A started guardd for a whole test module; it must not crash meanwhile."""
+    root = short_tmp()
+    daemon = WrappedGuardd(root, settings, prefix=prefix, env=env)
+    try:
+        daemon.start()
+        yield daemon
+        assert daemon.process is not None
+        assert daemon.process.poll() is None, f"guardd died: {daemon.log()}"
+        assert_no_crash(daemon.log())
+    finally:
+        daemon.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_no_crash(log: str) -> None:
+    """The log shows no traceback and no callback or protocol that raised."""
+    for marker in CRASH_MARKERS:
+        assert marker not in log, f"{marker!r} in guardd's log:\n{log[-4000:]}"
+
+
+def scope_fields(daemon: Guardd, scope: str = "default") -> dict[str, Any]:
+    """The scope's five fields from the control socket's status reply."""
+    fields: dict[str, Any] = daemon.request({"op": "status"})["scopes"][scope]
+    return fields
+
+
+def wait_state(daemon: Guardd, state: str, scope: str = "default", **extra: Any) -> None:
+    """Wait until the status reply shows ``state`` (and any ``extra`` field values)."""
+
+    def reached() -> bool:
+        fields = scope_fields(daemon, scope)
+        return fields["state"] == state and all(fields[k] == v for k, v in extra.items())
+
+    wait_until(reached, what=f"{scope} {state} {extra or ''}".strip())
+
+
+def http_state(port: int) -> str:
+    """The state /maintenance.json reports."""
+    state: str = get(port, "/maintenance.json").json()["state"]
+    return state
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What each open descriptor of ``pid`` points at (socket:[...], a path, ...)."""
+    targets = []
+    base = f"/proc/{pid}/fd"
+    for name in os.listdir(base):
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(f"{base}/{name}"))
+    return sorted(targets)
+
+
+def file_targets(pid: int) -> list[str]:
+    """The open descriptors of ``pid`` that are files or directories (not sockets,
+    pipes, or anonymous inodes such as epoll and inotify)."""
+    return [t for t in fd_targets(pid) if t.startswith("/")]
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A ``kB`` field of /proc/<pid>/status: VmRSS (now) or VmHWM (peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def json_line(data: bytes) -> Any:
+    """One JSON document that was sent as exactly one line."""
+    assert data.endswith(b"\n") and data.count(b"\n") == 1, data[:200]
+    return json.loads(data)
