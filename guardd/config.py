@@ -213,6 +213,10 @@ def parse_config_text(raw: bytes | str, *, source: str) -> Config:
         raise ConfigError(f"{source}: invalid YAML: {first_line}") from None
     except (UnicodeDecodeError, ValueError) as err:
         raise ConfigError(f"{source}: not a text file: {err}") from None
+    except RecursionError:
+        # PyYAML builds nested collections recursively: "[[[[..." thousands deep
+        # exhausts the stack before any key could be checked.
+        raise ConfigError(f"{source}: invalid YAML: nested too deeply") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

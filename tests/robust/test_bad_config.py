@@ -164,6 +164,9 @@ def test_non_yaml_files_are_exit_2_with_one_line(tmp_path: Path, raw: bytes) -> 
     assert_valid_or_one_line(check_config(path))
 
 
+NESTED = "[" * 3000 + "]" * 3000
+
+
 @pytest.mark.parametrize(
     ("text", "needle"),
     [
@@ -174,12 +177,15 @@ def test_non_yaml_files_are_exit_2_with_one_line(tmp_path: Path, raw: bytes) -> 
         ("bypass: {cookie_ttl: .inf}\n", "bypass.cookie_ttl"),
         (f"hooks: {{timeout: {10**400}}}\n", "hooks.timeout"),
         ("hooks: {timeout: 99999999999999999999999d}\n", "hooks.timeout"),
+        (f"{NESTED}\n", "nested"),
+        (f"http: {{listen: {NESTED}}}\n", "nested"),
+        ("a: " + "{b: " * 2000 + "c" + "}" * 2000 + "\n", "nested"),
         ("!!python/object/apply:os.system ['true']\n", "invalid YAML"),
         ("---\na: 1\n---\nb: 2\n", "invalid YAML"),
     ],
 )
 def test_hostile_config_is_exit_2_with_one_line(tmp_path: Path, text: str, needle: str) -> None:
-    """Non-finite or huge durations: exit 2, one line naming the key."""
+    """Non-finite or huge durations and deeply nested YAML: exit 2, one line naming the key."""
     path = tmp_path / "config.yaml"
     path.write_text(text)
     result = check_config(path)
