@@ -291,8 +291,7 @@ class Daemon:
         self._publish()
 
     def _fleet_view_changed(self) -> None:
-        for listener in self.listeners:
-            listener.update(self.snapshot())
+        self._update_listeners()
 
     async def _read_everything(self, *, publish: bool = False) -> None:
         flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
@@ -399,8 +398,7 @@ class Daemon:
         self.hooks.fire(calls)
         if not changed:
             if force:
-                for listener in self.listeners:
-                    listener.update(self.snapshot())
+                self._update_listeners()
             return
         for status in changed.values():
             log.info(
@@ -411,8 +409,7 @@ class Daemon:
             )
         if self.control is not None:
             self.control.broadcast(changed)
-        for listener in self.listeners:
-            listener.update(self.snapshot())
+        self._update_listeners()
         self.notifier.status(summary(self.statuses))
         if self.fleet is not None:
             self.fleet.local_changed()
@@ -514,6 +511,12 @@ class Daemon:
         self.schedule_timer = None
         self.schedule_dirty = True
         self.refresh_wanted.set()
+
+    def _update_listeners(self) -> None:
+        """Hand the responders what they answer from (one snapshot for all of them)."""
+        snapshot = self.snapshot()
+        for listener in self.listeners:
+            listener.update(snapshot)
 
     def snapshot(self) -> Snapshot:
         """What the responders answer from: statuses, upcoming windows, the fleet view."""
