@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from guardd.durations import format_timestamp
 from guardd.paths import DEFAULT_SCOPE
+from guardd.run import LOCK_FD_FLOOR
 from guardd.runlock import parse_proc_locks, read_proc_locks
 
 
@@ -36,26 +37,65 @@ class Job:
         }
 
 
-def _fd_targets(pid: int) -> set[tuple[int, int]]:
-    """(dev, inode) of every file ``pid`` has open; empty if it is gone or hidden."""
-    targets: set[tuple[int, int]] = set()
-    base = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return targets
-    for name in names:
+# Where guard-run puts its lock descriptors (it moves them up there so that a job's
+# own ``exec 3>file`` cannot close them): a job's locks are usually found at these
+# numbers without listing its descriptors at all.
+LIKELY_LOCK_FDS = (LOCK_FD_FLOOR, LOCK_FD_FLOOR + 1)
+
+
+class _OpenFiles:
+    """The files one process has open, looked at lazily: guard-run's lock descriptors
+    first, then (only when those miss) every descriptor, highest first.
+
+    A listing asks each process once per run lock it holds (a thousand jobs hold two
+    locks each), so this is the loop that has to be cheap.
+    """
+
+    __slots__ = ("pending", "pid", "seen", "tried")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.seen: set[tuple[int, int]] = set()
+        self.tried: set[int] = set()
+        self.pending: list[int] | None = None  # descriptors not looked at yet, once listed
+
+    def _look(self, fd: int) -> tuple[int, int] | None:
+        self.tried.add(fd)
         try:
-            info = os.stat(f"{base}/{name}")
+            info = os.stat(f"/proc/{self.pid}/fd/{fd}")
         except OSError:
-            continue
-        targets.add((info.st_dev, info.st_ino))
-    return targets
+            return None  # no such descriptor, or the process is gone
+        found = (info.st_dev, info.st_ino)
+        self.seen.add(found)
+        return found
+
+    def has(self, target: tuple[int, int]) -> bool:
+        """True when one of the process's descriptors is ``target`` (dev, inode)."""
+        if target in self.seen:
+            return True
+        for fd in LIKELY_LOCK_FDS:
+            if fd not in self.tried and self._look(fd) == target:
+                return True
+        if self.pending is None:
+            try:
+                names = os.listdir(f"/proc/{self.pid}/fd")
+            except OSError:
+                names = []  # gone, or not ours to look at: holds nothing we can prove
+            self.pending = sorted(int(n) for n in names if n.isdigit() and int(n) not in self.tried)
+        while self.pending:
+            if self._look(self.pending.pop()) == target:
+                return True
+        return False
 
 
-def _inheritors(owner: int, inode: int, paths: set[str]) -> set[int]:
-    """Live processes holding an inherited descriptor of the lock ``owner`` took."""
-    found = set()
+def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[int, int], set[int]]:
+    """Live processes holding an inherited descriptor of each orphaned lock.
+
+    ``orphans`` are (owner pid, inode) of locks whose owner is gone; one pass over
+    /proc serves them all, however many there are.
+    """
+    found: dict[tuple[int, int], set[int]] = {orphan: set() for orphan in orphans}
+    inodes = {inode for _, inode in orphans}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -82,8 +122,9 @@ def _inheritors(owner: int, inode: int, paths: set[str]) -> set[int]:
             lock_lines = "\n".join(
                 line[len("lock:") :] for line in info.splitlines() if line.startswith("lock:")
             )
-            if (owner, inode) in parse_proc_locks(lock_lines, {inode}):
-                found.add(pid)
+            for owner_inode in parse_proc_locks(lock_lines, inodes):
+                if owner_inode in found:
+                    found[owner_inode].add(pid)
     return found
 
 
@@ -108,15 +149,23 @@ def find_holders(run_locks: dict[str, str]) -> dict[str, set[int]]:
     holders: dict[str, set[int]] = {scope: set() for scope in run_locks}
     if not by_inode:
         return holders
-    paths = {os.path.realpath(path) for path in run_locks.values()}
+    open_files: dict[int, _OpenFiles] = {}
+    orphans: set[tuple[int, int]] = set()
     for pid, inode in parse_proc_locks(read_proc_locks(), set(by_inode)):
         scope, target = by_inode[inode]
-        if target in _fd_targets(pid):
+        files = open_files.get(pid)
+        if files is None:
+            files = open_files[pid] = _OpenFiles(pid)
+        if files.has(target):
             holders[scope].add(pid)
-            continue
-        # The owner is gone (or its pid reused): whoever inherited the lock holds it.
-        inheritors = _inheritors(pid, inode, paths)
-        holders[scope].update(p for p in inheritors if _parent(p) not in inheritors)
+        else:
+            # The owner is gone (or its pid reused): whoever inherited the lock holds it.
+            orphans.add((pid, inode))
+    if orphans:
+        paths = {os.path.realpath(path) for path in run_locks.values()}
+        for (_, inode), inheritors in _inheritors(orphans, paths).items():
+            scope = by_inode[inode][0]
+            holders[scope].update(p for p in inheritors if _parent(p) not in inheritors)
     return holders
 
 
@@ -125,30 +174,77 @@ def count_jobs(run_locks: dict[str, str]) -> dict[str, int]:
     return {scope: len(pids) for scope, pids in find_holders(run_locks).items()}
 
 
+def _boot_time() -> float:
+    """When the system booted (Unix seconds), from /proc/stat; 0.0 if unknown."""
+    try:
+        with open("/proc/stat", encoding="ascii", errors="replace") as stream:
+            for line in stream:
+                if line.startswith("btime "):
+                    return float(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+def _split_cmdline(data: bytes) -> tuple[str, ...]:
+    """/proc/<pid>/cmdline as arguments (NUL-separated; a process that rewrote its
+    title may use spaces instead), decoded like file names."""
+    if not data:
+        return ()
+    sep = b"\0" if data.endswith(b"\0") else b" "
+    if data.endswith(sep):
+        data = data[:-1]
+    args = data.split(sep)
+    if sep == b"\0" and len(args) == 1 and b" " in data:
+        args = data.split(b" ")
+    return tuple(os.fsdecode(arg) for arg in args)
+
+
+def _process_details(
+    pid: int, boot_time: float, ticks: int
+) -> tuple[str | None, tuple[str, ...]] | None:
+    """(start time, command line) of a live process; None when it is gone or a zombie
+    (neither holds a lock); (None, ()) when its details are hidden from us."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            fields = stream.read().rsplit(b")", 1)[1].split()
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            cmdline = stream.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return None, ()
+    try:
+        if fields[0] == b"Z":
+            return None
+        started = format_timestamp(boot_time + int(fields[19]) / ticks) if boot_time else None
+    except (IndexError, ValueError):
+        started = None
+    return started, _split_cmdline(cmdline)
+
+
 def describe_jobs(holders: dict[str, set[int]]) -> list[Job]:
     """Turn holders into Job records, each labelled with its own scope.
 
     Every job also holds ``default``'s run lock; it is listed under its named scope,
-    and under ``default`` only when that is the only one it holds.
+    and under ``default`` only when that is the only one it holds. Details come
+    straight from /proc (two small reads per job).
     """
-    import psutil
-
     scopes_of: dict[int, list[str]] = {}
     for scope, pids in holders.items():
         for pid in pids:
             scopes_of.setdefault(pid, []).append(scope)
+    if not scopes_of:
+        return []
+    boot_time = _boot_time()
+    ticks = os.sysconf("SC_CLK_TCK")
     jobs: list[Job] = []
     for pid, scopes in scopes_of.items():
         named = sorted(s for s in scopes if s != DEFAULT_SCOPE) or [DEFAULT_SCOPE]
-        try:
-            process = psutil.Process(pid)
-            with process.oneshot():
-                started = format_timestamp(process.create_time())
-                cmd = tuple(process.cmdline())
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        details = _process_details(pid, boot_time, ticks)
+        if details is None:
             continue
-        except psutil.AccessDenied:
-            started, cmd = None, ()
+        started, cmd = details
         jobs.extend(Job(pid=pid, scope=scope, started=started, cmd=cmd) for scope in named)
     jobs.sort(key=lambda job: (job.scope, job.started or "", job.pid))
     return jobs
