@@ -19,7 +19,14 @@ from guardd.runlock import open_run_lock, try_exclusive, unlock
 
 Then = Literal["wait", "term", "kill"]
 THEN_CHOICES: tuple[str, ...] = get_args(Then)
-POLL_INTERVAL = 0.05
+# How often the exclusive lock is tried: one non-blocking flock call, so the end of
+# the last job is noticed within this much.
+POLL_INTERVAL = 0.01
+# How often the jobs still running are listed for the progress display: a few times
+# a second, but listing reads /proc (tens of ms for a thousand jobs), so never more
+# than LISTING_SHARE of the time.
+LISTING_INTERVAL = 0.25
+LISTING_SHARE = 0.2
 # After SIGKILL, processes vanish within milliseconds; this only bounds a hang
 # (a process stuck in uninterruptible sleep on a dead NFS server, say).
 KILL_SETTLE = 5.0
@@ -42,7 +49,9 @@ def scope_jobs(run_locks: dict[str, str], scope: str) -> list[Job]:
     """The live jobs holding ``scope``'s run lock (all of them for ``default``)."""
     holders = find_holders(run_locks)
     pids = holders.get(scope, set())
-    jobs = [job for job in describe_jobs(holders) if job.pid in pids]
+    # Only the scope's own holders are described (each with every scope it holds, so
+    # that it gets its usual label); the other scopes' jobs cost nothing.
+    jobs = describe_jobs({name: held & pids for name, held in holders.items()})
     if scope != DEFAULT_SCOPE:
         jobs = [job for job in jobs if job.scope == scope]
     return jobs
@@ -69,8 +78,10 @@ def _wait_exclusive(
             if key != last:
                 on_progress(jobs)
                 last = key
-            # Listing reads /proc; a few times a second is live enough.
-            next_listing = now + 0.25
+            listed = time.monotonic()
+            next_listing = listed + max(LISTING_INTERVAL, (listed - now) / LISTING_SHARE)
+            if deadline is None or listed < deadline:
+                continue  # the listing took a while: try the lock again at once
         if deadline is not None and now >= deadline:
             return False
         time.sleep(POLL_INTERVAL)
