@@ -367,9 +367,7 @@ class Daemon:
             schedule_dirty, self.schedule_dirty = self.schedule_dirty, False
             try:
                 if schedule_dirty:
-                    self.windows = await asyncio.to_thread(self._run_schedule)
-                    self._arm_schedule_timer()
-                    self._publish(force=True)
+                    await self._refresh_schedule()
                 if scopes:
                     # Flags first: the flip reaches HTTP answers before jobs are counted.
                     self.flags.update(await asyncio.to_thread(self._read_flags, scopes))
@@ -380,6 +378,19 @@ class Daemon:
                     self._publish()
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
+
+    async def _refresh_schedule(self) -> None:
+        """Carry out due windows; a schedule that cannot be read (an unreadable lock
+        directory, say) is logged and never holds up the flags read after it."""
+        try:
+            self.windows = await asyncio.to_thread(self._run_schedule)
+        except OSError as err:
+            log.error(
+                "cannot read the schedule in %s: %s", self.config.lock_dir, err.strerror or err
+            )
+            return
+        self._arm_schedule_timer()
+        self._publish(force=True)
 
     def _publish(self, *, force: bool = False) -> None:
         """Recompute statuses; tell watchers, listeners, hooks and systemd what changed.
@@ -431,8 +442,10 @@ class Daemon:
     def _run_schedule(self) -> dict[str, list[Window]]:
         """Carry out due windows (worker thread); return every scope's windows."""
         now = datetime.now(UTC)
-        result: dict[str, list[Window]] = {}
-        with locked(self.config.lock_dir):
+        result: dict[str, list[Window]] = {scope: [] for scope in self.config.scopes}
+        if not os.path.isdir(self.config.lock_dir):
+            return result  # deleted: no schedule files, and no mutex to create there
+        with locked(self.config.lock_dir, create_dir=False):
             for scope in self.config.scopes:
                 windows = read_windows(self.config.lock_dir, scope)
                 steps = due_steps(windows, now)

@@ -127,9 +127,15 @@ def write_windows(lock_dir: str, scope: str, windows: list[Window]) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_dir: str) -> Iterator[None]:
-    """Serialise read-modify-write of schedule files between guardctl and guardd."""
-    os.makedirs(lock_dir, mode=0o755, exist_ok=True)
+def locked(lock_dir: str, *, create_dir: bool = True) -> Iterator[None]:
+    """Serialise read-modify-write of schedule files between guardctl and guardd.
+
+    guardd passes ``create_dir=False``: a lock directory an operator deleted (say, to
+    rename a prepared one into its place) is not guardd's to bring back; it gets
+    FileNotFoundError instead.
+    """
+    if create_dir:
+        os.makedirs(lock_dir, mode=0o755, exist_ok=True)
     fd = os.open(os.path.join(lock_dir, MUTEX_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

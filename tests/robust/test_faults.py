@@ -4,12 +4,29 @@ guard-run is never affected."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tests.helpers import Guardd, wait_until
-from tests.robust.support import scope_fields
+import pytest
+
+from tests.helpers import Guardd, command, free_port, wait_until
+from tests.httpclient import write_flag
+from tests.robust.support import (
+    assert_no_crash,
+    http_state,
+    scope_fields,
+    wait_state,
+)
+from tests.run_helpers import Site, kill_session
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -39,3 +56,228 @@ def test_notify_socket_nobody_reads_never_blocks_guardd(make_guardd: MakeGuardd)
 
     # Reading again: what was queued arrives, the current summary last.
     wait_until(lambda: last_status() == "STATUS=maintenance: default on", what="last STATUS")
+
+
+# --------------------------------------------------------------------------- flag storms
+
+
+@contextlib.contextmanager
+def inotify_queue_limit(events: int) -> Iterator[None]:
+    """Lower fs.inotify.max_queued_events (read when an inotify instance is created)
+    for what starts inside the block; restored afterwards."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    if os.geteuid() != 0 or not os.access(knob, os.W_OK):
+        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+    saved = knob.read_text()
+    knob.write_text(f"{events}\n")
+    try:
+        yield
+    finally:
+        knob.write_text(saved)
+
+
+@pytest.mark.parametrize("final", ["on", "off"])
+def test_ten_thousand_flips_overflowing_inotify_end_in_the_right_state(
+    make_guardd: MakeGuardd, final: str
+) -> None:
+    """10,000 create/remove flips with a 16-event inotify queue: the queue overflows,
+    guardd re-reads everything, and every answer ends in the final state."""
+    port = free_port()
+    with inotify_queue_limit(16):
+        daemon = make_guardd({"http": {"listen": [f"127.0.0.1:{port}"]}}).start()
+    flag = daemon.flag()
+    for _ in range(5_000):
+        flag.touch()
+        flag.unlink()
+    if final == "on":
+        write_flag(flag, {"reason": "final"})
+    wait_state(daemon, final, reason="final" if final == "on" else None)
+    assert http_state(port) == final
+    assert "inotify queue overflowed" in daemon.log()
+    assert_no_crash(daemon.log())
+
+
+# --------------------------------------------------------------------------- the lock directory
+
+
+@pytest.mark.parametrize("mode", ["inotify", "polling"])
+def test_lock_dir_replaced_by_another_directory(make_guardd: MakeGuardd, mode: str) -> None:
+    """The lock directory deleted (flag gone: off), then a prepared directory holding a
+    flag renamed into its place (on): seen with inotify and on the polling path."""
+    env = {"GUARDD_POLL_ONLY": "1"} if mode == "polling" else {}
+    daemon = make_guardd({"poll_interval": "0.1"}, env=env).start()
+    write_flag(daemon.flag(), {"reason": "before"})
+    wait_state(daemon, "on", reason="before")
+    shutil.rmtree(daemon.lock_dir)
+    wait_state(daemon, "off")
+    prepared = daemon.root / "lock.new"
+    prepared.mkdir()
+    write_flag(prepared / "default.lock", {"reason": "deployed"})
+    prepared.rename(daemon.lock_dir)
+    wait_state(daemon, "on", reason="deployed")
+    daemon.flag().unlink()
+    wait_state(daemon, "off")
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
+    """A small tmpfs mounted on ``directory`` (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+# --------------------------------------------------------------------------- crashes
+
+
+def test_guardd_sigkilled_mid_drain_recovers_state_and_jobs_never_notice(
+    make_guardd: MakeGuardd,
+) -> None:
+    """guardd SIGKILLed while guardctl on --wait drains: the job and the drain carry on,
+    guard-run keeps deciding from the files, and a restarted guardd reports the same
+    draining state (since, reason, job) from the files, then on when the job ends."""
+    daemon = make_guardd({"scopes": {"shop": None}}).start()
+    site = Site.of_guardd(daemon)
+    stop_file = daemon.root / "stop-job"
+    job = site.popen(
+        "--scope", "shop", "--", "sh", "-c", f'while [ ! -e "{stop_file}" ]; do sleep 0.05; done'
+    )
+    drain: subprocess.Popen[str] | None = None
+    try:
+        wait_until(lambda: scope_fields(daemon, "shop")["jobs"] == 1, what="the job counted")
+        drain = subprocess.Popen(
+            [command("guardctl"), "on", "shop", "--wait", "--reason", "migration"],
+            env=site.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_state(daemon, "draining", "shop", reason="migration", jobs=1)
+        before = scope_fields(daemon, "shop")
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGKILL)
+        daemon.process.wait(timeout=10)
+
+        # guardd is dead: guard-run decides from the files, the job and the drain go on.
+        assert site.run("--check", "--scope", "shop").returncode == 1
+        marker = daemon.root / "ran"
+        skipped = site.run("--scope", "shop", "--", "touch", str(marker))
+        assert (skipped.returncode, skipped.stderr) == (0, "") and not marker.exists()
+        assert job.poll() is None and drain.poll() is None
+
+        daemon.start()
+        assert scope_fields(daemon, "shop") == before
+        stop_file.touch()
+        assert job.wait(timeout=20) == 0
+        _, err = drain.communicate(timeout=20)
+        assert drain.returncode == 0, err
+        wait_state(daemon, "on", "shop", reason="migration", jobs=0)
+    finally:
+        stop_file.touch()
+        kill_session(job)
+        if drain is not None and drain.poll() is None:
+            drain.kill()
+            drain.communicate()
+
+
+def test_guardctl_on_killed_at_random_points_leaves_whole_flags_only(
+    make_guardd: MakeGuardd,
+) -> None:
+    """guardctl on SIGKILLed at random moments around its write: the flag is absent or
+    one whole JSON object, every answer agrees, and a stray temp file (here also one
+    planted with a flag's content) is never read as a flag."""
+    daemon = make_guardd().start()
+    site = Site.of_guardd(daemon)
+    # How long a whole run takes here: the write happens near its end.
+    started = time.monotonic()
+    assert site.ctl("on", "--reason", "r-calibrate").returncode == 0
+    whole_run = time.monotonic() - started
+    rng = random.Random(6)
+    written = {"r-calibrate"}
+    for attempt in range(30):
+        if attempt % 6 == 0:
+            daemon.flag().unlink(missing_ok=True)
+        reason = f"r{attempt}"
+        proc = subprocess.Popen(
+            [command("guardctl"), "on", "--reason", reason],
+            env=site.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.5, 1.1) * whole_run)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        written.add(reason)
+        if daemon.flag().exists():
+            content = json.loads(daemon.flag().read_text())
+            assert isinstance(content, dict) and content["reason"] in written
+            wait_state(daemon, "on", reason=content["reason"])
+        else:
+            wait_state(daemon, "off")
+        assert [p.name for p in daemon.lock_dir.glob("*.lock")] in ([], ["default.lock"])
+
+    stray = daemon.lock_dir / ".default.lock.0123456789ab.tmp"
+    stray.write_text(json.dumps({"reason": "stray"}))
+    daemon.flag().unlink(missing_ok=True)
+    wait_state(daemon, "off")
+    assert site.run("--check").returncode == 0
+    status = json.loads(site.ctl("status", "--json").stdout)
+    assert status["scopes"]["default"]["state"] == "off"
+    assert "stray" not in daemon.log()
+
+
+# --------------------------------------------------------------------------- disk full
+
+
+def fill(directory: Path) -> None:
+    """Write a filler file until the file system says ENOSPC."""
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as err:
+        assert err.errno == errno.ENOSPC, err
+    finally:
+        os.close(fd)
+
+
+def test_disk_full_keeps_the_old_flag_and_says_so_in_one_line(make_guardd: MakeGuardd) -> None:
+    """guardctl on with the lock directory's file system full: exit 1 with one line, the
+    old flag (or its absence) untouched, no temp file left; guardctl off still works."""
+    daemon = make_guardd()
+    with tmpfs(daemon.lock_dir, size="64k"):
+        daemon.start()
+        site = Site.of_guardd(daemon)
+        assert site.ctl("on", "--reason", "old").returncode == 0
+        wait_state(daemon, "on", reason="old")
+        fill(daemon.lock_dir)
+        result = site.ctl("on", "--reason", "new")
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"guardctl: cannot write {daemon.flag()}: No space left on device\n"
+        )
+        assert json.loads(daemon.flag().read_text())["reason"] == "old"
+        assert sorted(p.name for p in daemon.lock_dir.iterdir() if p.name.endswith(".tmp")) == []
+        assert scope_fields(daemon)["reason"] == "old"
+
+        assert site.ctl("off").returncode == 0
+        wait_state(daemon, "off")
+        fill(daemon.lock_dir)  # the flag's page is free again: take it
+        again = site.ctl("on", "--reason", "new")
+        assert again.returncode == 1 and again.stderr.count("\n") == 1
+        assert not daemon.flag().exists()
+        time.sleep(0.3)
+        assert scope_fields(daemon)["state"] == "off"
+        daemon.stop()
