@@ -21,8 +21,9 @@ from typing import ClassVar, Protocol
 from guardd import __version__
 from guardd.config import Config, describe, load_config, resolve_secrets
 from guardd.control import ControlServer
+from guardd.durations import format_time
 from guardd.errors import ConfigError, GuardError, run_cli
-from guardd.flag import FlagInfo, read_flag, remove_flag, write_flag
+from guardd.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
 from guardd.fleetd import FleetAgent, mirror_paths
 from guardd.hooks import HookRunner, transitions
 from guardd.jobs import count_jobs, describe_jobs, find_holders
@@ -89,6 +90,10 @@ class Daemon:
         # Current knowledge, kept in memory so that no answer touches the disk.
         self.flags: dict[str, FlagInfo | None] = {}
         self.published_flags: dict[str, FlagInfo | None] = {}  # as of the last publish
+        # Per flag path: the last successful read, and what stands in for a flag whose
+        # existence cannot be known (kept stable until it can be read again).
+        self.last_read: dict[str, FlagInfo | None] = {}
+        self.unknown_flags: dict[str, FlagInfo] = {}
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
         self.statuses: dict[str, ScopeStatus] = {}
@@ -266,11 +271,37 @@ class Daemon:
         mirrors = mirror_paths(self.config)
         flags = {}
         for scope in scopes:
-            flag = read_flag(self.config.flag_path(scope))
+            flag = self._probe(self.config.flag_path(scope))
             if flag is None and scope in mirrors:
-                flag = read_flag(mirrors[scope])
+                flag = self._probe(mirrors[scope])
             flags[scope] = flag
         return flags
+
+    def _probe(self, path: str) -> FlagInfo | None:
+        """One flag file (worker thread). Where guardd cannot tell whether it exists
+        (its directory unreadable, an I/O error) the scope counts as in maintenance,
+        as it does for guard-run: never off on a guess. What was known of the flag
+        (since, reason) is kept meanwhile."""
+        try:
+            flag = probe_flag(path)
+        except OSError as err:
+            unknown = self.unknown_flags.get(path)
+            if unknown is None:
+                known = self.last_read.get(path)
+                unknown = known or FlagInfo(
+                    reason=None, until=None, since=format_time(datetime.now(UTC)), by=None
+                )
+                self.unknown_flags[path] = unknown
+                log.error(
+                    "cannot tell whether flag %s exists (%s): counting it as present",
+                    path,
+                    err.strerror or err,
+                )
+            return unknown
+        if self.unknown_flags.pop(path, None) is not None:
+            log.info("flag %s can be read again", path)
+        self.last_read[path] = flag
+        return flag
 
     # ------------------------------------------------------------------ fleet
 

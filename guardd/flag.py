@@ -86,14 +86,25 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
 
 
 def read_flag(path: str) -> FlagInfo | None:
-    """The flag at ``path``, or None when it does not exist. Never raises.
+    """The flag at ``path``, or None when it does not exist (or that cannot be known:
+    see probe_flag for the strict answer). Never raises.
 
     A flag that exists but cannot be read (permissions, a directory) still means
     "on": existence is the source of truth.
     """
     try:
+        return probe_flag(path)
+    except OSError:
+        return None
+
+
+def probe_flag(path: str) -> FlagInfo | None:
+    """The flag at ``path``, or None when it does not exist. Raises OSError only when
+    whether it exists cannot be known (EACCES on its directory, EIO): then guardd, like
+    guard-run, must not take it for absent."""
+    try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError:
         # Symlink (O_NOFOLLOW), FIFO, permissions...: fall back to whether it exists.
@@ -102,7 +113,7 @@ def read_flag(path: str) -> FlagInfo | None:
         except OSError:
             try:
                 info = os.lstat(path)
-            except OSError:
+            except (FileNotFoundError, NotADirectoryError):
                 return None
         return FlagInfo(reason=None, until=None, since=format_timestamp(info.st_mtime), by=None)
     try:

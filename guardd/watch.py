@@ -237,7 +237,11 @@ class Watcher:
                 lost.append(entry)
                 continue
             name = event.name
-            if name in entry.files or (entry.run_locks and name.endswith(".run")):
+            if not name and event.mask & inflags.ATTRIB:
+                # The directory's own mode or owner changed: what could not be read
+                # (or was readable) may have changed with it.
+                changed.update(os.path.join(entry.path, n) for n in entry.files)
+            elif name in entry.files or (entry.run_locks and name.endswith(".run")):
                 changed.add(os.path.join(entry.path, name))
         for entry in lost:
             self._lost(entry)

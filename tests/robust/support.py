@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
 import shutil
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -111,6 +112,33 @@ def http_state(port: int) -> str:
     """The state /maintenance.json reports."""
     state: str = get(port, "/maintenance.json").json()["state"]
     return state
+
+
+def run_as_nobody(daemon: WrappedGuardd) -> None:
+    """Make ``daemon`` start as the unprivileged user nobody, with its directories
+    owned by nobody (root bypasses file permissions, an unprivileged daemon does not).
+    Skips unless we are root and setpriv is installed."""
+    import pytest
+
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("needs root and setpriv (util-linux) to run guardd as nobody")
+    nobody = pwd.getpwnam("nobody")
+    for part in [daemon.root, *daemon.root.parents]:
+        if str(part) in ("/", "/tmp"):
+            break
+        part.chmod(part.stat().st_mode | 0o055)
+    for directory in (daemon.lock_dir, daemon.runtime_dir):
+        directory.mkdir(exist_ok=True)
+        os.chown(directory, nobody.pw_uid, nobody.pw_gid)
+    Path(daemon.notify.path).chmod(0o666)
+    daemon.prefix = [
+        setpriv,
+        f"--reuid={nobody.pw_uid}",
+        f"--regid={nobody.pw_gid}",
+        "--clear-groups",
+        *daemon.prefix,
+    ]
 
 
 # --------------------------------------------------------------------------- /proc

@@ -21,8 +21,10 @@ import pytest
 from tests.helpers import Guardd, command, free_port, wait_until
 from tests.httpclient import write_flag
 from tests.robust.support import (
+    WrappedGuardd,
     assert_no_crash,
     http_state,
+    run_as_nobody,
     scope_fields,
     wait_state,
 )
@@ -115,6 +117,48 @@ def test_lock_dir_replaced_by_another_directory(make_guardd: MakeGuardd, mode: s
     write_flag(prepared / "default.lock", {"reason": "deployed"})
     prepared.rename(daemon.lock_dir)
     wait_state(daemon, "on", reason="deployed")
+    daemon.flag().unlink()
+    wait_state(daemon, "off")
+
+
+def test_unreadable_lock_dir_fails_closed_and_recovers(
+    make_wrapped: Callable[..., WrappedGuardd],
+) -> None:
+    """Lock directory made unreadable (chmod 000) under an unprivileged guardd: whether
+    a flag exists cannot be known, so the scope counts as on, as guard-run does, never
+    off; once readable again the true state is back (here: off)."""
+    daemon = make_wrapped({"poll_interval": "0.2"})
+    run_as_nobody(daemon)
+    daemon.start()
+    write_flag(daemon.flag(), {"reason": "before"})
+    wait_state(daemon, "on", reason="before")
+    known = scope_fields(daemon)
+    daemon.lock_dir.chmod(0o000)
+    try:
+        daemon.flag().unlink()  # root still can; nobody cannot tell it happened
+        time.sleep(1.0)  # five poll intervals and any inotify event: still on
+        assert scope_fields(daemon) == known  # what was known of it stays shown
+    finally:
+        daemon.lock_dir.chmod(0o755)
+    wait_state(daemon, "off")
+    log = daemon.log()
+    assert f"{daemon.flag()}" in log and "Permission denied" in log
+    assert_no_crash(log)
+
+
+def test_flag_appearing_in_an_unreadable_lock_dir_counts_as_on(
+    make_wrapped: Callable[..., WrappedGuardd],
+) -> None:
+    """A change in a lock directory guardd cannot read: on (fail closed), not off."""
+    daemon = make_wrapped({"poll_interval": "0.2"})
+    run_as_nobody(daemon)
+    daemon.start()
+    daemon.lock_dir.chmod(0o000)
+    try:
+        daemon.flag().touch()
+        wait_state(daemon, "on")
+    finally:
+        daemon.lock_dir.chmod(0o755)
     daemon.flag().unlink()
     wait_state(daemon, "off")
 
