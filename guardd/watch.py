@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ NETWORK_FS = frozenset(
 )
 
 RESCAN = "*"  # reported instead of paths when everything must be re-read
+MOUNTINFO = "/proc/self/mountinfo"  # polls EPOLLPRI whenever a mount comes or goes
 POLL_ENV = "GUARDD_POLL_ONLY"  # "1": never use inotify (troubleshooting, tests)
 
 
@@ -109,6 +111,7 @@ class _Dir:
     files: set[str] = field(default_factory=set)  # base names
     run_locks: bool = False  # this is the runtime dir: report *.run opens and closes
     wd: int | None = None
+    identity: tuple[int, int] | None = None  # (st_dev, st_ino) the watch is on
     polled: bool = False
     why_polled: str = ""
     signatures: dict[str, tuple[int, int, int, int] | None] = field(default_factory=dict)
@@ -137,6 +140,9 @@ class Watcher:
         self.inotify: inotify_simple.INotify | None = None
         self.poll_task: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        # Mount changes: an inotify watch stays on the directory a new mount covers.
+        self.mountinfo: int | None = None
+        self.mount_poll: select.epoll | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -153,23 +159,35 @@ class Watcher:
                 )
         if self.inotify is not None:
             loop.add_reader(self.inotify.fileno(), self._on_readable)
+            self._watch_mounts(loop)
         mounts = _read_mounts()
         for entry in self.dirs.values():
             if force_poll:
                 self._poll(entry, f"{POLL_ENV}=1 is set")
                 continue
-            kind = fs_type(os.path.realpath(entry.path), mounts)
-            if needs_polling(kind):
-                self._poll(entry, f"it is on {kind}, where inotify misses remote changes")
-                continue
-            self._add_watch(entry)
+            self._watch_or_poll(entry, mounts)
         self._schedule_poll()
+
+    def _watch_or_poll(self, entry: _Dir, mounts: list[tuple[str, str]]) -> None:
+        kind = fs_type(os.path.realpath(entry.path), mounts)
+        if needs_polling(kind):
+            self._poll(entry, f"it is on {kind}, where inotify misses remote changes")
+        else:
+            self._add_watch(entry)
 
     def close(self) -> None:
         """Stop watching."""
         if self.poll_task is not None:
             self.poll_task.cancel()
             self.poll_task = None
+        if self.mount_poll is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(self.mount_poll.fileno())
+            self.mount_poll.close()
+            self.mount_poll = None
+        if self.mountinfo is not None:
+            os.close(self.mountinfo)
+            self.mountinfo = None
         if self.inotify is not None:
             if self.loop is not None:
                 self.loop.remove_reader(self.inotify.fileno())
@@ -201,6 +219,11 @@ class Watcher:
             return False
         entry.wd = wd
         self.by_wd[wd] = entry
+        try:
+            info = os.stat(entry.path)
+            entry.identity = (info.st_dev, info.st_ino)
+        except OSError:
+            entry.identity = None  # gone again: its IN_IGNORED follows
         if entry.polled:
             log.info("watching %s with inotify again", entry.path)
         entry.polled = False
@@ -267,6 +290,61 @@ class Watcher:
         if os.path.isdir(entry.path) and self._add_watch(entry):
             return
         self._poll(entry, "it was deleted or moved away")
+
+    # ------------------------------------------------------------------ mounts
+
+    def _watch_mounts(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Be told when a file system is mounted or unmounted (systemd does the same):
+        /proc/self/mountinfo polls EPOLLPRI on every change. Its own poll always says
+        "readable", so it sits in an epoll of its own that waits for EPOLLPRI only."""
+        try:
+            self.mountinfo = os.open(MOUNTINFO, os.O_RDONLY | os.O_CLOEXEC)
+            self.mount_poll = select.epoll()
+            self.mount_poll.register(self.mountinfo, select.EPOLLPRI)
+        except OSError as err:
+            log.warning(
+                "cannot follow mounts (%s): a later mount over a flag directory "
+                "is only seen after a restart",
+                err.strerror or err,
+            )
+            return
+        loop.add_reader(self.mount_poll.fileno(), self._on_mounts)
+
+    def _on_mounts(self) -> None:
+        """Something was mounted or unmounted: move watches to what the paths are now."""
+        assert self.mount_poll is not None
+        self.mount_poll.poll(0)  # consume the change (level-triggered)
+        mounts = _read_mounts()
+        changed: set[str] = set()
+        for entry in self.dirs.values():
+            if entry.polled and not entry.why_polled.startswith("it is on "):
+                continue  # polled by path anyway (missing, forced, no inotify)
+            try:
+                info = os.stat(entry.path)
+            except OSError:
+                continue  # gone: its own events (or the poller) cover that
+            kind = fs_type(os.path.realpath(entry.path), mounts)
+            if (info.st_dev, info.st_ino) == entry.identity and not needs_polling(kind):
+                continue
+            if entry.polled and needs_polling(kind):
+                continue  # still on a network file system
+            if entry.wd is not None:
+                self.by_wd.pop(entry.wd, None)
+                if self.inotify is not None:
+                    try:
+                        self.inotify.rm_watch(entry.wd)
+                    except OSError:
+                        pass  # the kernel already dropped it (IN_UNMOUNT)
+                entry.wd = None
+                entry.identity = None
+            log.info("%s is on another file system now: watching it again", entry.path)
+            self._watch_or_poll(entry, mounts)
+            changed.update(os.path.join(entry.path, name) for name in entry.files)
+            if entry.run_locks:
+                changed.add(RESCAN)
+        if changed:
+            self.on_change(changed)
+        self._schedule_poll()
 
     # ------------------------------------------------------------------ polling
 

@@ -183,6 +183,22 @@ def tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
+def test_file_system_mounted_over_the_lock_dir_is_watched(make_guardd: MakeGuardd) -> None:
+    """A file system mounted over the lock directory after start (an NFS share mounted
+    late at boot): flags on it are seen, and again those underneath once unmounted."""
+    daemon = make_guardd({"poll_interval": "0.2"}).start()
+    write_flag(daemon.flag(), {"reason": "underneath"})
+    wait_state(daemon, "on", reason="underneath")
+    with tmpfs(daemon.lock_dir):
+        wait_state(daemon, "off")  # the flag underneath is hidden now
+        write_flag(daemon.flag(), {"reason": "on the mount"})
+        wait_state(daemon, "on", reason="on the mount")
+        daemon.flag().unlink()
+        wait_state(daemon, "off")
+    wait_state(daemon, "on", reason="underneath")
+    assert_no_crash(daemon.log())
+
+
 # --------------------------------------------------------------------------- crashes
 
 
