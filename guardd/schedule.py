@@ -10,10 +10,12 @@ restart neither misses a start nor re-enters a window an operator ended.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
@@ -23,6 +25,7 @@ from guardd.atomic import write_atomic
 from guardd.durations import format_time, parse_time
 
 SCHEDULE_SUFFIX = ".schedule.json"
+MAX_SCHEDULE_BYTES = 1024 * 1024  # a schedule is a few windows; more is garbage
 MUTEX_NAME = ".schedule.mutex"  # dot-file: never mistaken for a flag or a schedule
 BY_PREFIX = "guardd schedule "
 
@@ -101,10 +104,14 @@ def _window_from(obj: object, scope: str) -> Window | None:
 
 
 def read_windows(lock_dir: str, scope: str) -> list[Window]:
-    """The scope's windows; a missing or damaged file reads as none (never raises)."""
+    """The scope's windows; a missing or damaged file reads as none (never raises).
+
+    Only a regular file is read: not a symlink (guardd runs as root, and the link
+    could point at any file it may read) nor a FIFO or device, whose read would
+    never return and hold up every refresh behind it.
+    """
     try:
-        with open(schedule_path(lock_dir, scope), encoding="utf-8", errors="replace") as stream:
-            data = json.loads(stream.read(1024 * 1024))
+        data = json.loads(_read_regular(schedule_path(lock_dir, scope)).decode(errors="replace"))
     except (OSError, ValueError, RecursionError):
         return []
     items = data.get("windows") if isinstance(data, dict) else None
@@ -112,6 +119,22 @@ def read_windows(lock_dir: str, scope: str) -> list[Window]:
         return []
     windows = [w for w in (_window_from(item, scope) for item in items) if w is not None]
     return sorted(windows, key=lambda w: w.at)
+
+
+def _read_regular(path: str) -> bytes:
+    """Up to MAX_SCHEDULE_BYTES of the regular file at ``path``; OSError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        chunks: list[bytes] = []
+        size = 0
+        while size < MAX_SCHEDULE_BYTES and (chunk := os.read(fd, 65536)):
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)[:MAX_SCHEDULE_BYTES]
+    finally:
+        os.close(fd)
 
 
 def write_windows(lock_dir: str, scope: str, windows: list[Window]) -> None:
@@ -136,7 +159,9 @@ def locked(lock_dir: str, *, create_dir: bool = True) -> Iterator[None]:
     """
     if create_dir:
         os.makedirs(lock_dir, mode=0o755, exist_ok=True)
-    fd = os.open(os.path.join(lock_dir, MUTEX_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    # O_NOFOLLOW: a symlink planted here must not make root create a file elsewhere.
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(os.path.join(lock_dir, MUTEX_NAME), flags, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

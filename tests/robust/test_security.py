@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,40 @@ def test_flag_symlinked_out_of_its_directory_is_never_read(
     assert FLAG_SECRET not in answers and shadow_line not in answers
     _, log = daemon.stop()
     assert FLAG_SECRET not in log and shadow_line not in log
+
+
+def test_schedule_symlinked_out_of_its_directory_is_never_read(
+    make_guardd: MakeGuardd, tmp_short: Path
+) -> None:
+    """A schedule file that is a symlink to a file elsewhere is not read (its window
+    never shows as upcoming), nor is one that is a FIFO (which would block the read for
+    ever); a symlinked schedule mutex is never followed to create a file elsewhere.
+    Flags keep working throughout."""
+    at = datetime.now(UTC) + timedelta(hours=1)
+    outside = tmp_short / "outside.schedule.json"
+    window = {
+        "id": "deadbeef",
+        "at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "end": (at + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "reason": FLAG_SECRET,
+        "notice": 86400,
+    }
+    outside.write_text(json.dumps({"windows": [window]}))
+    victim = tmp_short / "victim"
+    daemon = make_guardd({"scopes": {"shop": None}})
+    daemon.lock_dir.mkdir()
+    (daemon.lock_dir / "default.schedule.json").symlink_to(outside)
+    os.mkfifo(daemon.lock_dir / "shop.schedule.json")
+    (daemon.lock_dir / ".schedule.mutex").symlink_to(victim)
+    daemon.start()
+    write_flag(daemon.flag("shop"), {"reason": "still watched"})
+    wait_state(daemon, "on", "shop", reason="still watched")
+    reply = daemon.request({"op": "status"})
+    assert reply["upcoming"] == []
+    assert FLAG_SECRET not in json.dumps(reply)
+    assert not victim.exists()
+    _, log = daemon.stop()
+    assert FLAG_SECRET not in log
 
 
 # --------------------------------------------------------------------------- descriptors
