@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # A watch client that stops reading is dropped once this much is queued for it,
 # so one stuck monitor cannot make guardd's memory grow without bound.
 MAX_PENDING_WRITE = 1024 * 1024
+# Connections the kernel queues until accepted (capped by net.core.somaxconn). A
+# client connecting with a timeout, as guardctl does, gets EAGAIN at once from a
+# full queue: asyncio's default of 100 turned a burst of monitors into failures.
+BACKLOG = 4096
 
 
 class ControlServer:
@@ -63,7 +67,7 @@ class ControlServer:
                 raise GuardError(f"another guardd is already running on {self.path}")
             os.unlink(self.path)
         self.server = await asyncio.start_unix_server(
-            self._client, path=self.path, limit=MAX_LINE + 1
+            self._client, path=self.path, limit=MAX_LINE + 1, backlog=BACKLOG
         )
         self.apply_permissions(mode=self.mode, group=self.group)
 

@@ -1,5 +1,5 @@
 """Load: 10,000 concurrent connections, slow-loris clients with a flood of new
-connections, while guardd keeps answering.
+connections, and 1,000 watch clients, while guardd keeps answering.
 
 The bound on /healthz is deliberately generous, a bound and not a benchmark: while
 the load runs, every probe on a fresh connection is answered, and 99% of them within
@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import resource
+import selectors
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -26,6 +29,7 @@ pytestmark = pytest.mark.heavy
 
 HEALTH_P99_BOUND = 1.0  # seconds
 CONNECTIONS = 10_000
+WATCHERS = 1_000
 HEALTH_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
@@ -205,4 +209,57 @@ def test_slow_loris_and_connection_flood_leave_health_answering(
             assert min(cut_after) > 1.5 and max(cut_after) < 10, (min(cut_after), max(cut_after))
 
         asyncio.run(scenario())
+        assert_no_crash(daemon.log())
+
+
+def test_thousand_watch_clients_each_get_every_event(
+    make_wrapped: Callable[..., WrappedGuardd],
+) -> None:
+    """1,000 watch clients connecting at once (as guardctl does: connect with a timeout)
+    all get in, and each receives every one of 20 changes, in order."""
+    with open_files_limit(WATCHERS + 2048):
+        daemon = make_wrapped(prefix=prlimit_prefix(WATCHERS + 2048)).start()
+        clients: list[socket.socket] = []
+        selector = selectors.DefaultSelector()
+        try:
+            for _ in range(WATCHERS):
+                client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                clients.append(client)
+                client.settimeout(10)
+                client.connect(daemon.socket_path)  # a full backlog is an error here
+            for client in clients:
+                client.sendall(b'{"op":"watch"}\n')
+            received = dict.fromkeys(clients, b"")
+            for client in clients:
+                client.setblocking(False)
+                selector.register(client, selectors.EVENT_READ)
+
+            def read_until(lines_each: int) -> None:
+                deadline = time.monotonic() + 60
+                while any(received[c].count(b"\n") < lines_each for c in clients):
+                    assert time.monotonic() < deadline, "watch events went missing"
+                    for key, _ in selector.select(timeout=1):
+                        sock = key.fileobj
+                        assert isinstance(sock, socket.socket)
+                        chunk = sock.recv(65536)
+                        assert chunk, "guardd dropped a watch client"
+                        received[sock] += chunk
+
+            read_until(1)  # the status reply
+            expected: list[tuple[str, str | None]] = []
+            for change in range(20):
+                if change % 5 == 4:
+                    daemon.flag().unlink()
+                    expected.append(("off", None))
+                else:
+                    write_flag(daemon.flag(), {"reason": f"change {change}"})
+                    expected.append(("on", f"change {change}"))
+                read_until(change + 2)
+            for client in clients:
+                events = [json.loads(line) for line in received[client].splitlines()[1:]]
+                assert [(e["state"], e["reason"]) for e in events] == expected
+        finally:
+            selector.close()
+            for client in clients:
+                client.close()
         assert_no_crash(daemon.log())
