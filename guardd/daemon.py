@@ -247,7 +247,8 @@ class Daemon:
         if self.watcher is not None:
             self.watcher.close()
         self._start_watcher(asyncio.get_running_loop())
-        self.flags = {}
+        # The flags are replaced whole once read, not cleared first: a refresh that
+        # publishes meanwhile would show every scope as off (health 200 mid-maintenance).
         await self._read_everything(publish=True)
 
     # ------------------------------------------------------------------ state
@@ -268,14 +269,21 @@ class Daemon:
 
     def _read_flags(self, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
         """Each scope's effective flag: its own, else its mirrored fleet flag."""
-        mirrors = mirror_paths(self.config)
+        config = self.config
+        mirrors = mirror_paths(config)
         flags = {}
         for scope in scopes:
-            flag = self._probe(self.config.flag_path(scope))
+            if scope not in config.scopes:
+                continue  # dropped by a reload since it was marked for reading
+            flag = self._probe(config.flag_path(scope))
             if flag is None and scope in mirrors:
                 flag = self._probe(mirrors[scope])
             flags[scope] = flag
         return flags
+
+    def _take_flags(self, flags: dict[str, FlagInfo | None]) -> None:
+        """Take in flags read off the loop, but none of a scope a reload dropped meanwhile."""
+        self.flags.update((s, f) for s, f in flags.items() if s in self.config.scopes)
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
@@ -318,7 +326,7 @@ class Daemon:
 
     async def _mirror_written(self, scope: str) -> None:
         """The fleet agent updated a mirror file: take it in before reporting it applied."""
-        self.flags.update(await asyncio.to_thread(self._read_flags, [scope]))
+        self._take_flags(await asyncio.to_thread(self._read_flags, [scope]))
         self._publish()
 
     def _fleet_view_changed(self) -> None:
@@ -401,7 +409,7 @@ class Daemon:
                     await self._refresh_schedule()
                 if scopes:
                     # Flags first: the flip reaches HTTP answers before jobs are counted.
-                    self.flags.update(await asyncio.to_thread(self._read_flags, scopes))
+                    self._take_flags(await asyncio.to_thread(self._read_flags, scopes))
                     self._publish()
                     jobs_dirty = True  # a new flag may start a drain
                 if jobs_dirty:

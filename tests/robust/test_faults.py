@@ -12,6 +12,7 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Guardd, command, free_port, wait_until
-from tests.httpclient import write_flag
+from tests.httpclient import get, write_flag
 from tests.robust.support import (
     WrappedGuardd,
     assert_no_crash,
@@ -341,3 +342,39 @@ def test_disk_full_keeps_the_old_flag_and_says_so_in_one_line(make_guardd: MakeG
         time.sleep(0.3)
         assert scope_fields(daemon)["state"] == "off"
         daemon.stop()
+
+
+# --------------------------------------------------------------------------- reloads
+
+
+def test_reload_storm_under_job_churn_never_shows_the_scope_off(make_guardd: MakeGuardd) -> None:
+    """SIGHUP after SIGHUP while run-lock activity keeps guardd recounting jobs: every
+    health answer and status reply in between still says maintenance."""
+    port = free_port()
+    daemon = make_guardd({"http": {"listen": [f"127.0.0.1:{port}"]}}).start()
+    write_flag(daemon.flag(), {"reason": "reloads"})
+    wait_state(daemon, "on", reason="reloads")
+    run_lock = daemon.runtime_dir / "default.run"
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():  # open/close events: a job recount every 50 ms
+            os.close(os.open(run_lock, os.O_RDONLY))
+            time.sleep(0.001)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    answers: list[tuple[int, str]] = []
+    try:
+        for _ in range(80):
+            daemon.signal(signal.SIGHUP)
+            for _ in range(3):
+                health = get(port, "/healthz").status
+                scopes = daemon.request({"op": "status"})["scopes"]
+                answers.append((health, scopes.get("default", {}).get("state")))
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        churner.join()
+    assert set(answers) == {(503, "on")}
+    assert_no_crash(daemon.log())
