@@ -428,3 +428,52 @@ def test_memory_stays_bounded_under_oversized_input(make_guardd: MakeGuardd) -> 
         conn.send(build_request("/healthz") * 100)
         assert {conn.read_response().status for _ in range(100)} == {200}
     assert_no_crash(daemon.log())
+
+
+def test_watch_client_that_stops_reading_is_dropped_alone(make_guardd: MakeGuardd) -> None:
+    """A watch client that never reads is dropped once 1 MiB is queued for it (peak
+    RSS stays bounded); a watcher that reads gets every change up to the last."""
+    # default's flag changes all 31 scopes at once: 31 events of about 1 KiB each.
+    daemon = make_guardd({"scopes": [f"s{n}" for n in range(30)]}).start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(daemon.socket_path)
+    stuck.sendall(b'{"op":"watch"}\n')
+    reader = daemon.connect()
+    reader.request({"op": "watch"})
+    received: list[str] = []
+    alive = threading.Event()
+    alive.set()
+
+    def read_events() -> None:
+        with contextlib.suppress(OSError, AssertionError, ValueError):
+            while alive.is_set():
+                received.append(reader.read_line()["reason"])
+
+    thread = threading.Thread(target=read_events)
+    thread.start()
+    before = proc_status_kib(pid, "VmHWM")
+    padding = "p" * 900  # about 1 KiB per event
+    try:
+        deadline = time.monotonic() + 60
+        count = 0
+        while "dropping a watch client" not in daemon.log():
+            assert time.monotonic() < deadline, "the stuck watch client was never dropped"
+            count += 1
+            write_flag(daemon.flag(), {"reason": f"{count} {padding}"})
+            time.sleep(0.005)  # one change per refresh, not a coalesced burst
+        last = f"{count} {padding}"
+        wait_until(lambda: received and received[-1] == last, what="the reader's last event")
+    finally:
+        alive.clear()
+        with contextlib.suppress(OSError):
+            reader.sock.shutdown(socket.SHUT_RDWR)  # wakes the reading thread
+        thread.join(timeout=10)
+        reader.close()
+        stuck.close()
+    grown = proc_status_kib(pid, "VmHWM") - before
+    assert grown < RSS_GROWTH_BOUND_KIB, f"peak RSS grew by {grown} KiB"
+    assert daemon.request({"op": "ping"}) == {"ok": True}
+    assert_no_crash(daemon.log())
