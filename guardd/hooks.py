@@ -23,6 +23,9 @@ from guardd.state import ScopeStatus
 log = logging.getLogger(__name__)
 Kind = Literal["on_enter", "on_exit"]
 OUTPUT_LIMIT = 2000  # characters of a failing hook's output kept for the log
+# Bytes of output kept while a hook runs (the rest is read and dropped as it comes):
+# enough for OUTPUT_LIMIT characters of UTF-8, whatever the hook prints.
+OUTPUT_KEPT = 4 * OUTPUT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,12 @@ class HookRunner:
         except OSError as err:
             log.error("%s could not start: %s", name, err.strerror or err)
             return
+        assert process.stdout is not None
         try:
-            output, _ = await asyncio.wait_for(process.communicate(), self.config.timeout)
+            output, _ = await asyncio.wait_for(
+                asyncio.gather(_tail(process.stdout, OUTPUT_KEPT), process.wait()),
+                self.config.timeout,
+            )
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
@@ -141,3 +148,12 @@ class HookRunner:
             )
         else:
             log.info("%s done%s", name, f": {text}" if text else "")
+
+
+async def _tail(stream: asyncio.StreamReader, keep: int) -> bytes:
+    """Read ``stream`` to its end, keeping only its last ``keep`` bytes: a hook that
+    prints without end must not grow guardd's memory (communicate() keeps it all)."""
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-keep:]
+    return tail

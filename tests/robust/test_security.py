@@ -477,3 +477,18 @@ def test_watch_client_that_stops_reading_is_dropped_alone(make_guardd: MakeGuard
     assert grown < RSS_GROWTH_BOUND_KIB, f"peak RSS grew by {grown} KiB"
     assert daemon.request({"op": "ping"}) == {"ok": True}
     assert_no_crash(daemon.log())
+
+
+def test_hook_flooding_its_output_keeps_memory_bounded(make_guardd: MakeGuardd) -> None:
+    """A hook that prints 300 MB: guardd keeps only the tail it logs, its peak RSS stays
+    within the bound, and the hook's last line still reaches the log."""
+    flood = "head -c 300000000 /dev/zero | tr '\\0' x; echo; echo hook-finished"
+    daemon = make_guardd({"hooks": {"on_enter": [["sh", "-c", flood]], "timeout": "60s"}}).start()
+    assert daemon.process is not None
+    pid = daemon.process.pid
+    before = proc_status_kib(pid, "VmHWM")
+    daemon.flag().touch()
+    wait_until(lambda: "hook-finished" in daemon.log(), timeout=60, what="the hook to finish")
+    grown = proc_status_kib(pid, "VmHWM") - before
+    assert grown < RSS_GROWTH_BOUND_KIB, f"peak RSS grew by {grown} KiB"
+    assert_no_crash(daemon.log())
