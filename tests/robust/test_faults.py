@@ -65,18 +65,40 @@ def test_notify_socket_nobody_reads_never_blocks_guardd(make_guardd: MakeGuardd)
 
 
 @contextlib.contextmanager
-def inotify_queue_limit(events: int) -> Iterator[None]:
-    """Lower fs.inotify.max_queued_events (read when an inotify instance is created)
-    for what starts inside the block; restored afterwards."""
-    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+def inotify_limit(name: str, value: int) -> Iterator[None]:
+    """Set /proc/sys/fs/inotify/<name> for what starts inside the block (root only)."""
+    knob = Path("/proc/sys/fs/inotify") / name
     if os.geteuid() != 0 or not os.access(knob, os.W_OK):
-        pytest.skip("needs root to lower fs.inotify.max_queued_events")
+        pytest.skip(f"needs root to change fs.inotify.{name}")
     saved = knob.read_text()
-    knob.write_text(f"{events}\n")
+    knob.write_text(f"{value}\n")
     try:
         yield
     finally:
         knob.write_text(saved)
+
+
+@pytest.mark.parametrize(
+    ("limit", "logged"),
+    [
+        ("max_user_instances", "inotify unavailable"),
+        ("max_user_watches", "inotify cannot watch it"),
+    ],
+)
+def test_inotify_limits_reached_fall_back_to_polling(
+    make_guardd: MakeGuardd, limit: str, logged: str
+) -> None:
+    """No inotify instance or no watch left for the user: guardd says so, polls every
+    poll_interval, and flag changes are still seen."""
+    with inotify_limit(limit, 0):
+        daemon = make_guardd({"poll_interval": "0.1"}).start()
+    write_flag(daemon.flag(), {"reason": "polled"})
+    wait_state(daemon, "on", reason="polled")
+    daemon.flag().unlink()
+    wait_state(daemon, "off")
+    log = daemon.log()
+    assert logged in log and "polling" in log
+    assert_no_crash(log)
 
 
 @pytest.mark.parametrize("final", ["on", "off"])
@@ -86,7 +108,7 @@ def test_ten_thousand_flips_overflowing_inotify_end_in_the_right_state(
     """10,000 create/remove flips with a 16-event inotify queue: the queue overflows,
     guardd re-reads everything, and every answer ends in the final state."""
     port = free_port()
-    with inotify_queue_limit(16):
+    with inotify_limit("max_queued_events", 16):
         daemon = make_guardd({"http": {"listen": [f"127.0.0.1:{port}"]}}).start()
     flag = daemon.flag()
     for _ in range(5_000):
