@@ -97,6 +97,24 @@ def start_jobs(
     return jobs
 
 
+def _proc_floor(pids: list[int]) -> None:
+    """The kernel's part of listing ``pids``: the /proc reads list_jobs cannot avoid
+    (/proc/locks once; per job two descriptor stats, its stat and its cmdline)."""
+    with open("/proc/locks", "rb") as stream:
+        stream.read()
+    for pid in pids:
+        for fd in (200, 201):
+            with contextlib.suppress(OSError):
+                os.stat(f"/proc/{pid}/fd/{fd}")
+        for name in ("stat", "cmdline"):
+            with contextlib.suppress(OSError):
+                handle = os.open(f"/proc/{pid}/{name}", os.O_RDONLY)
+                try:
+                    os.read(handle, 65536)
+                finally:
+                    os.close(handle)
+
+
 def _timed_cli(argv: list[str], repeats: int) -> tuple[list[float], str]:
     """Wall times of ``repeats`` runs after one untimed run (it may write .pyc files)."""
     times = []
@@ -232,10 +250,15 @@ def run_jobs(
             if listed != step:
                 raise BenchError(f"guardctl jobs listed {listed} jobs, expected {step}")
             inproc = []
+            floor = []
+            pids = [job.pid for job in jobs]
             for _ in range(repeats):
                 t0 = time.perf_counter()
                 list_jobs(run_locks)
                 inproc.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                _proc_floor(pids)
+                floor.append(time.perf_counter() - t0)
             with pinned(CLIENT_CPU):
                 status_times, status = _timed_op(daemon.socket_path, {"op": "status"}, 50)
             scopes = status.get("scopes")
@@ -251,6 +274,7 @@ def run_jobs(
                     "guardd_reports_jobs": reported,
                     "guardctl_jobs": summary_ms(cli_times),
                     "list_jobs_in_process": summary_ms(inproc),
+                    "proc_floor": summary_ms(floor),
                     "status_op": summary_ms(status_times),
                     "jobs_op": summary_ms(jobs_op_times),
                     "drain": drain,
@@ -284,7 +308,7 @@ def _growth(rows: list[dict]) -> list[dict]:
     base = next((r for r in rows if r["jobs"] == 0), None)
     for previous, row in itertools.pairwise(rows):
         entry: dict[str, object] = {"from": previous["jobs"], "to": row["jobs"]}
-        for key in ("guardctl_jobs", "list_jobs_in_process", "status_op", "jobs_op"):
+        for key in ("guardctl_jobs", "list_jobs_in_process", "proc_floor", "status_op", "jobs_op"):
             entry[f"{key}_x"] = ratio(row[key]["p50_ms"], previous[key]["p50_ms"])
             if base is not None and row["jobs"]:
                 entry[f"{key}_ms_per_job"] = round(
