@@ -112,8 +112,12 @@ class Endpoints:
         servers = []
         try:
             for sock in sockets:
+                # backlog again here: asyncio calls listen() once more when it starts
+                # serving, with its own default of 100 unless told otherwise.
                 servers.append(
-                    await loop.create_server(self.factory, sock=sock, start_serving=self.serving)
+                    await loop.create_server(
+                        self.factory, sock=sock, backlog=BACKLOG, start_serving=self.serving
+                    )
                 )
         except BaseException:
             for sock in sockets:
