@@ -43,6 +43,11 @@ MAX_HEAD = 8192
 LINGER_SECONDS = 5.0
 # Distinct Accept headers remembered; browsers send a handful of them.
 ACCEPT_CACHE_SIZE = 512
+# Distinct request heads remembered with their parse (parse_head is pure): a load
+# balancer's probe, or a flood of one request, is parsed once. Only short heads:
+# the cache holds at most HEAD_CACHE_SIZE * HEAD_CACHE_MAX_BYTES (512 KiB).
+HEAD_CACHE_SIZE = 512
+HEAD_CACHE_MAX_BYTES = 1024
 # Answers to pipelined requests are written in batches of about this size, so that
 # flow control (pause_writing) stops a client that sends without reading before
 # its answers pile up in memory.
@@ -383,6 +388,7 @@ class HttpShared:
         self.answers = Answers(view, settings)
         self.gate = Gate(settings.gate)
         self.accept_cache: dict[bytes, bool] = {}
+        self.head_cache: dict[bytes, ParsedRequest] = {}
         self.connections: set[HttpConnection] = set()
 
     def publish(self, settings: HttpSettings, view: ScopeView) -> None:
@@ -686,6 +692,7 @@ class HttpConnection(asyncio.Protocol):
         """Answer every complete request in ``data``; keep an unfinished head."""
         shared = self.shared
         answers = shared.answers
+        head_cache = shared.head_cache
         now = time.time()
         out: list[bytes] = []
         pos = 0
@@ -714,12 +721,20 @@ class HttpConnection(asyncio.Protocol):
                     return
                 self.buffer = data[pos:]
                 break
-            try:
-                path, head_only, persist, accept, body_length, fields = parse_head(data[pos:end])
-            except _Malformed as err:
-                out.append(answers.wire(err.kind, False, _CLOSE, now))
-                self._finish(out)
-                return
+            head = data[pos:end]
+            parsed = head_cache.get(head)
+            if parsed is None:
+                try:
+                    parsed = parse_head(head)
+                except _Malformed as err:
+                    out.append(answers.wire(err.kind, False, _CLOSE, now))
+                    self._finish(out)
+                    return
+                if len(head) <= HEAD_CACHE_MAX_BYTES:
+                    if len(head_cache) >= HEAD_CACHE_SIZE:
+                        head_cache.clear()
+                    head_cache[head] = parsed
+            path, head_only, persist, accept, body_length, fields = parsed
             pos = after
             heads += 1
             answer = answers.wire(self._route(path, accept, fields, now), head_only, persist, now)
