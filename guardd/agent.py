@@ -7,6 +7,7 @@ and reads one line up to the first CR or LF; a reply without a line end is ignor
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 from guardd.config import Policy, WithdrawAs
 from guardd.policy import agent_line
@@ -55,14 +56,14 @@ class AgentConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = stream = cast(asyncio.Transport, transport)
         self.shared.connections.add(self)
-        transport.write(self.shared.line)
+        stream.write(self.shared.line)
         # Half-close rather than close: closing with an unread agent-send string in
         # the socket would reset the connection, possibly before HAProxy reads us.
-        if transport.can_write_eof():
-            transport.write_eof()
+        if stream.can_write_eof():
+            stream.write_eof()
         self.timer = self.loop.call_later(LINGER_SECONDS, self.drop)
 
     def data_received(self, data: bytes) -> None:

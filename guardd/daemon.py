@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar, Protocol
 
@@ -673,8 +673,24 @@ def run(*, config_path: str | None, check_config: bool) -> int:
         return 0
     setup_logging()
     daemon = Daemon(config=config, config_path=config_path)
-    asyncio.run(daemon.serve())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(daemon.serve())
     return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (``pip install 'guardd[fast]'``): its
+    C transports carry the HTTP responder's per-request cost that asyncio's pure-Python
+    selector loop spends (bench/RESULTS.md). asyncio's own loop otherwise, or with
+    ``GUARDD_LOOP=asyncio``."""
+    if os.environ.get("GUARDD_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from enum import IntEnum
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from guardd.config import Config, Policy
 from guardd.gate import BYPASS_PATH, Gate, GateRules, Verdict
@@ -648,8 +648,8 @@ class HttpConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.shared.connections.add(self)
         self._arm(self.loop.time() + self.shared.settings.header_timeout)
 
