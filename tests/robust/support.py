@@ -4,6 +4,7 @@ setpriv), one long-lived daemon per module, and what a test reads from /proc."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pwd
@@ -139,6 +140,30 @@ def run_as_nobody(daemon: WrappedGuardd) -> None:
         "--clear-groups",
         *daemon.prefix,
     ]
+
+
+# Taken while a test changes a kernel setting: test runs on the same machine at the
+# same time (a developer's next to CI's) take turns, so that none saves another's
+# temporary value as the one to restore.
+KERNEL_SETTINGS_LOCK = "/tmp/.guardd-tests-kernel-settings.lock"
+
+
+@contextlib.contextmanager
+def kernel_setting(name: str, value: int) -> Iterator[None]:
+    """Set /proc/sys/<name> (root only) for what starts inside the block; restored."""
+    import pytest
+
+    knob = Path("/proc/sys") / name
+    if os.geteuid() != 0 or not os.access(knob, os.W_OK):
+        pytest.skip(f"needs root to change {name}")
+    with open(KERNEL_SETTINGS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = knob.read_text()
+        knob.write_text(f"{value}\n")
+        try:
+            yield
+        finally:
+            knob.write_text(saved)
 
 
 # --------------------------------------------------------------------------- /proc

@@ -25,6 +25,7 @@ from tests.robust.support import (
     WrappedGuardd,
     assert_no_crash,
     http_state,
+    kernel_setting,
     run_as_nobody,
     scope_fields,
     wait_state,
@@ -64,40 +65,45 @@ def test_notify_socket_nobody_reads_never_blocks_guardd(make_guardd: MakeGuardd)
 # --------------------------------------------------------------------------- flag storms
 
 
-@contextlib.contextmanager
-def inotify_limit(name: str, value: int) -> Iterator[None]:
-    """Set /proc/sys/fs/inotify/<name> for what starts inside the block (root only)."""
-    knob = Path("/proc/sys/fs/inotify") / name
-    if os.geteuid() != 0 or not os.access(knob, os.W_OK):
-        pytest.skip(f"needs root to change fs.inotify.{name}")
-    saved = knob.read_text()
-    knob.write_text(f"{value}\n")
-    try:
-        yield
-    finally:
-        knob.write_text(saved)
-
-
-@pytest.mark.parametrize(
-    ("limit", "logged"),
-    [
-        ("max_user_instances", "inotify unavailable"),
-        ("max_user_watches", "inotify cannot watch it"),
-    ],
+# Run as nobody: takes every inotify instance nobody may have (fs.inotify.
+# max_user_instances), so that only nobody's processes are short of one.
+TAKE_ALL_INOTIFY = (
+    "import ctypes, sys\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\n"
+    "fds = [fd for fd in (libc.inotify_init1(0) for _ in range(100000)) if fd >= 0]\n"
+    "print(len(fds), flush=True)\n"
+    "sys.stdin.read()\n"
 )
-def test_inotify_limits_reached_fall_back_to_polling(
-    make_guardd: MakeGuardd, limit: str, logged: str
+
+
+def test_no_inotify_instance_left_falls_back_to_polling(
+    make_wrapped: Callable[..., WrappedGuardd],
 ) -> None:
-    """No inotify instance or no watch left for the user: guardd says so, polls every
+    """No inotify instance left for guardd's user: guardd says so, polls every
     poll_interval, and flag changes are still seen."""
-    with inotify_limit(limit, 0):
-        daemon = make_guardd({"poll_interval": "0.1"}).start()
+    daemon = make_wrapped({"poll_interval": "0.1"})
+    run_as_nobody(daemon)
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 to run as nobody")
+    hog = subprocess.Popen(
+        [*daemon.prefix, python, "-c", TAKE_ALL_INOTIFY],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hog.stdout is not None
+        assert int(hog.stdout.readline()) > 0
+        daemon.start()
+    finally:
+        hog.communicate(timeout=10)  # closes its stdin: it exits
     write_flag(daemon.flag(), {"reason": "polled"})
     wait_state(daemon, "on", reason="polled")
     daemon.flag().unlink()
     wait_state(daemon, "off")
     log = daemon.log()
-    assert logged in log and "polling" in log
+    assert "inotify unavailable (Too many open files)" in log and "polling" in log
     assert_no_crash(log)
 
 
@@ -108,7 +114,7 @@ def test_ten_thousand_flips_overflowing_inotify_end_in_the_right_state(
     """10,000 create/remove flips with a 16-event inotify queue: the queue overflows,
     guardd re-reads everything, and every answer ends in the final state."""
     port = free_port()
-    with inotify_limit("max_queued_events", 16):
+    with kernel_setting("fs/inotify/max_queued_events", 16):
         daemon = make_guardd({"http": {"listen": [f"127.0.0.1:{port}"]}}).start()
     flag = daemon.flag()
     for _ in range(5_000):
