@@ -679,7 +679,7 @@ def run(*, config_path: str | None, check_config: bool) -> int:
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (``pip install 'guardd[fast]'``): its
+    """uvloop's event loop when it is installed (a default dependency on Linux): its
     C transports carry the HTTP responder's per-request cost that asyncio's pure-Python
     selector loop spends (bench/RESULTS.md). asyncio's own loop otherwise, or with
     ``GUARDD_LOOP=asyncio``."""

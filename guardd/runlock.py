@@ -5,7 +5,7 @@ writes the flag *then* takes the lock exclusively. Whoever is second sees the
 other. Holders are found from /proc/locks, so jobs need no registration.
 
 The lock-taking half is lean (os and fcntl only): guard-run runs it in front of
-every cron job. The listing half imports psutil lazily.
+every cron job. The listing half lives in jobs.py.
 """
 
 from __future__ import annotations

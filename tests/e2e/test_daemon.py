@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ControlClient, Guardd, command, wait_until
+from tests.helpers import ControlClient, Guardd, command, free_port, wait_until
+from tests.httpclient import get
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -414,3 +415,17 @@ def test_status_reply_is_valid_json_line(guardd: Guardd) -> None:
         ),
         what="utf-8 reason",
     )
+
+
+def test_asyncio_loop_fallback_serves(make_guardd: MakeGuardd) -> None:
+    """With GUARDD_LOOP=asyncio (or no uvloop) guardd runs on asyncio's own loop, fully."""
+    port = free_port()
+    daemon = make_guardd(
+        {"http": {"listen": [f"127.0.0.1:{port}"]}}, env={"GUARDD_LOOP": "asyncio"}
+    ).start()
+    with daemon.connect() as client:
+        client.request({"op": "watch"})
+        daemon.flag().write_text("on the fallback loop\n")
+        assert client.read_line()["reason"] == "on the fallback loop"
+    response = get(port, "/healthz")
+    assert response.status == 503 and response.header("Guard-Maintenance") == "default"
