@@ -16,7 +16,7 @@ import stat
 from guardd.atomic import write_atomic
 from guardd.paths import RunView, default_lock_dir, default_runtime_dir, find_config_path
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # A config file bigger than this is not cached (and surely not a config file).
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CACHE_BYTES = 256 * 1024
@@ -106,7 +106,7 @@ def cache_path(config_path: str) -> str | None:
     if directory is None:
         return None
     tag = zlib.crc32(config_path.encode("utf-8", "surrogateescape"))
-    return os.path.join(directory, f"run-view-{tag:08x}.json")
+    return os.path.join(directory, f"run-view-{tag:08x}.v{CACHE_VERSION}")
 
 
 def _trusted(info: os.stat_result, *, owners: tuple[int, ...]) -> bool:
@@ -120,6 +120,79 @@ def _trusted_dir(directory: str) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(info.st_mode) and _trusted(info, owners=(os.geteuid(), 0))
+
+
+# The cache file's first line. Not JSON: the json module imports re, enum and more,
+# which alone costs guard-run half of Python's own start-up.
+CACHE_MAGIC = f"guardd run-view cache {CACHE_VERSION}"
+
+
+def _encode(value: object) -> str:
+    """One value of the cache file: ``b0``/``b1``, ``i<int>`` or ``s<hex of UTF-8>``."""
+    if isinstance(value, bool):
+        return f"b{int(value)}"
+    if isinstance(value, int):
+        return f"i{value}"
+    if isinstance(value, str):
+        return "s" + value.encode("utf-8", "surrogateescape").hex()
+    raise TypeError(f"cannot cache {value!r}")
+
+
+def _decode(text: str) -> bool | int | str:
+    """The inverse of _encode; raises ValueError on anything else."""
+    kind, rest = text[:1], text[1:]
+    if kind == "b" and rest in ("0", "1"):
+        return rest == "1"
+    if kind == "i":
+        return int(rest)
+    if kind == "s":
+        return bytes.fromhex(rest).decode("utf-8", "surrogateescape")
+    raise ValueError(text)
+
+
+def encode_entry(key: dict[str, object], view: dict[str, object]) -> bytes:
+    """The cache file: a magic line, then one ``SECTION.NAME<TAB>value`` line per value
+    of the key and of the view (``RunView.to_json_obj()``); a mapping (the scopes'
+    flags) is one line per item, with two values."""
+    lines = [CACHE_MAGIC]
+    for section, data in (("key", key), ("view", view)):
+        for name, value in sorted(data.items()):
+            if isinstance(value, dict):
+                lines += [
+                    f"{section}.{name}\t{_encode(k)}\t{_encode(v)}"
+                    for k, v in sorted(value.items())
+                ]
+            else:
+                lines.append(f"{section}.{name}\t{_encode(value)}")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def decode_entry(data: bytes) -> dict[str, dict[str, object]] | None:
+    """``{"key": ..., "view": ...}`` from a cache file; None unless it is exactly what
+    encode_entry writes (this version's magic line included)."""
+    entry: dict[str, dict[str, object]] = {"key": {}, "view": {}}
+    try:
+        first, *lines = data.decode("ascii").split("\n")
+        if first != CACHE_MAGIC or lines[-1:] != [""]:
+            return None
+        for line in lines[:-1]:
+            name, *values = line.split("\t")
+            section, _, field = name.partition(".")
+            target = entry.get(section)
+            if target is None or not field:
+                return None
+            if len(values) == 1:
+                target[field] = _decode(values[0])
+            elif len(values) == 2:
+                mapping = target.setdefault(field, {})
+                if not isinstance(mapping, dict):
+                    return None
+                mapping[_decode(values[0])] = _decode(values[1])
+            else:
+                return None
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return entry
 
 
 def read_cache(cache_file: str, key: dict[str, object]) -> RunView | None:
@@ -139,23 +212,14 @@ def read_cache(cache_file: str, key: dict[str, object]) -> RunView | None:
         return None
     finally:
         os.close(fd)
-    import json
-
-    try:
-        entry = json.loads(data)
-    except (ValueError, RecursionError):
+    entry = decode_entry(data)
+    if entry is None or entry["key"] != key:
         return None
-    if not isinstance(entry, dict):
-        return None
-    if entry.get("version") != CACHE_VERSION or entry.get("key") != key:
-        return None
-    return RunView.from_json_obj(entry.get("view"))
+    return RunView.from_json_obj(entry["view"])
 
 
 def write_cache(cache_file: str, key: dict[str, object], view: RunView) -> bool:
     """Store ``view`` atomically (temp file, rename); best effort, True when stored."""
-    import json
-
     directory = os.path.dirname(cache_file)
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
@@ -163,12 +227,9 @@ def write_cache(cache_file: str, key: dict[str, object], view: RunView) -> bool:
         return False
     if not _trusted_dir(directory):
         return False
-    payload = json.dumps(
-        {"version": CACHE_VERSION, "key": key, "view": view.to_json_obj()}, sort_keys=True
-    ).encode()
     try:
         # A cache, not a record: no fsync (a lost write only costs one full load).
-        write_atomic(cache_file, payload, mode=0o600, durable=False)
+        write_atomic(cache_file, encode_entry(key, view.to_json_obj()), mode=0o600, durable=False)
     except OSError:
         return False
     return True

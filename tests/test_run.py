@@ -4,7 +4,6 @@ real flag files and real flocks, with and without guardd running."""
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import socket
@@ -18,6 +17,7 @@ import pytest
 from guardd.errors import UsageError
 from guardd.paths import RunView
 from guardd.run import flag_reason, parse_args, scope_flags
+from guardd.runcache import decode_entry
 from guardd.runlock import ensure_run_locks
 from tests.helpers import Guardd, wait_until
 from tests.run_helpers import (
@@ -721,7 +721,10 @@ def test_cache_is_used_and_rejected_when_config_changes(plain_site: Site) -> Non
     (cache_file,) = cache_dir.iterdir()
     assert cache_dir.stat().st_mode & 0o777 == 0o700
     assert cache_file.stat().st_mode & 0o777 == 0o600
-    assert json.loads(cache_file.read_text())["view"]["scope_flags"]["shop"].endswith("shop.lock")
+    entry = decode_entry(cache_file.read_bytes())
+    assert entry is not None
+    flags = entry["view"]["scope_flags"]
+    assert isinstance(flags, dict) and flags["shop"].endswith("shop.lock")
     text = plain_site.config_path.read_text()
     plain_site.config_path.write_text(text.replace("shop: null", "blog: null"))
     result = plain_site.run("--scope", "shop", "--", "true")

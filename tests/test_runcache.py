@@ -3,7 +3,6 @@ depends on are unchanged, and only from a file nobody else could have written.""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,16 @@ import pytest
 from guardd import runcache
 from guardd.errors import ConfigError
 from guardd.paths import RunView
-from guardd.runcache import cache_path, config_key, load_run_view, read_cache, write_cache
+from guardd.runcache import (
+    CACHE_MAGIC,
+    cache_path,
+    config_key,
+    decode_entry,
+    encode_entry,
+    load_run_view,
+    read_cache,
+    write_cache,
+)
 from tests.run_helpers import NOBODY
 
 CONFIG = """\
@@ -49,7 +57,8 @@ def test_cold_load_fills_cache_and_warm_load_uses_it(config: Path) -> None:
     view = load_run_view(str(config))
     assert view.scope_flags["blog"] == f"{config.parent}/blog/down"
     assert view.skip_code == 5
-    entry = json.loads(_cache_file(config).read_text())
+    entry = decode_entry(_cache_file(config).read_bytes())
+    assert entry is not None
     assert entry["view"] == view.to_json_obj()
     assert entry["key"]["path"] == str(config)
     again = load_run_view(str(config))
@@ -119,29 +128,31 @@ def test_damaged_cache_falls_back_to_full_load(config: Path, damage: str) -> Non
     """A cache file that is not exactly what we write is ignored, then rewritten."""
     view = load_run_view(str(config))
     cache = _cache_file(config)
-    entry = json.loads(cache.read_text())
+    written = cache.read_bytes()
+    entry = decode_entry(written)
+    assert entry is not None
     if damage == "garbage":
         cache.write_bytes(b"\x00{{{")
     elif damage == "wrong-version":
-        cache.write_text(json.dumps({**entry, "version": 99}))
+        cache.write_bytes(written.replace(CACHE_MAGIC.encode(), b"guardd run-view cache 99", 1))
     elif damage == "bad-view":
-        cache.write_text(json.dumps({**entry, "view": {**entry["view"], "skip_code": "5"}}))
+        cache.write_bytes(encode_entry(entry["key"], {**entry["view"], "skip_code": "5"}))
     else:
-        cache.write_text("[1, 2]")
+        cache.write_text('{"version": 2, "key": {}, "view": {}}')
     key = config_key(str(config))
     assert key is not None
     assert read_cache(str(cache), key) is None
     assert load_run_view(str(config)).to_json_obj() == view.to_json_obj()
-    assert json.loads(cache.read_text()) == entry
+    assert cache.read_bytes() == written
 
 
 def _poisoned(config: Path) -> tuple[Path, dict[str, object]]:
     """A cache entry claiming skip_code 99, with the right key."""
     load_run_view(str(config))
     cache = _cache_file(config)
-    entry = json.loads(cache.read_text())
-    entry["view"]["skip_code"] = 99
-    cache.write_text(json.dumps(entry))
+    entry = decode_entry(cache.read_bytes())
+    assert entry is not None
+    cache.write_bytes(encode_entry(entry["key"], {**entry["view"], "skip_code": 99}))
     key = config_key(str(config))
     assert key is not None
     found = read_cache(str(cache), key)
@@ -177,7 +188,7 @@ def test_cache_file_of_another_owner_is_ignored(config: Path) -> None:
 def test_symlinked_cache_file_is_ignored(config: Path, tmp_path: Path) -> None:
     """The cache file is never followed through a symlink."""
     cache, key = _poisoned(config)
-    target = tmp_path / "elsewhere.json"
+    target = tmp_path / "elsewhere.cache"
     cache.rename(target)
     cache.symlink_to(target)
     assert read_cache(str(cache), key) is None
