@@ -117,11 +117,18 @@ def test_ten_thousand_flips_overflowing_inotify_end_in_the_right_state(
     with kernel_setting("fs/inotify/max_queued_events", 16):
         daemon = make_guardd({"http": {"listen": [f"127.0.0.1:{port}"]}}).start()
     flag = daemon.flag()
-    for _ in range(5_000):
-        flag.touch()
-        flag.unlink()
-    if final == "on":
-        write_flag(flag, {"reason": "final"})
+    assert daemon.process is not None
+    # Stopped, guardd cannot drain its queue: the overflow is certain, not a race
+    # between this loop and a fast event loop on the other core.
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        for _ in range(5_000):
+            flag.touch()
+            flag.unlink()
+        if final == "on":
+            write_flag(flag, {"reason": "final"})
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
     wait_state(daemon, final, reason="final" if final == "on" else None)
     assert http_state(port) == final
     assert "inotify queue overflowed" in daemon.log()
