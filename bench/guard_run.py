@@ -167,7 +167,7 @@ def _run(root: Path, *, runs: int, warmup: int, use_installed: bool) -> dict:
         ]
         # Warm the config cache (hyperfine's warm-up would too; this checks it works).
         run_checked([guard_run, "--config", str(config), "--check"], timeout=60, env=env)
-    cached = list((root / "cache" / "guardd").glob("run-view-*.json"))
+    cached = list((root / "cache" / "guardd").glob("run-view-*"))
     if not cached:
         raise BenchError("guard-run wrote no config cache: the warm-cache rows would lie")
 
