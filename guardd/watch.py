@@ -276,16 +276,21 @@ class Watcher:
         if lost:
             self._schedule_poll()
 
+    def _drop_watch(self, entry: _Dir) -> None:
+        """Forget the directory's inotify watch (the kernel may have dropped it already)."""
+        if entry.wd is None:
+            return
+        self.by_wd.pop(entry.wd, None)
+        if self.inotify is not None:
+            try:
+                self.inotify.rm_watch(entry.wd)
+            except OSError:
+                pass  # already gone: IN_IGNORED or IN_UNMOUNT came first
+        entry.wd = None
+
     def _lost(self, entry: _Dir) -> None:
         """The directory was deleted or moved: poll until it is back."""
-        if entry.wd is not None:
-            self.by_wd.pop(entry.wd, None)
-            if self.inotify is not None:
-                try:
-                    self.inotify.rm_watch(entry.wd)
-                except OSError:
-                    pass  # the kernel already dropped it (IN_IGNORED)
-            entry.wd = None
+        self._drop_watch(entry)
         # Maybe it is already back (rm -r && mkdir): try at once.
         if os.path.isdir(entry.path) and self._add_watch(entry):
             return
@@ -329,13 +334,7 @@ class Watcher:
             if entry.polled and needs_polling(kind):
                 continue  # still on a network file system
             if entry.wd is not None:
-                self.by_wd.pop(entry.wd, None)
-                if self.inotify is not None:
-                    try:
-                        self.inotify.rm_watch(entry.wd)
-                    except OSError:
-                        pass  # the kernel already dropped it (IN_UNMOUNT)
-                entry.wd = None
+                self._drop_watch(entry)
                 entry.identity = None
             log.info("%s is on another file system now: watching it again", entry.path)
             self._watch_or_poll(entry, mounts)
