@@ -57,6 +57,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a server the test started; SIGKILL it if it has not gone in 10 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def short_tmp() -> Path:
     """A short directory: AF_UNIX socket paths are limited to ~107 bytes."""
     return Path(tempfile.mkdtemp(prefix="gd-", dir="/tmp"))

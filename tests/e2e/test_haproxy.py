@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Guardd, free_port, require_tool, wait_until
+from tests.helpers import Guardd, free_port, require_tool, stop_process, wait_until
 from tests.httpclient import StandInApp, get, template, write_flag
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "haproxy.cfg"
@@ -100,12 +100,7 @@ def stack(make_guardd: Callable[..., Guardd], tmp_short: Path) -> Iterator[Stack
             wait_until(lambda: stack.status() == "UP", timeout=20, what="app1 UP")
             yield stack
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def test_flag_takes_server_out_and_guardd_page_answers(stack: Stack) -> None:

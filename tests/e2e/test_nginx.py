@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Guardd, free_port, require_tool, wait_until
+from tests.helpers import Guardd, free_port, require_tool, stop_process, wait_until
 from tests.httpclient import Connection, StandInApp, get, template, wait_listening, write_flag
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nginx.conf"
@@ -90,12 +90,7 @@ def stack(make_guardd: Callable[..., Guardd], tmp_short: Path) -> Iterator[Stack
             wait_listening(front_port)
             yield Stack(daemon, app, front_port, process)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def test_page_from_guardd_while_flag_exists(stack: Stack) -> None:

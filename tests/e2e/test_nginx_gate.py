@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_nginx import MAIN_CONFIG
-from tests.helpers import EVENT_TIMEOUT, Guardd, free_port, require_tool, wait_until
+from tests.helpers import EVENT_TIMEOUT, Guardd, free_port, require_tool, stop_process, wait_until
 from tests.httpclient import Connection, Response, StandInApp, template, wait_listening
 from tests.httpclient import write_flag as write_flag_file
 
@@ -95,12 +95,7 @@ def stack(make_guardd: Callable[..., Guardd], tmp_short: Path) -> Iterator[Stack
             wait_listening(front_port)
             yield Stack(daemon, app, front_port)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process)
 
 
 def test_users_get_the_page_and_flag_removal_restores_the_app(stack: Stack) -> None:
