@@ -222,7 +222,7 @@ def run_jobs(
     procs: Processes, *, steps: tuple[int, ...], repeats: int, profiler: object | None = None
 ) -> dict:
     """Each step: that many jobs, then guardctl jobs, status and jobs ops, a drain."""
-    from guardd.jobs import list_jobs  # the bench runs in the project's venv
+    from guardd.core.jobs import list_jobs  # the bench runs in the project's venv
 
     root = make_tmp("gdb-jobs-")
     daemon = Guardd(procs, root / "guardd", scopes=("shop",))
@@ -291,7 +291,7 @@ def _profile_listing(
 ) -> dict:
     from profiling import Profiler
 
-    from guardd.jobs import list_jobs
+    from guardd.core.jobs import list_jobs
 
     assert isinstance(profiler, Profiler)
     return {

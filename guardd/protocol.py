@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from guardd.paths import is_scope_name
-from guardd.state import ScopeStatus
+from guardd.core.paths import is_scope_name
+from guardd.core.state import ScopeStatus
 
 MAX_LINE = 64 * 1024
 Op = Literal["ping", "status", "jobs", "watch"]

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from guardd.jobs import find_holders
+from guardd.core.jobs import find_holders
 from tests.helpers import Guardd, command
 
 GUARD_RUN = command("guard-run")

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from guardd.agent import encode_line
+from guardd.answers.agent import encode_line
 from tests.helpers import Guardd, free_port, wait_until
 from tests.httpclient import write_flag
 

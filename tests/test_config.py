@@ -11,14 +11,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardd.config import (
-    ListenAddress,
+from guardd.config.load import (
     build_config,
     load_config,
     parse_config_text,
     parse_listen,
     resolve_secrets,
 )
+from guardd.config.model import ListenAddress
 from guardd.errors import ConfigError
 from tests.helpers import command
 

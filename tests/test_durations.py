@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardd.durations import format_duration, format_time, parse_duration, parse_time
+from guardd.core.durations import format_duration, format_time, parse_duration, parse_time
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardd.flag import (
+from guardd.core.flag import (
     FlagInfo,
     make_flag,
     parse_flag_content,
@@ -134,7 +134,7 @@ def test_writer_killed_midway_never_leaves_a_half_flag(tmp_path: Path) -> None:
     big_reason = "r" * 900
     script = (
         "import sys; from datetime import datetime, UTC\n"
-        "from guardd.flag import make_flag, write_flag\n"
+        "from guardd.core.flag import make_flag, write_flag\n"
         "for i in range(100000):\n"
         f"    write_flag(sys.argv[1], make_flag(reason='{big_reason}'+str(i), until=None,"
         " by=None, now=datetime.now(UTC)))\n"

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from guardd import gate as gate_module
-from guardd.config import BypassConfig
-from guardd.gate import (
+from guardd.answers import gate as gate_module
+from guardd.answers.gate import (
     CLOCK_SLACK,
     COOKIE_NAME,
     CookieSigner,
@@ -33,7 +32,8 @@ from guardd.gate import (
     parse_address,
     parse_networks,
 )
-from guardd.http import gate_headers, parse_head
+from guardd.answers.http.parse import gate_headers, parse_head
+from guardd.config.model import BypassConfig
 from tests.helpers import EVENT_TIMEOUT, Guardd, command, free_port
 from tests.httpclient import Connection, Response, wait_for_state, write_flag
 
@@ -446,8 +446,10 @@ def test_comparisons_use_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None
     assert all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in calls)
 
     # The responder's route for /.guardd/bypass/<secret> goes through the same check.
-    from guardd.http import HttpConnection, HttpSettings, HttpShared, Kind
-    from guardd.state import Snapshot
+    from guardd.answers.http.connection import HttpConnection
+    from guardd.answers.http.parse import Kind
+    from guardd.answers.http.replies import HttpSettings, HttpShared
+    from guardd.core.state import Snapshot
 
     config = _config(bypass={"secret": SECRET})
     settings = HttpSettings.from_config(config, None)
@@ -462,7 +464,7 @@ def test_comparisons_use_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def _config(**settings: Any) -> Any:
-    from guardd.config import load_config
+    from guardd.config.load import load_config
 
     path = Path(f"/tmp/guardd-gate-test-{free_port()}.yaml")
     path.write_text(yaml.safe_dump({"lock_dir": "/tmp/x", "runtime_dir": "/tmp/y", **settings}))

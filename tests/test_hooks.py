@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from guardd.flag import FlagInfo
-from guardd.hooks import transitions
-from guardd.state import all_statuses
+from guardd.core.flag import FlagInfo
+from guardd.core.state import all_statuses
+from guardd.daemon.hooks import transitions
 
 FLAG = FlagInfo(reason="r", until=None, since="2026-11-21T23:00:00Z", by=None)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from guardd.http import Kind, Persist, _Malformed, parse_head, prefers_json
+from guardd.answers.http.parse import Kind, Persist, _Malformed, parse_head, prefers_json
 from tests.helpers import Guardd, free_port, wait_until
 from tests.httpclient import Connection, build_request, get, wait_for_state, write_flag
 

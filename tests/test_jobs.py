@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guardd.jobs import count_jobs, describe_jobs, find_holders, list_jobs
+from guardd.core.jobs import count_jobs, describe_jobs, find_holders, list_jobs
 from tests.helpers import wait_until
 from tests.run_helpers import Site, kill_session
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardd.page import (
+from guardd.answers.page import (
     maintenance_page,
     outage_page,
     readable_time,

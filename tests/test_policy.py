@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardd.config import Policy, WithdrawAs
-from guardd.policy import (
+from guardd.answers.policy import (
     AGENT_IN_SERVICE,
     agent_line,
     health_answer,
@@ -16,7 +15,8 @@ from guardd.policy import (
     until_epoch,
     withdraws,
 )
-from guardd.state import ScopeStatus, State
+from guardd.config.model import Policy, WithdrawAs
+from guardd.core.state import ScopeStatus, State
 
 
 def status(state: State, reason: str | None = "work", until: str | None = None) -> ScopeStatus:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guardd.core.state import ScopeStatus
 from guardd.protocol import ProtocolError, Request, encode, parse_request, state_event
-from guardd.state import ScopeStatus
 
 
 @pytest.mark.parametrize(

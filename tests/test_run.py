@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from guardd.cli.run import flag_reason, parse_args, scope_flags
+from guardd.cli.runcache import decode_entry
+from guardd.core.paths import RunView
+from guardd.core.runlock import ensure_run_locks
 from guardd.errors import UsageError
-from guardd.paths import RunView
-from guardd.run import flag_reason, parse_args, scope_flags
-from guardd.runcache import decode_entry
-from guardd.runlock import ensure_run_locks
 from tests.helpers import Guardd, wait_until
 from tests.run_helpers import (
     GUARD_RUN,
@@ -695,7 +695,7 @@ def test_lean_start(plain_site: Site, args: list[str], maintenance: bool) -> Non
         for line in result.stderr.splitlines()
         if line.startswith("import time:")
     }
-    assert "guardd.run" in imported
+    assert "guardd.cli.run" in imported
     forbidden = {
         "asyncio",
         "psutil",
@@ -705,11 +705,11 @@ def test_lean_start(plain_site: Site, args: list[str], maintenance: bool) -> Non
         "subprocess",
         "guardd.config",
         "guardd.daemon",
-        "guardd.flag",
-        "guardd.jobs",
-        "guardd.control",
-        "guardd.watch",
-        "guardd.client",
+        "guardd.core.flag",
+        "guardd.core.jobs",
+        "guardd.daemon.control",
+        "guardd.daemon.watch",
+        "guardd.cli.client",
     }
     assert imported & forbidden == set()
 

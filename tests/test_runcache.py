@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from guardd import runcache
-from guardd.errors import ConfigError
-from guardd.paths import RunView
-from guardd.runcache import (
+from guardd.cli import runcache
+from guardd.cli.runcache import (
     CACHE_MAGIC,
     cache_path,
     config_key,
@@ -23,6 +21,8 @@ from guardd.runcache import (
     read_cache,
     write_cache,
 )
+from guardd.core.paths import RunView
+from guardd.errors import ConfigError
 from tests.run_helpers import NOBODY
 
 CONFIG = """\
@@ -69,7 +69,7 @@ def test_warm_load_does_not_import_yaml(config: Path) -> None:
     """With a warm cache, loading the view imports neither yaml nor guardd.config."""
     load_run_view(str(config))
     probe = (
-        "import sys; from guardd.runcache import load_run_view; "
+        "import sys; from guardd.cli.runcache import load_run_view; "
         f"view = load_run_view({str(config)!r}); "
         "print(sorted(m for m in ('yaml', 'guardd.config', 'dataclasses') if m in sys.modules))"
     )

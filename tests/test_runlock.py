@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from guardd.runlock import (
+from guardd.core.runlock import (
     ensure_run_locks,
     lock_shared,
     open_run_lock,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from guardd.durations import format_time
-from guardd.schedule import (
+from guardd.core.durations import format_time
+from guardd.core.schedule import (
     Window,
     due_steps,
     next_wakeup,

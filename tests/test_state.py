@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from guardd.flag import FlagInfo
-from guardd.state import all_statuses, summary
+from guardd.core.flag import FlagInfo
+from guardd.core.state import all_statuses, summary
 
 ON = FlagInfo(reason="host work", until=None, since="2026-11-21T23:00:00Z", by=None)
 SHOP = FlagInfo(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guardd.run import parse_args
+from guardd.cli.run import parse_args
 from tests.helpers import BIN, require_tool
 
 SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"

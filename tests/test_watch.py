@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guardd.watch import fs_type, needs_polling, parse_mountinfo
+from guardd.daemon.watch import fs_type, needs_polling, parse_mountinfo
 
 MOUNTINFO = """\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from guardd.durations import format_time
-from guardd.schedule import Window, read_windows, write_windows
+from guardd.core.durations import format_time
+from guardd.core.schedule import Window, read_windows, write_windows
 from tests.helpers import Guardd, command, free_port, wait_until
 from tests.httpclient import get
 

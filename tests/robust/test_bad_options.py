@@ -15,7 +15,7 @@ import yaml
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from guardd.durations import format_duration, format_time, parse_duration, parse_time
+from guardd.core.durations import format_duration, format_time, parse_duration, parse_time
 from tests.helpers import command
 
 

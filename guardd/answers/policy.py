@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from guardd.config import Policy, WithdrawAs
-from guardd.durations import parse_time
-from guardd.state import ScopeStatus
+from guardd.config.model import Policy, WithdrawAs
+from guardd.core.durations import parse_time
+from guardd.core.state import ScopeStatus
 
 HealthStatus = Literal["pass", "warn", "fail"]
 

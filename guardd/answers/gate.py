@@ -21,7 +21,7 @@ from enum import IntEnum
 from typing import TypeVar
 from urllib.parse import unquote_to_bytes
 
-from guardd.config import BypassConfig
+from guardd.config.model import BypassConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

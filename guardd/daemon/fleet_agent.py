@@ -16,10 +16,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from guardd.config import Config
-from guardd.etcd import Etcd, EtcdUnavailable, KeyValue
-from guardd.flag import parse_flag_content, read_flag, remove_flag, write_flag
-from guardd.fleet import (
+from guardd.config.model import Config
+from guardd.core.flag import parse_flag_content, read_flag, remove_flag, write_flag
+from guardd.core.paths import fleet_flag_path
+from guardd.core.state import ScopeStatus
+from guardd.fleet.etcd import Etcd, EtcdUnavailable, KeyValue
+from guardd.fleet.model import (
     FleetView,
     NodeRecord,
     NodeScope,
@@ -27,8 +29,6 @@ from guardd.fleet import (
     node_key,
     parse_key,
 )
-from guardd.paths import fleet_flag_path
-from guardd.state import ScopeStatus
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO, TypeVar
 
-from guardd.config import Config
+from guardd.config.model import Config
+from guardd.core.flag import FlagInfo, parse_flag_content
 from guardd.errors import Unreachable, UsageError
-from guardd.etcd import Etcd, EtcdUnavailable
-from guardd.flag import FlagInfo, parse_flag_content
-from guardd.fleet import NodeRecord, decode_node, parse_key, pending_nodes, scope_key
+from guardd.fleet.etcd import Etcd, EtcdUnavailable
+from guardd.fleet.model import NodeRecord, decode_node, parse_key, pending_nodes, scope_key
 
 POLL_INTERVAL = 0.1
 RETRY_FOR = 5.0  # seconds: longer than an etcd leader election, short for an operator

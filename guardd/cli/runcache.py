@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import stat
 
-from guardd.atomic import write_atomic
-from guardd.paths import RunView, default_lock_dir, default_runtime_dir, find_config_path
+from guardd.core.atomic import write_atomic
+from guardd.core.paths import RunView, default_lock_dir, default_runtime_dir, find_config_path
 
 CACHE_VERSION = 2
 # A config file bigger than this is not cached (and surely not a config file).
@@ -47,7 +47,7 @@ def load_run_view(config_path: str | None) -> RunView:
 
 
 def _full_load(path: str) -> RunView:
-    from guardd.config import load_config
+    from guardd.config.load import load_config
 
     return load_config(path).run_view()
 

@@ -16,9 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from guardd.config import HooksConfig
-from guardd.flag import FlagInfo
-from guardd.state import ScopeStatus
+from guardd.config.model import HooksConfig
+from guardd.core.flag import FlagInfo
+from guardd.core.state import ScopeStatus
 
 log = logging.getLogger(__name__)
 Kind = Literal["on_enter", "on_exit"]

@@ -15,14 +15,15 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from guardd.agent import AgentConnection, AgentShared
-from guardd.config import Config, ListenAddress
+from guardd.answers.agent import AgentConnection, AgentShared
+from guardd.answers.http.connection import HttpConnection
+from guardd.answers.http.replies import HttpSettings, HttpShared
+from guardd.config.model import Config, ListenAddress
+from guardd.core.state import Snapshot
 from guardd.errors import GuardError
-from guardd.http import HttpConnection, HttpSettings, HttpShared
-from guardd.state import Snapshot
 
 if TYPE_CHECKING:
-    from guardd.daemon import StateListener
+    from guardd.daemon.app import StateListener
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass
 from datetime import datetime
 
-from guardd.atomic import fsync_dir, write_atomic
-from guardd.durations import format_time, format_timestamp, parse_time
+from guardd.core.atomic import fsync_dir, write_atomic
+from guardd.core.durations import format_time, format_timestamp, parse_time
 
 # Read no more than this: a flag is a few hundred bytes, a huge file is garbage.
 MAX_FLAG_BYTES = 64 * 1024

@@ -7,31 +7,24 @@ close everything, exit 0). Signal handlers only set flags.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import ClassVar, Protocol
+from typing import Protocol
 
 from guardd import __version__
-from guardd.config import Config, describe, load_config, resolve_secrets
-from guardd.control import ControlServer
-from guardd.durations import format_time
-from guardd.errors import ConfigError, GuardError, run_cli
-from guardd.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
-from guardd.fleetd import FleetAgent, mirror_paths
-from guardd.hooks import HookRunner, transitions
-from guardd.jobs import count_jobs, describe_jobs, find_holders
-from guardd.notify import Notifier, watchdog_interval
-from guardd.paths import DEFAULT_SCOPE, run_lock_path
-from guardd.protocol import status_reply
-from guardd.runlock import ensure_run_locks
-from guardd.schedule import (
+from guardd.config.load import load_config, resolve_secrets
+from guardd.config.model import Config
+from guardd.core.durations import format_time
+from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
+from guardd.core.jobs import count_jobs, describe_jobs, find_holders
+from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
+from guardd.core.runlock import ensure_run_locks
+from guardd.core.schedule import (
     Window,
     due_steps,
     locked,
@@ -42,8 +35,14 @@ from guardd.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.state import ScopeStatus, Snapshot, all_statuses, summary
-from guardd.watch import RESCAN, Watcher
+from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
+from guardd.daemon.control import ControlServer
+from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
+from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.notify import Notifier, watchdog_interval
+from guardd.daemon.watch import RESCAN, Watcher
+from guardd.errors import ConfigError, GuardError
+from guardd.protocol import status_reply
 
 log = logging.getLogger("guardd")
 
@@ -75,7 +74,7 @@ class StateListener(Protocol):
 
 def build_listeners(config: Config) -> list[StateListener]:
     """The HTTP responder and agent-check port (each says "off" without addresses)."""
-    from guardd.responders import make_listeners
+    from guardd.daemon.listeners import make_listeners
 
     return make_listeners(config)
 
@@ -629,90 +628,3 @@ class Daemon:
 
 
 # --------------------------------------------------------------------------- logging
-
-
-class _JournalFormatter(logging.Formatter):
-    """``<N>message``: journald reads the priority from the prefix."""
-
-    PRIORITIES: ClassVar[dict[int, int]] = {
-        logging.CRITICAL: 2,
-        logging.ERROR: 3,
-        logging.WARNING: 4,
-        logging.INFO: 6,
-        logging.DEBUG: 7,
-    }
-
-    def format(self, record: logging.LogRecord) -> str:
-        priority = self.PRIORITIES.get(record.levelno, 6)
-        text = super().format(record)
-        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
-
-
-def setup_logging() -> None:
-    """Log to stderr; with journald's priority prefixes when under systemd."""
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if os.environ.get("GUARDD_DEBUG") else logging.INFO)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def run(*, config_path: str | None, check_config: bool) -> int:
-    """Load the config, then either print it (--check-config) or serve until stopped."""
-    config = resolve_secrets(load_config(config_path))
-    if check_config:
-        import yaml
-
-        sys.stdout.write(yaml.safe_dump(describe(config), sort_keys=False))
-        return 0
-    setup_logging()
-    daemon = Daemon(config=config, config_path=config_path)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        runner.run(daemon.serve())
-    return 0
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (a default dependency on Linux): its
-    C transports carry the HTTP responder's per-request cost that asyncio's pure-Python
-    selector loop spends (bench/RESULTS.md). asyncio's own loop otherwise, or with
-    ``GUARDD_LOOP=asyncio``."""
-    if os.environ.get("GUARDD_LOOP") == "asyncio":
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point."""
-    parser = argparse.ArgumentParser(
-        prog="guardd", description="Maintenance-mode guard daemon (runs in the foreground)."
-    )
-    parser.add_argument(
-        "--config",
-        metavar="PATH",
-        help="YAML config (default: $GUARDD_CONFIG, /etc/guardd/config.yaml, "
-        "else built-in defaults)",
-    )
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate and print the effective config, then exit 0 or 2",
-    )
-    parser.add_argument("--version", action="version", version=f"guardd {__version__}")
-    args = parser.parse_args(argv)
-    return run_cli("guardd", lambda: run(config_path=args.config, check_config=args.check_config))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

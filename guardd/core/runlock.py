@@ -42,7 +42,7 @@ def open_run_lock(path: str, *, create: bool) -> int:
 
 def ensure_run_locks(runtime_dir: str, scopes: Iterable[str]) -> None:
     """Create the run locks of the configured scopes (guardd and guardctl do this)."""
-    from guardd.paths import run_lock_path
+    from guardd.core.paths import run_lock_path
 
     os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
     for scope in scopes:

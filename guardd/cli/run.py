@@ -13,6 +13,17 @@ import os
 import sys
 import time
 
+from guardd.cli.runcache import load_run_view
+from guardd.core.paths import (
+    DEFAULT_SCOPE,
+    SCOPE_ENV,
+    SCOPE_PATTERN,
+    RunView,
+    fleet_flag_path,
+    is_scope_name,
+    run_lock_path,
+)
+from guardd.core.runlock import lock_shared, open_run_lock
 from guardd.errors import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -23,17 +34,6 @@ from guardd.errors import (
     UsageError,
     run_cli,
 )
-from guardd.paths import (
-    DEFAULT_SCOPE,
-    SCOPE_ENV,
-    SCOPE_PATTERN,
-    RunView,
-    fleet_flag_path,
-    is_scope_name,
-    run_lock_path,
-)
-from guardd.runcache import load_run_view
-from guardd.runlock import lock_shared, open_run_lock
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def _scope(from_option: str | None, from_env: str | None) -> str:
 
 
 def _duration(option: str, text: str) -> float:
-    from guardd.durations import parse_duration  # only when given: re and datetime
+    from guardd.core.durations import parse_duration  # only when given: re and datetime
 
     try:
         return parse_duration(text)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from guardd.config import Policy, WithdrawAs
-from guardd.policy import agent_line
-from guardd.state import ScopeView
+from guardd.answers.policy import agent_line
+from guardd.config.model import Policy, WithdrawAs
+from guardd.core.state import ScopeView
 
 # HAProxy hangs up once it has the line; a checker that does not is cut after this.
 LINGER_SECONDS = 5.0

@@ -1,308 +1,50 @@
-"""guardctl: the operator's tool. Thin CLI over keyword-only core functions.
-
-Everything but ``watch`` works without guardd: the flag files and run locks are the
-source of truth, the daemon only publishes them.
-"""
+"""guardctl's command line: parse, call one operation, print, map errors to exit codes."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
-import socket
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
 
 from guardd import __version__
-from guardd.client import ControlClient
-from guardd.config import Config, load_config
-from guardd.drain import THEN_CHOICES, Then, drain
-from guardd.durations import format_duration, format_time, parse_duration, parse_time
+from guardd.cli.client import ControlClient
+from guardd.cli.ctl.ops import (
+    STATUS_TIMEOUT,
+    _actor,
+    add_window,
+    all_windows,
+    get_status,
+    remove_window,
+    run_locks,
+    turn_off,
+    turn_on,
+)
+from guardd.cli.ctl.output import DrainView, format_jobs, format_status, format_windows
+from guardd.cli.drain import THEN_CHOICES, Then, drain
+from guardd.config.load import load_config
+from guardd.config.model import Config
+from guardd.core.durations import format_duration, parse_duration, parse_time
+from guardd.core.flag import make_flag, read_flag
+from guardd.core.jobs import list_jobs
+from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
+from guardd.core.schedule import (
+    Window,
+)
 from guardd.errors import (
     EXIT_DRAIN_TIMEOUT,
     EXIT_OK,
-    GuardError,
     Unreachable,
     UsageError,
     run_cli,
 )
-from guardd.flag import make_flag, read_flag, remove_flag, write_flag
-from guardd.jobs import Job, count_jobs, list_jobs
-from guardd.paths import DEFAULT_SCOPE, run_lock_path
-from guardd.protocol import status_reply
-from guardd.runlock import ensure_run_locks
-from guardd.schedule import (
-    Window,
-    locked,
-    new_id,
-    overlaps,
-    read_windows,
-    upcoming,
-    write_windows,
-)
-from guardd.state import ScopeStatus, all_statuses
-
-# A daemon that does not answer this fast is treated as absent for `status`.
-STATUS_TIMEOUT = 2.0
-
-
-# --------------------------------------------------------------------------- core
-
-
-def run_locks(config: Config) -> dict[str, str]:
-    """scope -> run lock path, for every configured scope."""
-    return {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
-
-
-def local_status(config: Config) -> dict[str, ScopeStatus]:
-    """Every scope's status from the files themselves (no daemon needed)."""
-    flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
-    return all_statuses(flags, count_jobs(run_locks(config)))
-
-
-def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
-    """The status reply from guardd, or built from the files when it is not running."""
-    if os.path.exists(config.control.socket):
-        try:
-            with ControlClient(config.control.socket, timeout=STATUS_TIMEOUT) as client:
-                reply = client.request({"op": "status"})
-            if reply.get("ok") is True and isinstance(reply.get("scopes"), dict):
-                reply["source"] = "guardd"
-                return reply
-        except Unreachable as problem:
-            err.write(f"guardctl: {problem.message}; reading the flag files instead\n")
-    reply = status_reply(node=config.node, version=__version__, statuses=local_status(config))
-    reply["upcoming"] = [w.upcoming_obj() for w in upcoming(all_windows(config), datetime.now(UTC))]
-    reply["source"] = "files"
-    return reply
-
-
-def all_windows(config: Config) -> list[Window]:
-    """Every scope's scheduled windows, read from the schedule files."""
-    return [w for scope in sorted(config.scopes) for w in read_windows(config.lock_dir, scope)]
-
-
-def add_window(
-    *,
-    config: Config,
-    scope: str,
-    at: datetime,
-    duration: float,
-    reason: str | None,
-    notice: float,
-    auto_off: bool,
-    now: datetime,
-) -> Window:
-    """Store a new window for ``scope``; usage errors for a past start or an overlap."""
-    if at <= now:
-        raise UsageError(f"--at {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} is in the past")
-    if duration <= 0:
-        raise UsageError("--for must be longer than 0s")
-    window = Window(
-        id=new_id(),
-        scope=scope,
-        at=format_time(at),
-        end=format_time(at + timedelta(seconds=duration)),
-        reason=reason,
-        notice=notice,
-        auto_off=auto_off,
-    )
-    try:
-        with locked(config.lock_dir):
-            windows = read_windows(config.lock_dir, scope)
-            clash = overlaps(window, windows)
-            if clash is not None:
-                raise UsageError(
-                    f"overlaps window {clash.id} of {scope} ({clash.at} to {clash.end})"
-                )
-            write_windows(config.lock_dir, scope, [*windows, window])
-    except OSError as err:
-        raise GuardError(
-            f"cannot write the schedule in {config.lock_dir}: {err.strerror}"
-        ) from None
-    return window
-
-
-def remove_window(*, config: Config, window_id: str) -> Window:
-    """Remove a window by id from whichever scope has it (a started one leaves the flag)."""
-    try:
-        with locked(config.lock_dir):
-            for scope in config.scopes:
-                windows = read_windows(config.lock_dir, scope)
-                kept = [w for w in windows if w.id != window_id]
-                if len(kept) != len(windows):
-                    write_windows(config.lock_dir, scope, kept)
-                    return next(w for w in windows if w.id == window_id)
-    except OSError as err:
-        raise GuardError(
-            f"cannot change the schedule in {config.lock_dir}: {err.strerror}"
-        ) from None
-    raise UsageError(f"no scheduled window {window_id!r} (see guardctl schedule --list)")
-
-
-def _actor() -> str:
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    return f"{user}@{socket.gethostname()}"
-
-
-def turn_on(
-    *,
-    config: Config,
-    scope: str,
-    reason: str | None,
-    until: datetime | None,
-    now: datetime,
-) -> str:
-    """Write the scope's flag atomically; returns its path. Keeps ``since`` if already on."""
-    path = config.flag_path(scope)
-    existing = read_flag(path)
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
-    if existing is not None:
-        info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
-    try:
-        ensure_run_locks(config.runtime_dir, config.scopes)
-    except OSError as err:
-        raise GuardError(
-            f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
-        ) from None
-    try:
-        write_flag(path, info)
-    except OSError as err:
-        raise GuardError(f"cannot write {path}: {err.strerror}") from None
-    return path
-
-
-def turn_off(*, config: Config, scope: str) -> bool:
-    """Remove the scope's flag; True if it was there."""
-    path = config.flag_path(scope)
-    try:
-        return remove_flag(path)
-    except OSError as err:
-        raise GuardError(f"cannot remove {path}: {err.strerror}") from None
-
-
-# --------------------------------------------------------------------------- output
-
-
-def _cell(value: object) -> str:
-    return "-" if value is None else str(value)
-
-
-def _table(rows: list[list[str]], out: TextIO) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
-        out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
-
-
-def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> None:
-    """Human table of the status reply."""
-    rows = [["SCOPE", "STATE", "SINCE", "UNTIL", "JOBS", "REASON"]]
-    for name in scopes:
-        fields = reply["scopes"].get(name, {})
-        rows.append(
-            [
-                name,
-                _cell(fields.get("state")),
-                _cell(fields.get("since")),
-                _cell(fields.get("until")),
-                _cell(fields.get("jobs")),
-                _cell(fields.get("reason")),
-            ]
-        )
-    _table(rows, out)
-    for window in reply.get("upcoming") or []:
-        out.write(
-            f"upcoming: {window.get('scope')} from {window.get('at')} to "
-            f"{window.get('until')}{_reason_suffix(window.get('reason'))} "
-            f"[{window.get('id')}]\n"
-        )
-    if reply.get("source") == "files":
-        out.write("(guardd is not running: read from the flag files)\n")
-
-
-def _reason_suffix(reason: object) -> str:
-    return f" ({reason})" if reason else ""
-
-
-def format_windows(windows: Sequence[Window], now: datetime, out: TextIO) -> None:
-    """Human table of scheduled windows."""
-    if not windows:
-        out.write("no scheduled windows\n")
-        return
-    rows = [["ID", "SCOPE", "AT", "UNTIL", "NOTICE", "AUTO-OFF", "STATUS", "REASON"]]
-    for w in windows:
-        if w.done:
-            state = "done"
-        elif w.started:
-            state = "started"
-        elif now.timestamp() >= w.at_time.timestamp() - w.notice:
-            state = "announced"
-        else:
-            state = "scheduled"
-        rows.append(
-            [
-                w.id,
-                w.scope,
-                w.at,
-                w.end,
-                format_duration(w.notice),
-                "yes" if w.auto_off else "no",
-                state,
-                _cell(w.reason),
-            ]
-        )
-    _table(rows, out)
-
-
-def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
-    """Human table of jobs."""
-    if not jobs:
-        out.write("no guarded jobs running\n")
-        return
-    rows = [["PID", "SCOPE", "STARTED", "COMMAND"]]
-    rows += [
-        [str(job.pid), job.scope, _cell(job.started), " ".join(job.cmd) or "?"] for job in jobs
-    ]
-    _table(rows, out)
-
-
-class DrainView:
-    """Shows the jobs still running while draining: rewritten in place on a terminal."""
-
-    def __init__(self, out: TextIO, scope: str) -> None:
-        self.out = out
-        self.scope = scope
-        self.live = out.isatty()
-        self.lines_shown = 0
-
-    def progress(self, jobs: list[Job]) -> None:
-        """Called each time the set of running jobs changes."""
-        if self.live and self.lines_shown:
-            self.out.write(f"\x1b[{self.lines_shown}F\x1b[J")  # up N lines, clear below
-        lines = [f"draining {self.scope}: {len(jobs)} job(s) still running"]
-        lines += [f"  {job.pid:>7}  {job.scope}  {' '.join(job.cmd)[:100]}" for job in jobs]
-        self.out.write("\n".join(lines) + "\n")
-        self.out.flush()
-        self.lines_shown = len(lines)
-
-    def signalled(self, name: str, jobs: list[Job]) -> None:
-        """Called before signalling the remaining jobs."""
-        self.lines_shown = 0
-        pids = ", ".join(str(job.pid) for job in jobs) or "none"
-        self.out.write(f"timeout: sending SIG{name} to the process groups of {pids}\n")
-        self.out.flush()
-
-
-# --------------------------------------------------------------------------- commands
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     if args.fleet:
-        from guardd import fleetctl
+        from guardd.cli.ctl import fleet as fleetctl
 
         data = fleetctl.fleet_status(config=config)
         if args.json:
@@ -368,7 +110,7 @@ def _fleet_on(
     now: datetime,
     out: TextIO,
 ) -> int:
-    from guardd import fleetctl
+    from guardd.cli.ctl import fleet as fleetctl
 
     if args.then is not None or args.grace is not None:
         raise UsageError(
@@ -418,7 +160,7 @@ def _until(args: argparse.Namespace, now: datetime) -> datetime | None:
 def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     scope = config.require_scope(args.scope)
     if args.fleet:
-        from guardd import fleetctl
+        from guardd.cli.ctl import fleet as fleetctl
 
         removed = fleetctl.fleet_off(config=config, scope=scope)
         out.write(f"{scope}: fleet maintenance {'off' if removed else 'was not on'}\n")
@@ -433,7 +175,7 @@ def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         )
     # Imported here: guardd.fleetd pulls in asyncio and the etcd client's modules
     # (~30 ms), which no other command of guardctl needs.
-    from guardd.fleetd import mirror_exists
+    from guardd.daemon.fleet_agent import mirror_exists
 
     if mirror_exists(config, scope):
         out.write(

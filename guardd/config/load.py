@@ -1,8 +1,7 @@
 """Load the YAML configuration once into frozen, typed objects; all validation lives here.
 
 Every error is one ConfigError naming the key path (``http.listen[0]``), what was
-expected, and a "did you mean" for near-miss keys.
-"""
+expected, and a "did you mean" for near-miss keys."""
 
 from __future__ import annotations
 
@@ -12,169 +11,34 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeVar, get_args
+from dataclasses import replace
+from typing import Any, TypeVar
 
-from guardd.durations import check_duration, format_duration, parse_duration
-from guardd.errors import ConfigError
-from guardd.paths import (
+from guardd.config.model import (
+    POLICIES,
+    WITHDRAW_AS,
+    AgentConfig,
+    BypassConfig,
+    Config,
+    ControlConfig,
+    FleetConfig,
+    HooksConfig,
+    HttpConfig,
+    ListenAddress,
+    RunConfig,
+    ScopeConfig,
+)
+from guardd.core.durations import check_duration, format_duration, parse_duration
+from guardd.core.paths import (
     DEFAULT_SCOPE,
-    RunView,
     default_lock_dir,
     default_runtime_dir,
     find_config_path,
-    flag_path,
     is_scope_name,
 )
-
-# Allowed values, defined once and used by config validation and the CLIs alike.
-Policy = Literal["withdraw", "stay", "fleet"]
-WithdrawAs = Literal["maint", "drain", "down"]
-POLICIES: tuple[str, ...] = get_args(Policy)
-WITHDRAW_AS: tuple[str, ...] = get_args(WithdrawAs)
+from guardd.errors import ConfigError
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ListenAddress:
-    """One address to bind: ``host`` is "" for all addresses."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class ScopeConfig:
-    """A named scope and the flag file that drives it."""
-
-    name: str
-    lock_file: str | None = None
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    """The control socket: where, and who may connect."""
-
-    socket: str
-    mode: int = 0o660
-    group: str | None = None
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """The HTTP health responder and maintenance page."""
-
-    listen: tuple[ListenAddress, ...] = (ListenAddress("127.0.0.1", 8089),)
-    scope: str = DEFAULT_SCOPE
-    policy: Policy = "withdraw"
-    health_path: str = "/healthz"
-    gate_path: str = "/gate"
-    page_status: int = 503
-    retry_after: int = 300
-    page_template: str | None = None
-    api_prefixes: tuple[str, ...] = ("/api/",)
-    header_timeout: float = 10.0
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    """The HAProxy agent-check responder."""
-
-    listen: tuple[ListenAddress, ...] = ()
-    scope: str = DEFAULT_SCOPE
-    withdraw_as: WithdrawAs = "maint"
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """guard-run defaults."""
-
-    skip_code: int = 0
-
-
-@dataclass(frozen=True)
-class FleetConfig:
-    """Many hosts, one switch, on etcd."""
-
-    endpoints: tuple[str, ...] = ()
-    prefix: str = "/guardd"
-    lease_ttl: float = 10.0
-
-
-@dataclass(frozen=True)
-class BypassConfig:
-    """Who and what passes the gate while the scope is in maintenance."""
-
-    paths: tuple[str, ...] = ()
-    cidrs: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    secret: str | None = field(default=None, repr=False)
-    # A file holding the secret, read by guardd only (at start and on reload), so the
-    # config itself can stay world-readable for every user's guard-run.
-    secret_file: str | None = None
-    cookie_ttl: float = 12 * 3600.0
-    insecure_cookie: bool = False
-
-
-@dataclass(frozen=True)
-class HooksConfig:
-    """Commands run when a scope enters or leaves maintenance."""
-
-    on_enter: tuple[tuple[str, ...], ...] = ()
-    on_exit: tuple[tuple[str, ...], ...] = ()
-    timeout: float = 30.0
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole effective configuration."""
-
-    source: str | None
-    lock_dir: str
-    runtime_dir: str
-    node: str
-    poll_interval: float
-    scopes: Mapping[str, ScopeConfig]
-    control: ControlConfig
-    http: HttpConfig
-    agent: AgentConfig
-    run: RunConfig
-    fleet: FleetConfig
-    bypass: BypassConfig
-    hooks: HooksConfig
-
-    def flag_path(self, scope: str) -> str:
-        """The file whose existence puts ``scope`` in maintenance."""
-        own = self.scopes[scope].lock_file
-        return own if own is not None else flag_path(self.lock_dir, scope)
-
-    def require_scope(self, scope: str) -> str:
-        """Return ``scope`` if configured, else a usage error naming the known scopes."""
-        if scope in self.scopes:
-            return scope
-        from guardd.errors import UsageError
-
-        known = ", ".join(sorted(self.scopes))
-        raise UsageError(f"unknown scope {scope!r} (configured scopes: {known})")
-
-    def run_view(self) -> RunView:
-        """The subset guard-run needs (what the config cache stores)."""
-        return RunView(
-            lock_dir=self.lock_dir,
-            runtime_dir=self.runtime_dir,
-            scope_flags={name: self.flag_path(name) for name in self.scopes},
-            skip_code=self.run.skip_code,
-            fleet_mirrors=bool(self.fleet.endpoints),
-        )
-
-
-# --------------------------------------------------------------------------- loading
 
 
 def load_config(path: str | None = None) -> Config:
@@ -440,7 +304,7 @@ def _url_path(value: str) -> str | None:
 
 
 def _endpoint(value: str) -> str | None:
-    from guardd.etcd import parse_endpoint
+    from guardd.fleet.etcd import parse_endpoint
 
     try:
         parse_endpoint(value)
@@ -740,63 +604,3 @@ class _Section:
 
 
 # --------------------------------------------------------------------------- showing
-
-
-def describe(config: Config) -> dict[str, Any]:
-    """The effective config as plain data, secrets masked (for --check-config)."""
-
-    def addresses(items: tuple[ListenAddress, ...]) -> list[str]:
-        return [str(item) for item in items]
-
-    return {
-        "source": config.source or "(built-in defaults)",
-        "lock_dir": config.lock_dir,
-        "runtime_dir": config.runtime_dir,
-        "node": config.node,
-        "poll_interval": format_duration(config.poll_interval)
-        if config.poll_interval >= 1
-        else config.poll_interval,
-        "scopes": {name: {"flag": config.flag_path(name)} for name in sorted(config.scopes)},
-        "control": {
-            "socket": config.control.socket,
-            "mode": f"0{config.control.mode:o}",
-            "group": config.control.group,
-        },
-        "http": {
-            "listen": addresses(config.http.listen),
-            "scope": config.http.scope,
-            "policy": config.http.policy,
-            "health_path": config.http.health_path,
-            "gate_path": config.http.gate_path,
-            "page_status": config.http.page_status,
-            "retry_after": config.http.retry_after,
-            "page_template": config.http.page_template,
-            "api_prefixes": list(config.http.api_prefixes),
-            "header_timeout": format_duration(config.http.header_timeout),
-        },
-        "agent": {
-            "listen": addresses(config.agent.listen),
-            "scope": config.agent.scope,
-            "withdraw_as": config.agent.withdraw_as,
-        },
-        "run": {"skip_code": config.run.skip_code},
-        "fleet": {
-            "endpoints": list(config.fleet.endpoints),
-            "prefix": config.fleet.prefix,
-            "lease_ttl": format_duration(config.fleet.lease_ttl),
-        },
-        "bypass": {
-            "paths": list(config.bypass.paths),
-            "cidrs": list(config.bypass.cidrs),
-            "trusted_proxies": list(config.bypass.trusted_proxies),
-            "secret": "********" if config.bypass.secret else None,
-            "secret_file": config.bypass.secret_file,
-            "cookie_ttl": format_duration(config.bypass.cookie_ttl),
-            "insecure_cookie": config.bypass.insecure_cookie,
-        },
-        "hooks": {
-            "on_enter": [list(cmd) for cmd in config.hooks.on_enter],
-            "on_exit": [list(cmd) for cmd in config.hooks.on_exit],
-            "timeout": format_duration(config.hooks.timeout),
-        },
-    }

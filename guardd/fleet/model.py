@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from guardd.paths import is_scope_name
+from guardd.core.paths import is_scope_name
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from guardd.jobs import Job, describe_jobs, find_holders
-from guardd.paths import DEFAULT_SCOPE
-from guardd.runlock import open_run_lock, try_exclusive, unlock
+from guardd.core.jobs import Job, describe_jobs, find_holders
+from guardd.core.paths import DEFAULT_SCOPE
+from guardd.core.runlock import open_run_lock, try_exclusive, unlock
 
 Then = Literal["wait", "term", "kill"]
 THEN_CHOICES: tuple[str, ...] = get_args(Then)

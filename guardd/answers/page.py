@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC
 
-from guardd.durations import parse_time
+from guardd.core.durations import parse_time
 
 # The built-in pages' only style sheet; light by default, dark on request.
 _STYLE = """\

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from guardd.flag import FlagInfo
-from guardd.paths import DEFAULT_SCOPE
+from guardd.core.flag import FlagInfo
+from guardd.core.paths import DEFAULT_SCOPE
 
 State = Literal["off", "draining", "on"]
 

@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
 
+from guardd.core.state import ScopeStatus
 from guardd.errors import GuardError
 from guardd.protocol import (
     MAX_LINE,
@@ -24,7 +25,6 @@ from guardd.protocol import (
     parse_request,
     state_event,
 )
-from guardd.state import ScopeStatus
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from guardd.atomic import write_atomic
-from guardd.durations import format_time, parse_time
+from guardd.core.atomic import write_atomic
+from guardd.core.durations import format_time, parse_time
 
 SCHEDULE_SUFFIX = ".schedule.json"
 MAX_SCHEDULE_BYTES = 1024 * 1024  # a schedule is a few windows; more is garbage

@@ -1,0 +1,1 @@
+"""What load balancers, proxies and visitors are told: health, gate, pages, agent lines."""

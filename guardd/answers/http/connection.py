@@ -1,0 +1,259 @@
+"""One HTTP connection (asyncio.Protocol): reads heads, discards bodies, writes prebuilt replies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast
+
+from guardd.answers.gate import BYPASS_PATH
+from guardd.answers.http.parse import (
+    _BYPASS,
+    _CLOSE,
+    _GATE_KINDS,
+    _GATE_OPEN,
+    _HEALTH,
+    _NOT_FOUND,
+    _PAGE_HTML,
+    _PAGE_JSON,
+    _STATUS,
+    BYPASS_PREFIX,
+    FLUSH_BYTES,
+    HEAD_CACHE_MAX_BYTES,
+    HEAD_CACHE_SIZE,
+    LINGER_SECONDS,
+    MAX_HEAD,
+    STATUS_PATH,
+    Kind,
+    _find_head_end,
+    _Malformed,
+    gate_headers,
+    parse_head,
+)
+from guardd.answers.http.replies import HttpShared
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parse heads, write prebuilt answers, discard bodies."""
+
+    def __init__(self, shared: HttpShared, loop: asyncio.AbstractEventLoop) -> None:
+        self.shared = shared
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        # Parsing: bytes of an unfinished head (or a backlog while the client does
+        # not read), and how much of a request body is still to be skipped.
+        self.buffer = b""
+        self.body_left = 0
+        # Flow control: the client is not reading our answers; stop parsing.
+        self.paused = False
+        # Lifetime: one timer per connection, pushed forward lazily. Until
+        # ``deadline`` the client may finish its next head (or, lingering, hang up).
+        self.deadline = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.lingering = False
+        # The TCP peer's address, looked up by the first gate request that needs it.
+        self.peer: str | None = None
+
+    # ------------------------------------------------------------------ asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.shared.connections.add(self)
+        self._arm(self.loop.time() + self.shared.settings.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.shared.connections.discard(self)
+        self.transport = None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return  # answered and half-closed: input is only drained
+        if self.buffer:
+            data = self.buffer + data
+            self.buffer = b""
+        self._feed(data)
+
+    def eof_received(self) -> bool:
+        # The client is done sending; answers already written still go out, then
+        # the transport closes (returning False tells asyncio to close it).
+        return False
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self.transport is not None and not self.lingering:
+            self.transport.resume_reading()
+            if self.buffer:
+                data, self.buffer = self.buffer, b""
+                self._feed(data)
+
+    # ------------------------------------------------------------------ requests
+
+    def _feed(self, data: bytes) -> None:
+        """Answer every complete request in ``data``; keep an unfinished head."""
+        shared = self.shared
+        answers = shared.answers
+        head_cache = shared.head_cache
+        now = time.time()
+        out: list[bytes] = []
+        pos = 0
+        size = len(data)
+        heads = 0
+        pending = 0
+        while pos < size:
+            if self.body_left:
+                skipped = min(self.body_left, size - pos)
+                pos += skipped
+                self.body_left -= skipped
+                continue
+            if self.paused:
+                self.buffer = data[pos:]
+                break
+            # RFC 9112 2.2: empty lines before a request line are ignored.
+            while pos < size and data[pos] in b"\r\n":
+                pos += 1
+            if pos == size:
+                break
+            end, after = _find_head_end(data, pos)
+            if end < 0:
+                if size - pos >= MAX_HEAD:
+                    out.append(answers.wire(Kind.TOO_LARGE, False, _CLOSE, now))
+                    self._finish(out)
+                    return
+                self.buffer = data[pos:]
+                break
+            head = data[pos:end]
+            parsed = head_cache.get(head)
+            if parsed is None:
+                try:
+                    parsed = parse_head(head)
+                except _Malformed as err:
+                    out.append(answers.wire(err.kind, False, _CLOSE, now))
+                    self._finish(out)
+                    return
+                if len(head) <= HEAD_CACHE_MAX_BYTES:
+                    if len(head_cache) >= HEAD_CACHE_SIZE:
+                        head_cache.clear()
+                    head_cache[head] = parsed
+            path, head_only, persist, accept, body_length, fields = parsed
+            pos = after
+            heads += 1
+            answer = answers.wire(self._route(path, accept, fields, now), head_only, persist, now)
+            out.append(answer)
+            if persist is _CLOSE:
+                self._finish(out)
+                return
+            self.body_left = body_length
+            pending += len(answer)
+            if pending >= FLUSH_BYTES and self.transport is not None:
+                self.transport.write(b"".join(out))  # may call pause_writing()
+                out.clear()
+                pending = 0
+        if heads:
+            # The next head is due within header_timeout; the timer that is already
+            # armed fires early, sees the later deadline and re-arms (no per-request
+            # timer churn).
+            self.deadline = self.loop.time() + shared.settings.header_timeout
+            if self.timer is None:
+                self._arm(self.deadline)
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _route(self, path: bytes, accept: bytes | None, fields: bytes, now: float) -> Kind:
+        shared = self.shared
+        settings = shared.settings
+        if path == settings.gate_path:
+            # The hottest path behind nginx: while the scope is off, no work at all.
+            if not shared.answers.maintenance:
+                return _GATE_OPEN
+            return self._gate(fields, now)
+        if path == settings.health_path:
+            return _HEALTH
+        if path == STATUS_PATH:
+            return _STATUS
+        if path.startswith(BYPASS_PREFIX):
+            # A wrong secret, or none configured, gets the very 404 of any other
+            # /.guardd/ path: nothing tells an attacker which case it was.
+            if path.startswith(BYPASS_PATH) and shared.gate.rules.signer.secret_matches(
+                path[len(BYPASS_PATH) :]
+            ):
+                return _BYPASS
+            return _NOT_FOUND
+        if path.startswith(settings.api_prefixes) or (
+            accept is not None and self.shared.wants_json(accept)
+        ):
+            return _PAGE_JSON
+        return _PAGE_HTML
+
+    def _gate(self, fields: bytes, now: float) -> Kind:
+        """The gate's answer during maintenance."""
+        original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
+        peer = self.peer
+        if peer is None and self.transport is not None:
+            name = self.transport.get_extra_info("peername")
+            peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
+        verdict = self.shared.gate.decide(
+            original_uri=original_uri,
+            peer=peer,
+            forwarded_for=forwarded_for,
+            real_ip=real_ip,
+            cookie=cookie,
+            now=now,
+        )
+        return _GATE_KINDS[verdict]
+
+    # ------------------------------------------------------------------ closing
+
+    def _finish(self, out: list[bytes]) -> None:
+        """Write the last answers, half-close, and drain input until the client leaves."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.buffer = b""
+        self.body_left = 0
+        self.lingering = True
+        transport.write(b"".join(out))
+        if transport.can_write_eof():
+            transport.write_eof()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()  # drain, or the client's FIN is never seen
+        self._arm(self.loop.time() + min(LINGER_SECONDS, self.shared.settings.header_timeout))
+
+    def _arm(self, deadline: float) -> None:
+        self.deadline = deadline
+        if self.timer is not None and self.timer.when() <= deadline:
+            return  # fires early, sees the later deadline and re-arms itself
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self.timer = None
+        if self.transport is None:
+            return
+        if self.loop.time() < self.deadline:
+            self.timer = self.loop.call_at(self.deadline, self._on_timer)
+            return
+        # An unfinished head, an idle keep-alive, or a client that never hung up.
+        self.drop()
+
+    def drop(self) -> None:
+        """Close now, without waiting for anything."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self.lingering or transport.get_write_buffer_size():
+            # A client that would not hang up, or does not read what it asked for:
+            # close() would wait for it for ever, a reset is all it gets.
+            transport.abort()
+        else:
+            transport.close()

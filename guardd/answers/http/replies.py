@@ -1,0 +1,318 @@
+"""Every HTTP answer prebuilt as bytes per scope state and swapped on change."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from guardd.answers.gate import Gate, GateRules
+from guardd.answers.http.parse import (
+    ACCEPT_CACHE_SIZE,
+    HEALTH_JSON,
+    HTML,
+    JSON,
+    TEXT,
+    Kind,
+    ParsedRequest,
+    Persist,
+    prefers_json,
+)
+from guardd.answers.page import (
+    Page,
+    maintenance_page,
+    outage_page,
+    render_template,
+    uses_retry_after,
+)
+from guardd.answers.policy import health_answer, health_body, retry_after_seconds, until_epoch
+from guardd.config.model import Config, Policy
+from guardd.core.state import ScopeView
+
+_CONNECTION_HEADER = {
+    Persist.KEEP: b"",
+    Persist.KEEP_10: b"Connection: keep-alive\r\n",
+    Persist.CLOSE: b"Connection: close\r\n",
+}
+
+if TYPE_CHECKING:
+    from guardd.answers.http.connection import HttpConnection
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """What the responder needs from the config, in the form requests are matched in."""
+
+    scope: str
+    policy: Policy
+    health_path: bytes
+    gate_path: bytes
+    gate: GateRules
+    api_prefixes: tuple[bytes, ...]
+    page_status: int
+    retry_after: int
+    header_timeout: float
+    # page_template's text, read when the config is loaded, never per request.
+    template: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config, template: str | None) -> HttpSettings:
+        """Settings from ``config.http``, with the template text already read."""
+        http = config.http
+        return cls(
+            scope=http.scope,
+            policy=http.policy,
+            health_path=http.health_path.encode(),
+            gate_path=http.gate_path.encode(),
+            gate=GateRules.from_config(config.bypass, http.scope),
+            api_prefixes=tuple(prefix.encode() for prefix in http.api_prefixes),
+            page_status=http.page_status,
+            retry_after=http.retry_after,
+            header_timeout=http.header_timeout,
+            template=template,
+        )
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer before framing: status, type, body and its own extra headers."""
+
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def _json(obj: object) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+
+
+_OUTAGE: Page = outage_page()
+_FIXED_REPLIES = {
+    Kind.NOT_FOUND: Reply(404, TEXT, b"not found\n"),
+    Kind.BAD_REQUEST: Reply(400, TEXT, b"bad request\n"),
+    Kind.TOO_LARGE: Reply(431, TEXT, b"request header fields too large\n"),
+    Kind.BAD_VERSION: Reply(505, TEXT, b"HTTP version not supported\n"),
+    Kind.GATE_OPEN: Reply(204, "", b""),
+}
+# Which bypass let a request through, for nginx's auth_request_set and for logs.
+_GATE_PASSES = {
+    Kind.GATE_PATH: "path",
+    Kind.GATE_ADDRESS: "address",
+    Kind.GATE_COOKIE: "cookie",
+}
+
+
+def build_replies(
+    view: ScopeView, settings: HttpSettings, *, retry_after: int, page: Page
+) -> dict[Kind, Reply]:
+    """Every answer for one scope state. Pure: ``page`` is the rendered maintenance page."""
+    status = view.status
+    maintenance = status.in_maintenance
+    marker = (("Guard-Maintenance", status.scope),) if maintenance else ()
+    retry = (("Retry-After", str(retry_after)),)
+    vary = (("Vary", "Accept"),)
+
+    health = health_answer(
+        status,
+        settings.policy,
+        other_node_serves=view.other_node_serves,
+        degraded=view.degraded,
+    )
+    replies = dict(_FIXED_REPLIES)
+    for kind, why in _GATE_PASSES.items():
+        replies[kind] = Reply(204, "", b"", (*marker, ("Guard-Bypass", why)))
+    # nginx sends a 403 from the gate to the maintenance page (error_page 403).
+    replies[Kind.GATE_CLOSED] = Reply(403, "", b"", marker)
+    replies[Kind.HEALTH] = Reply(
+        health.code,
+        HEALTH_JSON,
+        _json(health_body(status, health)),
+        marker + (retry if health.retry_after else ()),
+    )
+    replies[Kind.STATUS] = Reply(
+        200,
+        JSON,
+        _json(
+            {
+                "scope": status.scope,
+                "state": status.state,
+                "maintenance": maintenance,
+                "reason": status.reason,
+                "since": status.since,
+                "until": status.until,
+                "retry_after": retry_after if maintenance else None,
+                "upcoming": [dict(window) for window in view.upcoming],
+            }
+        ),
+        marker,
+    )
+    if maintenance:
+        csp = (("Content-Security-Policy", page.csp),) if page.csp else ()
+        replies[Kind.PAGE_HTML] = Reply(
+            settings.page_status, HTML, page.html.encode(), marker + retry + vary + csp
+        )
+        replies[Kind.PAGE_JSON] = Reply(
+            settings.page_status,
+            JSON,
+            _json(
+                {
+                    "maintenance": True,
+                    "reason": status.reason,
+                    "until": status.until,
+                    "retry_after": retry_after,
+                }
+            ),
+            marker + retry + vary,
+        )
+    else:
+        # An outage must not look like planned work: no marker, no maintenance words.
+        assert _OUTAGE.csp is not None
+        replies[Kind.PAGE_HTML] = Reply(
+            503, HTML, _OUTAGE.html.encode(), (*vary, ("Content-Security-Policy", _OUTAGE.csp))
+        )
+        replies[Kind.PAGE_JSON] = Reply(
+            503, JSON, _json({"maintenance": False, "error": "temporarily unavailable"}), vary
+        )
+    return replies
+
+
+def frame(reply: Reply, *, date: str, head_only: bool, persist: Persist) -> bytes:
+    """The reply as wire bytes: status line, headers, blank line, body (unless HEAD)."""
+    try:
+        phrase = HTTPStatus(reply.status).phrase
+    except ValueError:
+        phrase = "Status"
+    lines = [f"HTTP/1.1 {reply.status} {phrase}", f"Date: {date}", "Server: guardd"]
+    if reply.content_type:
+        lines.append(f"Content-Type: {reply.content_type}")
+    if reply.status != 204:  # RFC 9110 8.6: a 204 carries no Content-Length
+        lines.append(f"Content-Length: {len(reply.body)}")
+    lines += ["Cache-Control: no-store", "X-Content-Type-Options: nosniff"]
+    lines += [f"{name}: {value}" for name, value in reply.headers]
+    head = ("\r\n".join(lines) + "\r\n").encode("latin-1") + _CONNECTION_HEADER[persist] + b"\r\n"
+    return head if head_only else head + reply.body
+
+
+class Answers:
+    """Wire bytes of every answer for one scope state, swapped whole on change.
+
+    Renewed at most once a second (the Date header, and Retry-After counting down
+    to ``until``); framed lazily per (kind, HEAD, persistence) and cached.
+    """
+
+    def __init__(self, view: ScopeView, settings: HttpSettings) -> None:
+        self.view = view
+        status = self.status = view.status
+        self.maintenance = status.in_maintenance
+        self.settings = settings
+        self.until = until_epoch(status.until) if status.in_maintenance else None
+        self.second = -1
+        self.date = ""
+        self.wire_cache: dict[int, bytes] = {}
+        self.page_cache: tuple[int, Page] | None = None
+        self.retry_after = -1
+        self.replies: dict[Kind, Reply] = {}
+
+    def _page(self, retry_after: int) -> Page:
+        template = self.settings.template
+        if self.page_cache is not None and (
+            template is None or not uses_retry_after(template) or self.page_cache[0] == retry_after
+        ):
+            return self.page_cache[1]
+        status = self.status
+        if template is None:
+            page = maintenance_page(
+                reason=status.reason, until=status.until, retry_after=self.settings.retry_after
+            )
+        else:
+            # The operator's page may load fonts or images: no CSP of ours on it.
+            html = render_template(
+                template, reason=status.reason, until=status.until, retry_after=retry_after
+            )
+            page = Page(html=html, csp=None)
+        self.page_cache = (retry_after, page)
+        return page
+
+    def _renew(self, second: int) -> None:
+        self.second = second
+        self.date = formatdate(second, usegmt=True)
+        self.wire_cache.clear()
+        retry_after = retry_after_seconds(
+            self.until, now=float(second), default=self.settings.retry_after
+        )
+        if retry_after != self.retry_after:
+            self.retry_after = retry_after
+            self.replies = build_replies(
+                self.view, self.settings, retry_after=retry_after, page=self._page(retry_after)
+            )
+
+    def wire(self, kind: Kind, head_only: bool, persist: Persist, now: float) -> bytes:
+        """The bytes to send for this answer at time ``now`` (Unix seconds)."""
+        second = int(now)
+        if second != self.second:
+            self._renew(second)
+        key = (kind << 3) | (persist << 1) | head_only
+        data = self.wire_cache.get(key)
+        if data is None:
+            reply = self.replies[kind] if kind != Kind.BYPASS else self._bypass_reply()
+            data = frame(reply, date=self.date, head_only=head_only, persist=persist)
+            self.wire_cache[key] = data
+        return data
+
+    def _bypass_reply(self) -> Reply:
+        # Built on demand and kept for the current second, like every answer: the
+        # cookie's expiry only changes with the second.
+        cookie = self.settings.gate.bypass_cookie(float(self.second))
+        return Reply(
+            302,
+            TEXT,
+            b"bypass cookie set\n",
+            (
+                ("Location", "/"),
+                ("Set-Cookie", cookie),
+                # The secret is in this URL: never hand it on as a Referer.
+                ("Referrer-Policy", "no-referrer"),
+            ),
+        )
+
+
+class HttpShared:
+    """State shared by every connection of one responder; swapped, never mutated in place."""
+
+    def __init__(self, settings: HttpSettings, view: ScopeView) -> None:
+        self.settings = settings
+        self.answers = Answers(view, settings)
+        self.gate = Gate(settings.gate)
+        self.accept_cache: dict[bytes, bool] = {}
+        self.head_cache: dict[bytes, ParsedRequest] = {}
+        self.connections: set[HttpConnection] = set()
+
+    def publish(self, settings: HttpSettings, view: ScopeView) -> None:
+        """New settings or state: one assignment swaps every answer at once."""
+        if settings is not self.settings:
+            self.gate = Gate(settings.gate)  # a reload forgets every gate decision
+        self.settings = settings
+        self.answers = Answers(view, settings)
+
+    def wants_json(self, accept: bytes) -> bool:
+        """prefers_json, remembered per distinct header value."""
+        cached = self.accept_cache.get(accept)
+        if cached is None:
+            if len(self.accept_cache) >= ACCEPT_CACHE_SIZE:
+                self.accept_cache.clear()
+            cached = self.accept_cache[accept] = prefers_json(accept)
+        return cached
+
+    def close_all(self) -> None:
+        """Close every open connection (shutdown: idle keep-alives must not hold it up)."""
+        for connection in list(self.connections):
+            connection.drop()
+
+
+# --------------------------------------------------------------------------- protocol

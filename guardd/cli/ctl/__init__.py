@@ -1,0 +1,1 @@
+"""guardctl, the operator's tool."""

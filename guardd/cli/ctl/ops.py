@@ -1,0 +1,178 @@
+"""guardctl's operations as keyword-only functions over the flag files and run locks.
+
+Everything but ``watch`` works without guardd: the flag files and run locks are the
+source of truth, the daemon only publishes them."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from guardd import __version__
+from guardd.cli.client import ControlClient
+from guardd.config.model import Config
+from guardd.core.durations import format_time
+from guardd.core.flag import make_flag, read_flag, remove_flag, write_flag
+from guardd.core.jobs import count_jobs
+from guardd.core.paths import run_lock_path
+from guardd.core.runlock import ensure_run_locks
+from guardd.core.schedule import (
+    Window,
+    locked,
+    new_id,
+    overlaps,
+    read_windows,
+    upcoming,
+    write_windows,
+)
+from guardd.core.state import ScopeStatus, all_statuses
+from guardd.errors import (
+    GuardError,
+    Unreachable,
+    UsageError,
+)
+from guardd.protocol import status_reply
+
+# A daemon that does not answer this fast is treated as absent for `status`.
+STATUS_TIMEOUT = 2.0
+
+
+# --------------------------------------------------------------------------- core
+
+
+def run_locks(config: Config) -> dict[str, str]:
+    """scope -> run lock path, for every configured scope."""
+    return {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
+
+
+def local_status(config: Config) -> dict[str, ScopeStatus]:
+    """Every scope's status from the files themselves (no daemon needed)."""
+    flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
+    return all_statuses(flags, count_jobs(run_locks(config)))
+
+
+def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
+    """The status reply from guardd, or built from the files when it is not running."""
+    if os.path.exists(config.control.socket):
+        try:
+            with ControlClient(config.control.socket, timeout=STATUS_TIMEOUT) as client:
+                reply = client.request({"op": "status"})
+            if reply.get("ok") is True and isinstance(reply.get("scopes"), dict):
+                reply["source"] = "guardd"
+                return reply
+        except Unreachable as problem:
+            err.write(f"guardctl: {problem.message}; reading the flag files instead\n")
+    reply = status_reply(node=config.node, version=__version__, statuses=local_status(config))
+    reply["upcoming"] = [w.upcoming_obj() for w in upcoming(all_windows(config), datetime.now(UTC))]
+    reply["source"] = "files"
+    return reply
+
+
+def all_windows(config: Config) -> list[Window]:
+    """Every scope's scheduled windows, read from the schedule files."""
+    return [w for scope in sorted(config.scopes) for w in read_windows(config.lock_dir, scope)]
+
+
+def add_window(
+    *,
+    config: Config,
+    scope: str,
+    at: datetime,
+    duration: float,
+    reason: str | None,
+    notice: float,
+    auto_off: bool,
+    now: datetime,
+) -> Window:
+    """Store a new window for ``scope``; usage errors for a past start or an overlap."""
+    if at <= now:
+        raise UsageError(f"--at {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} is in the past")
+    if duration <= 0:
+        raise UsageError("--for must be longer than 0s")
+    window = Window(
+        id=new_id(),
+        scope=scope,
+        at=format_time(at),
+        end=format_time(at + timedelta(seconds=duration)),
+        reason=reason,
+        notice=notice,
+        auto_off=auto_off,
+    )
+    try:
+        with locked(config.lock_dir):
+            windows = read_windows(config.lock_dir, scope)
+            clash = overlaps(window, windows)
+            if clash is not None:
+                raise UsageError(
+                    f"overlaps window {clash.id} of {scope} ({clash.at} to {clash.end})"
+                )
+            write_windows(config.lock_dir, scope, [*windows, window])
+    except OSError as err:
+        raise GuardError(
+            f"cannot write the schedule in {config.lock_dir}: {err.strerror}"
+        ) from None
+    return window
+
+
+def remove_window(*, config: Config, window_id: str) -> Window:
+    """Remove a window by id from whichever scope has it (a started one leaves the flag)."""
+    try:
+        with locked(config.lock_dir):
+            for scope in config.scopes:
+                windows = read_windows(config.lock_dir, scope)
+                kept = [w for w in windows if w.id != window_id]
+                if len(kept) != len(windows):
+                    write_windows(config.lock_dir, scope, kept)
+                    return next(w for w in windows if w.id == window_id)
+    except OSError as err:
+        raise GuardError(
+            f"cannot change the schedule in {config.lock_dir}: {err.strerror}"
+        ) from None
+    raise UsageError(f"no scheduled window {window_id!r} (see guardctl schedule --list)")
+
+
+def _actor() -> str:
+    user = os.environ.get("SUDO_USER") or getpass.getuser()
+    return f"{user}@{socket.gethostname()}"
+
+
+def turn_on(
+    *,
+    config: Config,
+    scope: str,
+    reason: str | None,
+    until: datetime | None,
+    now: datetime,
+) -> str:
+    """Write the scope's flag atomically; returns its path. Keeps ``since`` if already on."""
+    path = config.flag_path(scope)
+    existing = read_flag(path)
+    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
+    if existing is not None:
+        info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
+    try:
+        ensure_run_locks(config.runtime_dir, config.scopes)
+    except OSError as err:
+        raise GuardError(
+            f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
+        ) from None
+    try:
+        write_flag(path, info)
+    except OSError as err:
+        raise GuardError(f"cannot write {path}: {err.strerror}") from None
+    return path
+
+
+def turn_off(*, config: Config, scope: str) -> bool:
+    """Remove the scope's flag; True if it was there."""
+    path = config.flag_path(scope)
+    try:
+        return remove_flag(path)
+    except OSError as err:
+        raise GuardError(f"cannot remove {path}: {err.strerror}") from None
+
+
+# --------------------------------------------------------------------------- output

@@ -1,0 +1,1 @@
+"""The configuration: frozen typed model, the YAML validator, and its printed form."""

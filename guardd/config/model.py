@@ -1,0 +1,160 @@
+"""The configuration model: frozen, typed dataclasses and the allowed-value sets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+from guardd.core.paths import (
+    DEFAULT_SCOPE,
+    RunView,
+    flag_path,
+)
+
+# Allowed values, defined once and used by config validation and the CLIs alike.
+Policy = Literal["withdraw", "stay", "fleet"]
+WithdrawAs = Literal["maint", "drain", "down"]
+POLICIES: tuple[str, ...] = get_args(Policy)
+WITHDRAW_AS: tuple[str, ...] = get_args(WithdrawAs)
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One address to bind: ``host`` is "" for all addresses."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if ":" in self.host:
+            return f"[{self.host}]:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ScopeConfig:
+    """A named scope and the flag file that drives it."""
+
+    name: str
+    lock_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The control socket: where, and who may connect."""
+
+    socket: str
+    mode: int = 0o660
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """The HTTP health responder and maintenance page."""
+
+    listen: tuple[ListenAddress, ...] = (ListenAddress("127.0.0.1", 8089),)
+    scope: str = DEFAULT_SCOPE
+    policy: Policy = "withdraw"
+    health_path: str = "/healthz"
+    gate_path: str = "/gate"
+    page_status: int = 503
+    retry_after: int = 300
+    page_template: str | None = None
+    api_prefixes: tuple[str, ...] = ("/api/",)
+    header_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The HAProxy agent-check responder."""
+
+    listen: tuple[ListenAddress, ...] = ()
+    scope: str = DEFAULT_SCOPE
+    withdraw_as: WithdrawAs = "maint"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """guard-run defaults."""
+
+    skip_code: int = 0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """Many hosts, one switch, on etcd."""
+
+    endpoints: tuple[str, ...] = ()
+    prefix: str = "/guardd"
+    lease_ttl: float = 10.0
+
+
+@dataclass(frozen=True)
+class BypassConfig:
+    """Who and what passes the gate while the scope is in maintenance."""
+
+    paths: tuple[str, ...] = ()
+    cidrs: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    secret: str | None = field(default=None, repr=False)
+    # A file holding the secret, read by guardd only (at start and on reload), so the
+    # config itself can stay world-readable for every user's guard-run.
+    secret_file: str | None = None
+    cookie_ttl: float = 12 * 3600.0
+    insecure_cookie: bool = False
+
+
+@dataclass(frozen=True)
+class HooksConfig:
+    """Commands run when a scope enters or leaves maintenance."""
+
+    on_enter: tuple[tuple[str, ...], ...] = ()
+    on_exit: tuple[tuple[str, ...], ...] = ()
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole effective configuration."""
+
+    source: str | None
+    lock_dir: str
+    runtime_dir: str
+    node: str
+    poll_interval: float
+    scopes: Mapping[str, ScopeConfig]
+    control: ControlConfig
+    http: HttpConfig
+    agent: AgentConfig
+    run: RunConfig
+    fleet: FleetConfig
+    bypass: BypassConfig
+    hooks: HooksConfig
+
+    def flag_path(self, scope: str) -> str:
+        """The file whose existence puts ``scope`` in maintenance."""
+        own = self.scopes[scope].lock_file
+        return own if own is not None else flag_path(self.lock_dir, scope)
+
+    def require_scope(self, scope: str) -> str:
+        """Return ``scope`` if configured, else a usage error naming the known scopes."""
+        if scope in self.scopes:
+            return scope
+        from guardd.errors import UsageError
+
+        known = ", ".join(sorted(self.scopes))
+        raise UsageError(f"unknown scope {scope!r} (configured scopes: {known})")
+
+    def run_view(self) -> RunView:
+        """The subset guard-run needs (what the config cache stores)."""
+        return RunView(
+            lock_dir=self.lock_dir,
+            runtime_dir=self.runtime_dir,
+            scope_flags={name: self.flag_path(name) for name in self.scopes},
+            skip_code=self.run.skip_code,
+            fleet_mirrors=bool(self.fleet.endpoints),
+        )
+
+
+# --------------------------------------------------------------------------- loading

@@ -1,0 +1,1 @@
+"""The guardd daemon: wiring, file watching, control socket, hooks, systemd, fleet agent."""

@@ -1,0 +1,104 @@
+"""guardd's entry point: command line, logging, event loop choice, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+from guardd import __version__
+from guardd.config.load import load_config, resolve_secrets
+from guardd.config.show import describe
+from guardd.daemon.app import Daemon
+from guardd.errors import run_cli
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<N>message``: journald reads the priority from the prefix."""
+
+    PRIORITIES: ClassVar[dict[int, int]] = {
+        logging.CRITICAL: 2,
+        logging.ERROR: 3,
+        logging.WARNING: 4,
+        logging.INFO: 6,
+        logging.DEBUG: 7,
+    }
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = self.PRIORITIES.get(record.levelno, 6)
+        text = super().format(record)
+        return "\n".join(f"<{priority}>{line}" for line in text.splitlines())
+
+
+def setup_logging() -> None:
+    """Log to stderr; with journald's priority prefixes when under systemd."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if os.environ.get("GUARDD_DEBUG") else logging.INFO)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def run(*, config_path: str | None, check_config: bool) -> int:
+    """Load the config, then either print it (--check-config) or serve until stopped."""
+    config = resolve_secrets(load_config(config_path))
+    if check_config:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(describe(config), sort_keys=False))
+        return 0
+    setup_logging()
+    daemon = Daemon(config=config, config_path=config_path)
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(daemon.serve())
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (a default dependency on Linux): its
+    C transports carry the HTTP responder's per-request cost that asyncio's pure-Python
+    selector loop spends (bench/RESULTS.md). asyncio's own loop otherwise, or with
+    ``GUARDD_LOOP=asyncio``."""
+    if os.environ.get("GUARDD_LOOP") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    parser = argparse.ArgumentParser(
+        prog="guardd", description="Maintenance-mode guard daemon (runs in the foreground)."
+    )
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="YAML config (default: $GUARDD_CONFIG, /etc/guardd/config.yaml, "
+        "else built-in defaults)",
+    )
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate and print the effective config, then exit 0 or 2",
+    )
+    parser.add_argument("--version", action="version", version=f"guardd {__version__}")
+    args = parser.parse_args(argv)
+    return run_cli("guardd", lambda: run(config_path=args.config, check_config=args.check_config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
