@@ -453,13 +453,16 @@ def test_comparisons_use_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None
 
     config = _config(bypass={"secret": SECRET})
     settings = HttpSettings.from_config(config, None)
-    shared = HttpShared(settings, Snapshot(statuses={}).view("default"))
+    shared = HttpShared(settings, Snapshot(statuses={}))
     connection = HttpConnection(shared, loop=None)  # type: ignore[arg-type]
     calls.clear()
-    route = connection._route(f"/.guardd/bypass/{SECRET}".encode(), None, b"", NOW)
-    assert route is Kind.BYPASS
+    route = connection._route(f"/.guardd/bypass/{SECRET}".encode(), None, b"", None, NOW)
+    assert route == ("default", Kind.BYPASS)
     assert len(calls) == 1
-    assert connection._route(b"/.guardd/bypass/wrong", None, b"", NOW) is Kind.NOT_FOUND
+    assert connection._route(b"/.guardd/bypass/wrong", None, b"", None, NOW) == (
+        "default",
+        Kind.NOT_FOUND,
+    )
     assert len(calls) == 2
 
 

@@ -12,7 +12,7 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from guardd.config.model import (
     POLICIES,
@@ -25,8 +25,10 @@ from guardd.config.model import (
     HooksConfig,
     HttpConfig,
     ListenAddress,
+    Policy,
     RunConfig,
     ScopeConfig,
+    WithdrawAs,
 )
 from guardd.core.durations import check_duration, format_duration, parse_duration
 from guardd.core.paths import (
@@ -39,6 +41,12 @@ from guardd.core.paths import (
 from guardd.errors import ConfigError
 
 T = TypeVar("T")
+
+# A host name as clients send it in Host (any case, an optional final dot), or a
+# wildcard for every name below a domain.
+_HOST_NAME = re.compile(
+    r"(\*\.)?[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?"
+)
 
 
 def load_config(path: str | None = None) -> Config:
@@ -115,11 +123,13 @@ def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
     hooks = _hooks(top)
     top.finish()
 
-    if http.policy == "fleet" and not fleet.endpoints:
+    fleet_users = ["http.policy"] if http.policy == "fleet" else []
+    fleet_users += [f"scopes.{s.name}.policy" for s in scopes.values() if s.policy == "fleet"]
+    if fleet_users and not fleet.endpoints:
         raise ConfigError(
             _where(
                 source,
-                "http.policy: 'fleet' needs fleet.endpoints "
+                f"{fleet_users[0]}: 'fleet' needs fleet.endpoints "
                 "(the etcd cluster to read the fleet's state from)",
             )
         )
@@ -151,6 +161,8 @@ def _scopes(top: _Section) -> dict[str, ScopeConfig]:
         raw = dict.fromkeys(raw) if all(isinstance(n, str) for n in raw) else raw
     if not isinstance(raw, dict):
         raise top.error("scopes", "a mapping of scope names to settings", raw)
+    claimed: dict[str, str] = {}  # host name -> the scope that claimed it first
+    templates: dict[str, str] = {}  # page_template paths already checked
     for name, settings in raw.items():
         key = _Section({}, "scopes", top.source).key(str(name))
         if not isinstance(name, str) or not is_scope_name(name):
@@ -162,10 +174,82 @@ def _scopes(top: _Section) -> dict[str, ScopeConfig]:
         section = _Section(settings if settings is not None else {}, key, top.source)
         if settings is not None and not isinstance(settings, dict):
             raise top.error(key, "a mapping (or nothing)", settings)
+        if not settings:
+            scopes[name] = ScopeConfig(name=name)
+            continue
         lock_file = section.path("lock_file", default=None)
+        hosts = section.string_list("hosts", default=(), item_check=_host_name)
+        hosts = tuple(dict.fromkeys(host.lower().rstrip(".") for host in hosts))
+        for index, host in enumerate(hosts):
+            other = claimed.setdefault(host, name)
+            if other != name:
+                raise ConfigError(
+                    _where(
+                        top.source,
+                        f"{key}.hosts[{index}]: {host!r} is claimed by both scope "
+                        f"{other!r} and scope {name!r} (a host name belongs to one scope)",
+                    )
+                )
+        template_path = section.raw("page_template")
+        if isinstance(template_path, str) and template_path in templates:
+            page_template: str | None = template_path  # already found readable
+        else:
+            section.used.discard("page_template")
+            page_template = section.readable_file("page_template")
+            if page_template is not None:
+                templates[page_template] = name
+        bypass = _bypass(section) if section.raw("bypass") is not None else None
+        scopes[name] = ScopeConfig(
+            name=name,
+            lock_file=lock_file,
+            hosts=hosts,
+            policy=cast("Policy | None", _optional(section, "policy", _policy)),
+            page_status=_optional(section, "page_status", _page_status),
+            retry_after=_optional(section, "retry_after", _retry_after),
+            page_template=page_template,
+            api_prefixes=_optional(section, "api_prefixes", _api_prefixes),
+            withdraw_as=cast("WithdrawAs | None", _optional(section, "withdraw_as", _withdraw_as)),
+            bypass=bypass,
+        )
         section.finish()
-        scopes[name] = ScopeConfig(name=name, lock_file=lock_file)
     return scopes
+
+
+def _optional(section: _Section, name: str, read: Callable[[_Section, str], T]) -> T | None:
+    """A scope's override: None when absent (the global setting applies)."""
+    if section.data.get(name) is None:
+        section.used.add(name)
+        return None
+    return read(section, name)
+
+
+def _policy(section: _Section, name: str) -> str:
+    return section.choice(name, POLICIES, default="withdraw")
+
+
+def _withdraw_as(section: _Section, name: str) -> str:
+    return section.choice(name, WITHDRAW_AS, default="maint")
+
+
+def _retry_after(section: _Section, name: str) -> int:
+    return section.integer(name, default=300, low=0, high=10**9)
+
+
+def _api_prefixes(section: _Section, name: str) -> tuple[str, ...]:
+    return section.string_list(name, default=("/api/",), item_check=_url_path)
+
+
+def _page_status(section: _Section, name: str) -> int:
+    status = section.integer(name, default=503, low=200, high=599)
+    if status in (204, 205, 304):
+        raise section.error(section.key(name), "a status that carries a body", status)
+    return status
+
+
+def _host_name(value: str) -> str | None:
+    if not _HOST_NAME.fullmatch(value):
+        return "a host name (www.example.com) or a wildcard (*.example.com), without a port"
+    return None
 
 
 def _control(top: _Section, runtime_dir: str) -> ControlConfig:
@@ -186,7 +270,7 @@ def _http(top: _Section, scopes: Mapping[str, ScopeConfig]) -> HttpConfig:
         policy=section.choice("policy", POLICIES, default="withdraw"),  # type: ignore[arg-type]
         health_path=section.url_path("health_path", default=defaults.health_path),
         gate_path=section.url_path("gate_path", default=defaults.gate_path),
-        page_status=section.integer("page_status", default=503, low=200, high=599),
+        page_status=_page_status(section, "page_status"),
         retry_after=section.integer("retry_after", default=300, low=0, high=10**9),
         page_template=section.readable_file("page_template"),
         api_prefixes=section.string_list("api_prefixes", default=("/api/",), item_check=_url_path),
@@ -210,6 +294,7 @@ def _agent(top: _Section, scopes: Mapping[str, ScopeConfig], http_scope: str) ->
     section = top.section("agent")
     result = AgentConfig(
         listen=section.listen("listen", default=()),
+        named_listen=section.listen("named_listen", default=()),
         scope=section.scope("scope", scopes, default=http_scope),
         withdraw_as=section.choice("withdraw_as", WITHDRAW_AS, default="maint"),  # type: ignore[arg-type]
     )
@@ -248,9 +333,13 @@ def _bypass(top: _Section) -> BypassConfig:
     section.finish()
     if result.secret is not None and result.secret_file is not None:
         raise ConfigError(
-            _where(top.source, "bypass.secret_file: give bypass.secret or secret_file, not both")
+            _where(
+                top.source,
+                f"{section.key('secret_file')}: give {section.key('secret')} or secret_file, "
+                "not both",
+            )
         )
-    _check_secret(result.secret, "bypass.secret", top.source)
+    _check_secret(result.secret, section.key("secret"), top.source)
     return result
 
 
@@ -266,21 +355,34 @@ def _check_secret(secret: str | None, key: str, source: str | None) -> None:
 
 
 def resolve_secrets(config: Config) -> Config:
-    """Read ``bypass.secret_file`` into ``bypass.secret`` (guardd only; guard-run never
-    needs the secret, and may not be allowed to read it)."""
-    path = config.bypass.secret_file
-    if path is None:
+    """Read every ``bypass.secret_file`` (global and per scope) into its ``secret``
+    (guardd only; guard-run never needs the secret, and may not be allowed to read it)."""
+    bypass = _resolve_secret(config.bypass, "bypass", config.source)
+    scopes: dict[str, ScopeConfig] | None = None
+    for name, scope in config.scopes.items():
+        if scope.bypass is not None and scope.bypass.secret_file is not None:
+            scopes = dict(config.scopes) if scopes is None else scopes
+            own = _resolve_secret(scope.bypass, f"scopes.{name}.bypass", config.source)
+            scopes[name] = replace(scope, bypass=own)
+    if bypass is config.bypass and scopes is None:
         return config
+    return replace(config, bypass=bypass, scopes=scopes if scopes is not None else config.scopes)
+
+
+def _resolve_secret(bypass: BypassConfig, key: str, source: str | None) -> BypassConfig:
+    path = bypass.secret_file
+    if path is None:
+        return bypass
     try:
         with open(path, encoding="utf-8") as stream:
             secret = stream.read(4096).strip()
     except (OSError, UnicodeDecodeError) as err:
         reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise ConfigError(
-            _where(config.source, f"bypass.secret_file: cannot read {path}: {reason}")
+            _where(source, f"{key}.secret_file: cannot read {path}: {reason}")
         ) from None
-    _check_secret(secret, f"bypass.secret_file ({path})", config.source)
-    return replace(config, bypass=replace(config.bypass, secret=secret))
+    _check_secret(secret, f"{key}.secret_file ({path})", source)
+    return replace(bypass, secret=secret)
 
 
 def _hooks(top: _Section) -> HooksConfig:

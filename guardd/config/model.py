@@ -34,10 +34,24 @@ class ListenAddress:
 
 @dataclass(frozen=True)
 class ScopeConfig:
-    """A named scope and the flag file that drives it."""
+    """A named scope, the flag file that drives it, and its own answers' settings.
+
+    Every override left as None falls back to the global setting (``http.*``,
+    ``agent.withdraw_as``, ``bypass``); the ``Config.scope_*`` methods resolve it.
+    """
 
     name: str
     lock_file: str | None = None
+    # Host names (lowercase, no port) whose requests this scope answers: exact
+    # names and "*.example.com" wildcards.
+    hosts: tuple[str, ...] = ()
+    policy: Policy | None = None
+    page_status: int | None = None
+    retry_after: int | None = None
+    page_template: str | None = None
+    api_prefixes: tuple[str, ...] | None = None
+    withdraw_as: WithdrawAs | None = None
+    bypass: BypassConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,8 @@ class AgentConfig:
     """The HAProxy agent-check responder."""
 
     listen: tuple[ListenAddress, ...] = ()
+    # Ports where HAProxy first names the scope (agent-send "shop\\n").
+    named_listen: tuple[ListenAddress, ...] = ()
     scope: str = DEFAULT_SCOPE
     withdraw_as: WithdrawAs = "maint"
 
@@ -136,6 +152,21 @@ class Config:
         """The file whose existence puts ``scope`` in maintenance."""
         own = self.scopes[scope].lock_file
         return own if own is not None else flag_path(self.lock_dir, scope)
+
+    def scope_policy(self, scope: str) -> Policy:
+        """The scope's health and agent policy (its own, else ``http.policy``)."""
+        own = self.scopes[scope].policy
+        return own if own is not None else self.http.policy
+
+    def scope_withdraw_as(self, scope: str) -> WithdrawAs:
+        """What the agent says for the scope in maintenance (its own, else the global)."""
+        own = self.scopes[scope].withdraw_as
+        return own if own is not None else self.agent.withdraw_as
+
+    def scope_bypass(self, scope: str) -> BypassConfig:
+        """The scope's whole ``bypass`` section (its own replaces the global one)."""
+        own = self.scopes[scope].bypass
+        return own if own is not None else self.bypass
 
     def require_scope(self, scope: str) -> str:
         """Return ``scope`` if configured, else a usage error naming the known scopes."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from guardd.config.model import Config, ListenAddress
+from guardd.config.model import BypassConfig, Config, ListenAddress
 from guardd.core.durations import format_duration
 
 
@@ -22,7 +22,7 @@ def describe(config: Config) -> dict[str, Any]:
         "poll_interval": format_duration(config.poll_interval)
         if config.poll_interval >= 1
         else config.poll_interval,
-        "scopes": {name: {"flag": config.flag_path(name)} for name in sorted(config.scopes)},
+        "scopes": {name: _scope(config, name) for name in sorted(config.scopes)},
         "control": {
             "socket": config.control.socket,
             "mode": f"0{config.control.mode:o}",
@@ -42,6 +42,7 @@ def describe(config: Config) -> dict[str, Any]:
         },
         "agent": {
             "listen": addresses(config.agent.listen),
+            "named_listen": addresses(config.agent.named_listen),
             "scope": config.agent.scope,
             "withdraw_as": config.agent.withdraw_as,
         },
@@ -51,18 +52,39 @@ def describe(config: Config) -> dict[str, Any]:
             "prefix": config.fleet.prefix,
             "lease_ttl": format_duration(config.fleet.lease_ttl),
         },
-        "bypass": {
-            "paths": list(config.bypass.paths),
-            "cidrs": list(config.bypass.cidrs),
-            "trusted_proxies": list(config.bypass.trusted_proxies),
-            "secret": "********" if config.bypass.secret else None,
-            "secret_file": config.bypass.secret_file,
-            "cookie_ttl": format_duration(config.bypass.cookie_ttl),
-            "insecure_cookie": config.bypass.insecure_cookie,
-        },
+        "bypass": _bypass(config.bypass),
         "hooks": {
             "on_enter": [list(cmd) for cmd in config.hooks.on_enter],
             "on_exit": [list(cmd) for cmd in config.hooks.on_exit],
             "timeout": format_duration(config.hooks.timeout),
         },
     }
+
+
+def _bypass(bypass: BypassConfig) -> dict[str, Any]:
+    return {
+        "paths": list(bypass.paths),
+        "cidrs": list(bypass.cidrs),
+        "trusted_proxies": list(bypass.trusted_proxies),
+        "secret": "********" if bypass.secret else None,
+        "secret_file": bypass.secret_file,
+        "cookie_ttl": format_duration(bypass.cookie_ttl),
+        "insecure_cookie": bypass.insecure_cookie,
+    }
+
+
+def _scope(config: Config, name: str) -> dict[str, Any]:
+    """A scope's flag, plus only the settings it overrides (the rest are the globals)."""
+    scope = config.scopes[name]
+    shown: dict[str, Any] = {"flag": config.flag_path(name)}
+    if scope.hosts:
+        shown["hosts"] = list(scope.hosts)
+    for key in ("policy", "page_status", "retry_after", "page_template", "withdraw_as"):
+        value = getattr(scope, key)
+        if value is not None:
+            shown[key] = value
+    if scope.api_prefixes is not None:
+        shown["api_prefixes"] = list(scope.api_prefixes)
+    if scope.bypass is not None:
+        shown["bypass"] = _bypass(scope.bypass)
+    return shown

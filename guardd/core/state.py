@@ -111,6 +111,9 @@ class Snapshot:
     upcoming: tuple[Mapping[str, object], ...] = ()
     others_serving: Mapping[str, bool] | None = None
     fleet_degraded: bool = False
+    # The scopes whose status may differ from the previous snapshot's (None: any).
+    # Responders rebuild the answers of these scopes only.
+    changed: frozenset[str] | None = None
 
     def view(self, scope: str) -> ScopeView:
         """The view of one scope (off before anything is known about it).

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -35,7 +35,7 @@ from guardd.core.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
+from guardd.core.state import ScopeStatus, Snapshot, all_statuses, scope_status, summary
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
@@ -51,6 +51,9 @@ log = logging.getLogger("guardd")
 DRAIN_RECOUNT_INTERVAL = 0.25
 # Delay between a run lock's open/close event and the recount it triggers.
 JOB_EVENT_DELAY = 0.05
+# A publish that changes more scopes than this (a flip of ``default``) tells the
+# responders "any scope may have changed": they drop every answer at once.
+CHANGED_LIMIT = 64
 
 
 class StateListener(Protocol):
@@ -111,6 +114,8 @@ class Daemon:
         self.recount_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.watcher: Watcher | None = None
+        self.flag_scopes: dict[str, list[str]] = {}
+        self.mirror_scopes: dict[str, list[str]] = {}
         self.control: ControlServer | None = None
         self.listeners: list[StateListener] = []
         self.hooks = HookRunner(config.hooks)
@@ -326,7 +331,7 @@ class Daemon:
     async def _mirror_written(self, scope: str) -> None:
         """The fleet agent updated a mirror file: take it in before reporting it applied."""
         self._take_flags(await asyncio.to_thread(self._read_flags, [scope]))
-        self._publish()
+        self._publish(scopes=(scope,))
 
     def _fleet_view_changed(self) -> None:
         self._update_listeners()
@@ -343,7 +348,18 @@ class Daemon:
             self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
 
+    def _index_paths(self) -> None:
+        """Absolute flag and mirror path -> the scopes they drive (for _on_change)."""
+        self.flag_scopes = {}
+        self.mirror_scopes = {}
+        for scope in self.config.scopes:
+            path = os.path.abspath(self.config.flag_path(scope))
+            self.flag_scopes.setdefault(path, []).append(scope)
+        for scope, mirror in mirror_paths(self.config).items():
+            self.mirror_scopes.setdefault(os.path.abspath(mirror), []).append(scope)
+
     def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._index_paths()
         flag_paths = {self.config.flag_path(scope) for scope in self.config.scopes}
         flag_paths |= {schedule_path(self.config.lock_dir, scope) for scope in self.config.scopes}
         flag_paths |= set(mirror_paths(self.config).values())
@@ -362,11 +378,11 @@ class Daemon:
             self.jobs_dirty = True
         else:
             run_dir = os.path.abspath(self.config.runtime_dir)
-            for scope in self.config.scopes:
-                if os.path.abspath(self.config.flag_path(scope)) in paths:
+            # One dict lookup per changed path, whatever the number of scopes.
+            for path in paths:
+                for scope in self.flag_scopes.get(path, ()):
                     self.dirty_scopes.add(scope)
-            for scope, mirror in mirror_paths(self.config).items():
-                if os.path.abspath(mirror) in paths:
+                for scope in self.mirror_scopes.get(path, ()):
                     self.dirty_scopes.add(scope)
                     if self.fleet is not None:
                         self.fleet.mirror_touched(scope)  # restore it if deleted by hand
@@ -409,11 +425,18 @@ class Daemon:
                 if scopes:
                     # Flags first: the flip reaches HTTP answers before jobs are counted.
                     self._take_flags(await asyncio.to_thread(self._read_flags, scopes))
-                    self._publish()
+                    self._publish(scopes=scopes)
                     jobs_dirty = True  # a new flag may start a drain
                 if jobs_dirty:
+                    old_jobs = self.jobs
                     self.jobs = await asyncio.to_thread(count_jobs, self._run_locks())
-                    self._publish()
+                    self._publish(
+                        scopes=[
+                            scope
+                            for scope in self.jobs.keys() | old_jobs.keys()
+                            if self.jobs.get(scope, 0) != old_jobs.get(scope, 0)
+                        ]
+                    )
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
 
@@ -428,26 +451,54 @@ class Daemon:
             )
             return
         self._arm_schedule_timer()
-        self._publish(force=True)
+        self._publish(force=True, scopes=())
 
-    def _publish(self, *, force: bool = False) -> None:
+    def _publish(self, *, force: bool = False, scopes: Collection[str] | None = None) -> None:
         """Recompute statuses; tell watchers, listeners, hooks and systemd what changed.
 
-        ``force`` updates the listeners even without a state change (the upcoming
-        windows they show changed).
+        ``scopes``: the only scopes whose flag or job count may have changed (None:
+        any), so that a flip costs the same with 1 or 10,000 scopes. ``force``
+        updates the listeners even without a state change (the upcoming windows
+        they show changed).
         """
-        new = all_statuses(self.flags, self.jobs)
-        changed = {
-            scope: status for scope, status in new.items() if self.statuses.get(scope) != status
-        }
-        calls = transitions(self.statuses, new, self.published_flags, self.flags)
+        old = self.statuses
+        if scopes is None or DEFAULT_SCOPE in scopes:
+            new = all_statuses(self.flags, self.jobs)
+            changed = {scope: status for scope, status in new.items() if old.get(scope) != status}
+            calls = transitions(old, new, self.published_flags, self.flags)
+        else:
+            default_flag = self.flags.get(DEFAULT_SCOPE)
+            changed = {}
+            for scope in scopes:
+                if scope not in self.flags:
+                    continue  # dropped by a reload
+                status = scope_status(
+                    scope,
+                    own_flag=self.flags[scope],
+                    default_flag=default_flag,
+                    jobs=self.jobs.get(scope, 0),
+                )
+                if old.get(scope) != status:
+                    changed[scope] = status
+            new = {**old, **changed} if changed else old
+            calls = transitions(
+                {scope: old[scope] for scope in changed if scope in old},
+                changed,
+                self.published_flags,
+                self.flags,
+            )
         self.statuses = new
-        self.published_flags = dict(self.flags)
+        if scopes is None:
+            self.published_flags = dict(self.flags)
+        else:
+            for scope in scopes:
+                if scope in self.flags:
+                    self.published_flags[scope] = self.flags[scope]
         self._schedule_drain_recount()
         self.hooks.fire(calls)
         if not changed:
             if force:
-                self._update_listeners()
+                self._update_listeners(frozenset())
             return
         for status in changed.values():
             log.info(
@@ -458,7 +509,7 @@ class Daemon:
             )
         if self.control is not None:
             self.control.broadcast(changed)
-        self._update_listeners()
+        self._update_listeners(None if len(changed) > CHANGED_LIMIT else frozenset(changed))
         self.notifier.status(summary(self.statuses))
         if self.fleet is not None:
             self.fleet.local_changed()
@@ -563,13 +614,14 @@ class Daemon:
         self.schedule_dirty = True
         self.refresh_wanted.set()
 
-    def _update_listeners(self) -> None:
-        """Hand the responders what they answer from (one snapshot for all of them)."""
-        snapshot = self.snapshot()
+    def _update_listeners(self, changed: frozenset[str] | None = None) -> None:
+        """Hand the responders what they answer from (one snapshot for all of them);
+        ``changed``: the scopes whose status changed (None: any may have)."""
+        snapshot = self.snapshot(changed)
         for listener in self.listeners:
             listener.update(snapshot)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, changed: frozenset[str] | None = None) -> Snapshot:
         """What the responders answer from: statuses, upcoming windows, the fleet view."""
         others: dict[str, bool] | None = None
         degraded = False
@@ -586,6 +638,7 @@ class Daemon:
             upcoming=tuple(self.upcoming()),
             others_serving=others,
             fleet_degraded=degraded,
+            changed=changed,
         )
 
     def upcoming(self) -> list[dict[str, object]]:

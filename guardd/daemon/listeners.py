@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from guardd.answers.agent import AgentConnection, AgentShared
+from guardd.answers.agent import AgentConnection, AgentShared, NamedAgentConnection
 from guardd.answers.http.connection import HttpConnection
 from guardd.answers.http.replies import HttpSettings, HttpShared
 from guardd.config.model import Config, ListenAddress
@@ -216,42 +216,40 @@ class HttpListener:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.snapshot = Snapshot(statuses={})
-        settings = HttpSettings.from_config(config, None)
-        self.shared = HttpShared(settings, self.snapshot.view(settings.scope))
+        self.shared = HttpShared(HttpSettings(config, {}), self.snapshot)
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "http.listen", lambda: HttpConnection(self.shared, loop_getter())
         )
 
     async def _settings(self, config: Config, *, strict: bool) -> HttpSettings:
-        template = None
-        path = config.http.page_template
-        if path is not None and config.http.listen:
-            try:
-                template = await read_template(path)
-            except GuardError as err:
-                if strict:
-                    raise
-                log.error("%s; serving the built-in page", err.message)
-        return HttpSettings.from_config(config, template)
+        """Settings with the text of every page_template (global and per scope) read."""
+        paths = {config.http.page_template} | {s.page_template for s in config.scopes.values()}
+        templates: dict[str, str] = {}
+        if config.http.listen:
+            for path in sorted(p for p in paths if p is not None):
+                try:
+                    templates[path] = await read_template(path)
+                except GuardError as err:
+                    if strict:
+                        raise
+                    log.error("%s; serving the built-in page", err.message)
+        return HttpSettings(config, templates)
 
     async def start(self) -> None:
         settings = await self._settings(self.config, strict=True)
-        self.shared.publish(settings, self.snapshot.view(settings.scope))
+        self.shared.publish(settings, self.snapshot, None)
         await self.endpoints.bind(self.config.http.listen)
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        settings = self.shared.settings
-        view = snapshot.view(settings.scope)
-        if view != self.shared.answers.view:
-            self.shared.publish(settings, view)
+        self.shared.publish(self.shared.settings, snapshot, snapshot.changed)
         self.endpoints.start_serving()
 
     async def reconfigure(self, config: Config) -> None:
         settings = await self._settings(config, strict=False)
         self.config = config
-        self.shared.publish(settings, self.snapshot.view(settings.scope))
+        self.shared.publish(settings, self.snapshot, None)
         await self.endpoints.rebind(config.http.listen)
 
     async def close(self) -> None:
@@ -262,50 +260,63 @@ class HttpListener:
         if not names:
             return "HTTP responder off"
         http = self.config.http
-        return f"HTTP on {', '.join(names)} (scope {http.scope}, policy {http.policy})"
+        hosts = sum(len(scope.hosts) for scope in self.config.scopes.values())
+        by_host = f", {hosts} host name(s)" if hosts else ""
+        return f"HTTP on {', '.join(names)} (scope {http.scope}, policy {http.policy}{by_host})"
 
 
 class AgentListener:
-    """The HAProxy agent-check port, as a daemon StateListener."""
+    """The HAProxy agent-check ports (``agent.listen``, ``agent.named_listen``),
+    as a daemon StateListener."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.snapshot = Snapshot(statuses={})
-        self.shared = AgentShared()
+        self.shared = AgentShared(config, self.snapshot)
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "agent.listen", lambda: AgentConnection(self.shared, loop_getter())
         )
-
-    def _publish(self) -> None:
-        config = self.config
-        view = self.snapshot.view(config.agent.scope)
-        self.shared.publish(view, config.http.policy, config.agent.withdraw_as)
+        self.named_endpoints = Endpoints(
+            "agent.named_listen", lambda: NamedAgentConnection(self.shared, loop_getter())
+        )
 
     async def start(self) -> None:
-        self._publish()
+        self.shared.publish(self.config, self.snapshot, None)
         await self.endpoints.bind(self.config.agent.listen)
+        await self.named_endpoints.bind(self.config.agent.named_listen)
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
-        self._publish()
+        self.shared.publish(self.config, snapshot, snapshot.changed)
         self.endpoints.start_serving()
+        self.named_endpoints.start_serving()
 
     async def reconfigure(self, config: Config) -> None:
         self.config = config
-        self._publish()
+        self.shared.publish(config, self.snapshot, None)
         await self.endpoints.rebind(config.agent.listen)
+        await self.named_endpoints.rebind(config.agent.named_listen)
 
     async def close(self) -> None:
         await _close(self.endpoints, self.shared.close_all)
+        await _close(self.named_endpoints, lambda: None)
 
     def describe(self) -> str:
         names = self.endpoints.names()
-        if not names:
+        named = self.named_endpoints.names()
+        if not names and not named:
             return "agent-check off"
         agent = self.config.agent
-        where = ", ".join(names)
-        return f"agent-check on {where} (scope {agent.scope}, maintenance: {agent.withdraw_as})"
+        parts = []
+        if names:
+            where = ", ".join(names)
+            parts.append(
+                f"agent-check on {where} (scope {agent.scope}, maintenance: {agent.withdraw_as})"
+            )
+        if named:
+            parts.append(f"named agent-check on {', '.join(named)}")
+        return ", ".join(parts)
 
 
 def make_listeners(config: Config) -> list[StateListener]:

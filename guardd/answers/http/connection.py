@@ -17,12 +17,14 @@ from guardd.answers.http.parse import (
     _PAGE_HTML,
     _PAGE_JSON,
     _STATUS,
+    _UNKNOWN_SCOPE,
     BYPASS_PREFIX,
     FLUSH_BYTES,
     HEAD_CACHE_MAX_BYTES,
     HEAD_CACHE_SIZE,
     LINGER_SECONDS,
     MAX_HEAD,
+    STATUS_ALIAS,
     STATUS_PATH,
     Kind,
     _find_head_end,
@@ -100,8 +102,8 @@ class HttpConnection(asyncio.Protocol):
     def _feed(self, data: bytes) -> None:
         """Answer every complete request in ``data``; keep an unfinished head."""
         shared = self.shared
-        answers = shared.answers
         head_cache = shared.head_cache
+        answers_of = shared.answers
         now = time.time()
         out: list[bytes] = []
         pos = 0
@@ -125,6 +127,7 @@ class HttpConnection(asyncio.Protocol):
             end, after = _find_head_end(data, pos)
             if end < 0:
                 if size - pos >= MAX_HEAD:
+                    answers = shared.answers_for(shared.settings.scope)
                     out.append(answers.wire(Kind.TOO_LARGE, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -136,6 +139,7 @@ class HttpConnection(asyncio.Protocol):
                 try:
                     parsed = parse_head(head)
                 except _Malformed as err:
+                    answers = shared.answers_for(shared.settings.scope)
                     out.append(answers.wire(err.kind, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -143,10 +147,12 @@ class HttpConnection(asyncio.Protocol):
                     if len(head_cache) >= HEAD_CACHE_SIZE:
                         head_cache.clear()
                     head_cache[head] = parsed
-            path, head_only, persist, accept, body_length, fields = parsed
+            path, head_only, persist, accept, body_length, fields, host = parsed
             pos = after
             heads += 1
-            answer = answers.wire(self._route(path, accept, fields, now), head_only, persist, now)
+            scope, kind = self._route(path, accept, fields, host, now)
+            answers = answers_of.get(scope) or shared.answers_for(scope)
+            answer = answers.wire(kind, head_only, persist, now)
             out.append(answer)
             if persist is _CLOSE:
                 self._finish(out)
@@ -167,40 +173,58 @@ class HttpConnection(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _route(self, path: bytes, accept: bytes | None, fields: bytes, now: float) -> Kind:
+    def _route(
+        self, path: bytes, accept: bytes | None, fields: bytes, host: bytes | None, now: float
+    ) -> tuple[str, Kind]:
+        """Which scope answers the request, and with which of its prebuilt answers."""
         shared = self.shared
         settings = shared.settings
         if path == settings.gate_path:
-            # The hottest path behind nginx: while the scope is off, no work at all.
-            if not shared.answers.maintenance:
-                return _GATE_OPEN
-            return self._gate(fields, now)
+            return self._gate(settings.scope_of_host(host), fields, now)
         if path == settings.health_path:
-            return _HEALTH
-        if path == STATUS_PATH:
-            return _STATUS
+            return settings.scope_of_host(host), _HEALTH
+        if path in (STATUS_PATH, STATUS_ALIAS):
+            return settings.scope_of_host(host), _STATUS
+        if path.startswith(settings.gate_prefix):
+            # A scope named in the gate path wins over Host: the proxy's own choice,
+            # which a client cannot change by sending another Host.
+            named = settings.scope_names.get(path[len(settings.gate_prefix) :])
+            if named is None:
+                return settings.scope, _UNKNOWN_SCOPE
+            return self._gate(named, fields, now)
+        if path.startswith(settings.health_prefix):
+            named = settings.scope_names.get(path[len(settings.health_prefix) :])
+            if named is None:
+                return settings.scope, _UNKNOWN_SCOPE
+            return named, _HEALTH
+        scope = settings.scope_of_host(host)
         if path.startswith(BYPASS_PREFIX):
             # A wrong secret, or none configured, gets the very 404 of any other
             # /.guardd/ path: nothing tells an attacker which case it was.
-            if path.startswith(BYPASS_PATH) and shared.gate.rules.signer.secret_matches(
-                path[len(BYPASS_PATH) :]
-            ):
-                return _BYPASS
-            return _NOT_FOUND
-        if path.startswith(settings.api_prefixes) or (
-            accept is not None and self.shared.wants_json(accept)
+            if path.startswith(BYPASS_PATH) and settings.for_scope(
+                scope
+            ).gate.signer.secret_matches(path[len(BYPASS_PATH) :]):
+                return scope, _BYPASS
+            return scope, _NOT_FOUND
+        if path.startswith(settings.for_scope(scope).api_prefixes) or (
+            accept is not None and shared.wants_json(accept)
         ):
-            return _PAGE_JSON
-        return _PAGE_HTML
+            return scope, _PAGE_JSON
+        return scope, _PAGE_HTML
 
-    def _gate(self, fields: bytes, now: float) -> Kind:
-        """The gate's answer during maintenance."""
+    def _gate(self, scope: str, fields: bytes, now: float) -> tuple[str, Kind]:
+        """The gate's answer for ``scope``."""
+        shared = self.shared
+        answers = shared.answers.get(scope) or shared.answers_for(scope)
+        if not answers.maintenance:
+            # The hottest path behind nginx: while the scope is off, no work at all.
+            return scope, _GATE_OPEN
         original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
         peer = self.peer
         if peer is None and self.transport is not None:
             name = self.transport.get_extra_info("peername")
             peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
-        verdict = self.shared.gate.decide(
+        verdict = shared.gate_for(scope).decide(
             original_uri=original_uri,
             peer=peer,
             forwarded_for=forwarded_for,
@@ -208,7 +232,7 @@ class HttpConnection(asyncio.Protocol):
             cookie=cookie,
             now=now,
         )
-        return _GATE_KINDS[verdict]
+        return scope, _GATE_KINDS[verdict]
 
     # ------------------------------------------------------------------ closing
 

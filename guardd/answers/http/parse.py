@@ -31,6 +31,8 @@ HEAD_CACHE_MAX_BYTES = 1024
 # its answers pile up in memory.
 FLUSH_BYTES = 65536
 STATUS_PATH = b"/maintenance.json"
+# The same document under the prefix a proxy already sends to guardd.
+STATUS_ALIAS = b"/.guardd/maintenance.json"
 BYPASS_PREFIX = b"/.guardd/"
 
 HTML = "text/html; charset=utf-8"
@@ -56,6 +58,7 @@ class Kind(IntEnum):
     GATE_COOKIE = 11  # ... a valid bypass cookie: 204
     GATE_CLOSED = 12  # the gate in maintenance, nothing lets it through: 403
     BYPASS = 13  # /.guardd/bypass/<secret>: set the cookie, 302 to /
+    UNKNOWN_SCOPE = 14  # <health_path>/<name> or <gate_path>/<name> of no configured scope
 
 
 class Persist(IntEnum):
@@ -127,6 +130,7 @@ class ParsedRequest(NamedTuple):
     accept: bytes | None
     body_length: int  # Content-Length to skip; -1: unknown (chunked), read no further
     fields: bytes  # the header lines, as sent: read again only by a gate request
+    host: bytes | None  # Host, lowercase, without port or final dot (None: absent)
 
 
 # One match validates a whole request line: method SP target SP HTTP/d.d, no
@@ -139,7 +143,7 @@ _HEADER_LINES = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r?\n)
 # The only headers routing reads, found in one pass over a lowercased copy of the
 # header block (every value routing reads is case-insensitive anyway).
 _WANTED_HEADERS = re.compile(
-    rb"\n(connection|content-length|transfer-encoding|accept|expect):([^\r\n]*)"
+    rb"\n(connection|content-length|transfer-encoding|accept|expect|host):([^\r\n]*)"
 )
 
 
@@ -172,7 +176,7 @@ _HEALTH, _STATUS, _PAGE_HTML, _PAGE_JSON, _NOT_FOUND = (
     Kind.PAGE_JSON,
     Kind.NOT_FOUND,
 )
-_GATE_OPEN, _BYPASS = Kind.GATE_OPEN, Kind.BYPASS
+_GATE_OPEN, _BYPASS, _UNKNOWN_SCOPE = Kind.GATE_OPEN, Kind.BYPASS, Kind.UNKNOWN_SCOPE
 # The gate's verdict -> its answer.
 _GATE_KINDS = {
     Verdict.DENY: Kind.GATE_CLOSED,
@@ -262,6 +266,7 @@ def parse_head(head: bytes) -> ParsedRequest:
     content_length: int | None = None
     codings: list[bytes] = []
     accept: bytes | None = None
+    host: bytes | None = None
     for name, raw_value in _WANTED_HEADERS.findall(b"\n" + fields.lower()) if fields else ():
         value = raw_value.strip(b" \t")
         if name == b"accept":
@@ -278,6 +283,9 @@ def parse_head(head: bytes) -> ParsedRequest:
             content_length = int(value)
         elif name == b"transfer-encoding":
             codings += [c.strip() for c in value.split(b",") if c.strip()]
+        elif name == b"host":
+            if host is None:
+                host = _host_name(value)
         else:  # expect
             expect_continue = value == b"100-continue"
 
@@ -300,8 +308,19 @@ def parse_head(head: bytes) -> ParsedRequest:
     else:
         persist = _KEEP_10 if keep_alive else _CLOSE
     return ParsedRequest(
-        _target_path(target), method == b"HEAD", persist, accept, body_length, fields
+        _target_path(target), method == b"HEAD", persist, accept, body_length, fields, host
     )
+
+
+def _host_name(value: bytes) -> bytes:
+    """A Host value (already lowercase) without its port and final dot: the form
+    ``scopes.<s>.hosts`` are stored in."""
+    if value[:1] == b"[":
+        return value[: value.find(b"]") + 1]  # an IPv6 literal: no host name
+    colon = value.find(b":")
+    if colon >= 0:
+        value = value[:colon]
+    return value[:-1] if value[-1:] == b"." else value
 
 
 def _find_head_end(data: bytes, start: int) -> tuple[int, int]:

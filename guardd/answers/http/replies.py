@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, replace
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from guardd.answers.page import (
 )
 from guardd.answers.policy import health_answer, health_body, retry_after_seconds, until_epoch
 from guardd.config.model import Config, Policy
-from guardd.core.state import ScopeView
+from guardd.core.state import ScopeView, Snapshot
 
 _CONNECTION_HEADER = {
     Persist.KEEP: b"",
@@ -42,36 +43,109 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class HttpSettings:
-    """What the responder needs from the config, in the form requests are matched in."""
+class ScopeSettings:
+    """What one scope's answers depend on: the global settings with its overrides."""
 
     scope: str
     policy: Policy
-    health_path: bytes
-    gate_path: bytes
     gate: GateRules
     api_prefixes: tuple[bytes, ...]
     page_status: int
     retry_after: int
-    header_timeout: float
     # page_template's text, read when the config is loaded, never per request.
     template: str | None = None
 
+
+def _scope_prefix(path: bytes) -> bytes:
+    """``path`` + "/", before a scope name; a path of "/" names no scope (the NUL
+    byte never starts a request path: the parser rejects control characters)."""
+    stem = path.rstrip(b"/")
+    return stem + b"/" if stem else b"\x00"
+
+
+class HttpSettings:
+    """What the responder needs from the config, in the form requests are matched in.
+
+    Immutable once built (a reload builds new settings). Per-scope settings are made
+    on first use, so 10,000 scopes cost nothing until their sites are asked for.
+    """
+
+    def __init__(self, config: Config, templates: Mapping[str, str]) -> None:
+        http = config.http
+        self.config = config
+        self.templates = templates  # page_template path -> text (read off the loop)
+        self.scope = http.scope
+        self.health_path = http.health_path.encode()
+        self.gate_path = http.gate_path.encode()
+        # "<health_path>/<scope>" and "<gate_path>/<scope>": the scope named in the path.
+        self.health_prefix = _scope_prefix(self.health_path)
+        self.gate_prefix = _scope_prefix(self.gate_path)
+        self.header_timeout = http.header_timeout
+        self.scope_names: dict[bytes, str] = {name.encode(): name for name in config.scopes}
+        # Host -> scope: exact names, and the domain of each "*.domain" wildcard.
+        self.hosts: dict[bytes, str] = {}
+        self.wildcards: dict[bytes, str] = {}
+        for name, scope in config.scopes.items():
+            for host in scope.hosts:
+                if host.startswith("*."):
+                    self.wildcards[host[2:].encode()] = name
+                else:
+                    self.hosts[host.encode()] = name
+        self.by_host = bool(self.hosts or self.wildcards)
+        self._base_gate = GateRules.from_config(config.bypass, http.scope)
+        self._scopes: dict[str, ScopeSettings] = {}
+
     @classmethod
     def from_config(cls, config: Config, template: str | None) -> HttpSettings:
-        """Settings from ``config.http``, with the template text already read."""
+        """Settings from ``config``, with ``http.page_template``'s text already read."""
+        path = config.http.page_template
+        return cls(config, {path: template} if path is not None and template is not None else {})
+
+    def scope_of_host(self, host: bytes | None) -> str:
+        """The scope whose ``hosts`` claim ``host`` (lowercase, no port), else
+        ``http.scope``. Exact names first, then the longest wildcard: each a dict
+        lookup per label of the name, whatever the number of scopes."""
+        if host is None or not self.by_host:
+            return self.scope
+        scope = self.hosts.get(host)
+        if scope is not None:
+            return scope
+        wildcards = self.wildcards
+        if wildcards:
+            dot = host.find(b".")
+            while dot >= 0:
+                host = host[dot + 1 :]
+                scope = wildcards.get(host)
+                if scope is not None:
+                    return scope
+                dot = host.find(b".")
+        return self.scope
+
+    def for_scope(self, scope: str) -> ScopeSettings:
+        """The settings of one configured scope (made once, on first use)."""
+        made = self._scopes.get(scope)
+        if made is None:
+            made = self._scopes[scope] = self._make(scope)
+        return made
+
+    def _make(self, scope: str) -> ScopeSettings:
+        config = self.config
         http = config.http
-        return cls(
-            scope=http.scope,
-            policy=http.policy,
-            health_path=http.health_path.encode(),
-            gate_path=http.gate_path.encode(),
-            gate=GateRules.from_config(config.bypass, http.scope),
-            api_prefixes=tuple(prefix.encode() for prefix in http.api_prefixes),
-            page_status=http.page_status,
-            retry_after=http.retry_after,
-            header_timeout=http.header_timeout,
-            template=template,
+        own = config.scopes[scope]
+        if own.bypass is not None:
+            gate = GateRules.from_config(own.bypass, scope)
+        else:
+            gate = replace(self._base_gate, scope=scope)  # compiled once, bound per scope
+        template_path = own.page_template if own.page_template is not None else http.page_template
+        prefixes = own.api_prefixes if own.api_prefixes is not None else http.api_prefixes
+        return ScopeSettings(
+            scope=scope,
+            policy=config.scope_policy(scope),
+            gate=gate,
+            api_prefixes=tuple(prefix.encode() for prefix in prefixes),
+            page_status=own.page_status if own.page_status is not None else http.page_status,
+            retry_after=own.retry_after if own.retry_after is not None else http.retry_after,
+            template=self.templates.get(template_path) if template_path is not None else None,
         )
 
 
@@ -93,7 +167,14 @@ def _json(obj: object) -> bytes:
 
 
 _OUTAGE: Page = outage_page()
+_OUTAGE_HTML = _OUTAGE.html.encode()  # one copy for every scope that is off
+_OUTAGE_JSON = _json({"maintenance": False, "error": "temporarily unavailable"})
 _FIXED_REPLIES = {
+    Kind.UNKNOWN_SCOPE: Reply(
+        404,
+        JSON,
+        _json({"error": {"code": "unknown_scope", "message": "no such scope is configured"}}),
+    ),
     Kind.NOT_FOUND: Reply(404, TEXT, b"not found\n"),
     Kind.BAD_REQUEST: Reply(400, TEXT, b"bad request\n"),
     Kind.TOO_LARGE: Reply(431, TEXT, b"request header fields too large\n"),
@@ -109,7 +190,7 @@ _GATE_PASSES = {
 
 
 def build_replies(
-    view: ScopeView, settings: HttpSettings, *, retry_after: int, page: Page
+    view: ScopeView, settings: ScopeSettings, *, retry_after: int, page: Page
 ) -> dict[Kind, Reply]:
     """Every answer for one scope state. Pure: ``page`` is the rendered maintenance page."""
     status = view.status
@@ -174,11 +255,9 @@ def build_replies(
         # An outage must not look like planned work: no marker, no maintenance words.
         assert _OUTAGE.csp is not None
         replies[Kind.PAGE_HTML] = Reply(
-            503, HTML, _OUTAGE.html.encode(), (*vary, ("Content-Security-Policy", _OUTAGE.csp))
+            503, HTML, _OUTAGE_HTML, (*vary, ("Content-Security-Policy", _OUTAGE.csp))
         )
-        replies[Kind.PAGE_JSON] = Reply(
-            503, JSON, _json({"maintenance": False, "error": "temporarily unavailable"}), vary
-        )
+        replies[Kind.PAGE_JSON] = Reply(503, JSON, _OUTAGE_JSON, vary)
     return replies
 
 
@@ -206,7 +285,10 @@ class Answers:
     to ``until``); framed lazily per (kind, HEAD, persistence) and cached.
     """
 
-    def __init__(self, view: ScopeView, settings: HttpSettings) -> None:
+    builds = 0  # Answers made since start (tests: a flip rebuilds one scope only)
+
+    def __init__(self, view: ScopeView, settings: ScopeSettings) -> None:
+        Answers.builds += 1
         self.view = view
         status = self.status = view.status
         self.maintenance = status.in_maintenance
@@ -283,22 +365,63 @@ class Answers:
 
 
 class HttpShared:
-    """State shared by every connection of one responder; swapped, never mutated in place."""
+    """State shared by every connection of one responder.
 
-    def __init__(self, settings: HttpSettings, view: ScopeView) -> None:
+    One ``Answers`` per scope, made on the first request for it and dropped when
+    that scope's state changes: a flip of one scope rebuilds only its answers.
+    """
+
+    def __init__(self, settings: HttpSettings, snapshot: Snapshot) -> None:
         self.settings = settings
-        self.answers = Answers(view, settings)
-        self.gate = Gate(settings.gate)
+        self.snapshot = snapshot
+        self.answers: dict[str, Answers] = {}
+        self.gates: dict[str, Gate] = {}
         self.accept_cache: dict[bytes, bool] = {}
         self.head_cache: dict[bytes, ParsedRequest] = {}
         self.connections: set[HttpConnection] = set()
 
-    def publish(self, settings: HttpSettings, view: ScopeView) -> None:
-        """New settings or state: one assignment swaps every answer at once."""
+    def answers_for(self, scope: str) -> Answers:
+        """The current answers of a configured scope."""
+        answers = self.answers.get(scope)
+        if answers is None:
+            answers = self.answers[scope] = Answers(
+                self.snapshot.view(scope), self.settings.for_scope(scope)
+            )
+        return answers
+
+    def gate_for(self, scope: str) -> Gate:
+        """The gate of a configured scope, with its memory of past decisions."""
+        gate = self.gates.get(scope)
+        if gate is None:
+            gate = self.gates[scope] = Gate(self.settings.for_scope(scope).gate)
+        return gate
+
+    def publish(
+        self, settings: HttpSettings, snapshot: Snapshot, changed: Collection[str] | None
+    ) -> None:
+        """New settings or state. ``changed``: the scopes whose state may differ (None:
+        any). Answers of other scopes stay as they are, byte for byte."""
+        old = self.snapshot
+        self.snapshot = snapshot
         if settings is not self.settings:
-            self.gate = Gate(settings.gate)  # a reload forgets every gate decision
-        self.settings = settings
-        self.answers = Answers(view, settings)
+            self.settings = settings
+            self.gates = {}  # a reload forgets every gate decision
+            self.answers = {}
+            return
+        if (
+            changed is None
+            or snapshot.upcoming != old.upcoming
+            or snapshot.others_serving != old.others_serving
+            or snapshot.fleet_degraded != old.fleet_degraded
+        ):
+            # Something every scope shows changed: each is rebuilt on its next request.
+            self.answers = {}
+            return
+        answers = self.answers
+        for scope in changed:
+            current = answers.get(scope)
+            if current is not None and current.view != snapshot.view(scope):
+                del answers[scope]
 
     def wants_json(self, accept: bytes) -> bool:
         """prefers_json, remembered per distinct header value."""
