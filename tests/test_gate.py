@@ -456,10 +456,10 @@ def test_comparisons_use_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None
     shared = HttpShared(settings, Snapshot(statuses={}))
     connection = HttpConnection(shared, loop=None)  # type: ignore[arg-type]
     calls.clear()
-    route = connection._route(f"/.guardd/bypass/{SECRET}".encode(), None, b"", None, NOW)
+    route = connection._route(f"/.guardd/bypass/{SECRET}".encode(), None, None)
     assert route == ("default", Kind.BYPASS)
     assert len(calls) == 1
-    assert connection._route(b"/.guardd/bypass/wrong", None, b"", None, NOW) == (
+    assert connection._route(b"/.guardd/bypass/wrong", None, None) == (
         "default",
         Kind.NOT_FOUND,
     )

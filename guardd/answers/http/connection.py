@@ -10,6 +10,7 @@ from guardd.answers.gate import BYPASS_PATH
 from guardd.answers.http.parse import (
     _BYPASS,
     _CLOSE,
+    _GATE,
     _GATE_KINDS,
     _GATE_OPEN,
     _HEALTH,
@@ -32,7 +33,7 @@ from guardd.answers.http.parse import (
     gate_headers,
     parse_head,
 )
-from guardd.answers.http.replies import HttpShared
+from guardd.answers.http.replies import HttpShared, Routed
 
 
 class HttpConnection(asyncio.Protocol):
@@ -134,8 +135,8 @@ class HttpConnection(asyncio.Protocol):
                 self.buffer = data[pos:]
                 break
             head = data[pos:end]
-            parsed = head_cache.get(head)
-            if parsed is None:
+            routed = head_cache.get(head)
+            if routed is None:
                 try:
                     parsed = parse_head(head)
                 except _Malformed as err:
@@ -143,14 +144,22 @@ class HttpConnection(asyncio.Protocol):
                     out.append(answers.wire(err.kind, False, _CLOSE, now))
                     self._finish(out)
                     return
+                routed = Routed(
+                    *self._route(parsed.path, parsed.accept, parsed.host),
+                    parsed.head_only,
+                    parsed.persist,
+                    parsed.body_length,
+                    parsed.fields,
+                )
                 if len(head) <= HEAD_CACHE_MAX_BYTES:
                     if len(head_cache) >= HEAD_CACHE_SIZE:
                         head_cache.clear()
-                    head_cache[head] = parsed
-            path, head_only, persist, accept, body_length, fields, host = parsed
+                    head_cache[head] = routed
+            scope, kind, head_only, persist, body_length, fields = routed
             pos = after
             heads += 1
-            scope, kind = self._route(path, accept, fields, host, now)
+            if kind is _GATE:
+                kind = self._gate(scope, fields, now)
             answers = answers_of.get(scope) or shared.answers_for(scope)
             answer = answers.wire(kind, head_only, persist, now)
             out.append(answer)
@@ -173,14 +182,14 @@ class HttpConnection(asyncio.Protocol):
         if out and self.transport is not None:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def _route(
-        self, path: bytes, accept: bytes | None, fields: bytes, host: bytes | None, now: float
-    ) -> tuple[str, Kind]:
-        """Which scope answers the request, and with which of its prebuilt answers."""
+    def _route(self, path: bytes, accept: bytes | None, host: bytes | None) -> tuple[str, Kind]:
+        """Which scope answers the request, and with which of its prebuilt answers
+        (``Kind.GATE``: the gate decides, per request). Pure for given settings, so
+        the connection remembers it per distinct request head."""
         shared = self.shared
         settings = shared.settings
         if path == settings.gate_path:
-            return self._gate(settings.scope_of_host(host), fields, now)
+            return settings.scope_of_host(host), _GATE
         if path == settings.health_path:
             return settings.scope_of_host(host), _HEALTH
         if path in (STATUS_PATH, STATUS_ALIAS):
@@ -191,7 +200,7 @@ class HttpConnection(asyncio.Protocol):
             named = settings.scope_names.get(path[len(settings.gate_prefix) :])
             if named is None:
                 return settings.scope, _UNKNOWN_SCOPE
-            return self._gate(named, fields, now)
+            return named, _GATE
         if path.startswith(settings.health_prefix):
             named = settings.scope_names.get(path[len(settings.health_prefix) :])
             if named is None:
@@ -212,13 +221,13 @@ class HttpConnection(asyncio.Protocol):
             return scope, _PAGE_JSON
         return scope, _PAGE_HTML
 
-    def _gate(self, scope: str, fields: bytes, now: float) -> tuple[str, Kind]:
+    def _gate(self, scope: str, fields: bytes, now: float) -> Kind:
         """The gate's answer for ``scope``."""
         shared = self.shared
         answers = shared.answers.get(scope) or shared.answers_for(scope)
         if not answers.maintenance:
             # The hottest path behind nginx: while the scope is off, no work at all.
-            return scope, _GATE_OPEN
+            return _GATE_OPEN
         original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
         peer = self.peer
         if peer is None and self.transport is not None:
@@ -232,7 +241,7 @@ class HttpConnection(asyncio.Protocol):
             cookie=cookie,
             now=now,
         )
-        return scope, _GATE_KINDS[verdict]
+        return _GATE_KINDS[verdict]
 
     # ------------------------------------------------------------------ closing
 

@@ -59,6 +59,7 @@ class Kind(IntEnum):
     GATE_CLOSED = 12  # the gate in maintenance, nothing lets it through: 403
     BYPASS = 13  # /.guardd/bypass/<secret>: set the cookie, 302 to /
     UNKNOWN_SCOPE = 14  # <health_path>/<name> or <gate_path>/<name> of no configured scope
+    GATE = 15  # routing only: the gate decides per request (never an answer itself)
 
 
 class Persist(IntEnum):
@@ -176,7 +177,12 @@ _HEALTH, _STATUS, _PAGE_HTML, _PAGE_JSON, _NOT_FOUND = (
     Kind.PAGE_JSON,
     Kind.NOT_FOUND,
 )
-_GATE_OPEN, _BYPASS, _UNKNOWN_SCOPE = Kind.GATE_OPEN, Kind.BYPASS, Kind.UNKNOWN_SCOPE
+_GATE, _GATE_OPEN, _BYPASS, _UNKNOWN_SCOPE = (
+    Kind.GATE,
+    Kind.GATE_OPEN,
+    Kind.BYPASS,
+    Kind.UNKNOWN_SCOPE,
+)
 # The gate's verdict -> its answer.
 _GATE_KINDS = {
     Verdict.DENY: Kind.GATE_CLOSED,

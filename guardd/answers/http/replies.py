@@ -7,7 +7,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from guardd.answers.gate import Gate, GateRules
 from guardd.answers.http.parse import (
@@ -17,7 +17,6 @@ from guardd.answers.http.parse import (
     JSON,
     TEXT,
     Kind,
-    ParsedRequest,
     Persist,
     prefers_json,
 )
@@ -147,6 +146,17 @@ class HttpSettings:
             retry_after=own.retry_after if own.retry_after is not None else http.retry_after,
             template=self.templates.get(template_path) if template_path is not None else None,
         )
+
+
+class Routed(NamedTuple):
+    """A request head as routed: remembered per distinct head until the settings change."""
+
+    scope: str
+    kind: Kind  # Kind.GATE: asked of the gate per request
+    head_only: bool
+    persist: Persist
+    body_length: int
+    fields: bytes
 
 
 @dataclass(frozen=True)
@@ -377,7 +387,8 @@ class HttpShared:
         self.answers: dict[str, Answers] = {}
         self.gates: dict[str, Gate] = {}
         self.accept_cache: dict[bytes, bool] = {}
-        self.head_cache: dict[bytes, ParsedRequest] = {}
+        # Request heads already parsed and routed (routing depends on the settings).
+        self.head_cache: dict[bytes, Routed] = {}
         self.connections: set[HttpConnection] = set()
 
     def answers_for(self, scope: str) -> Answers:
@@ -407,6 +418,7 @@ class HttpShared:
             self.settings = settings
             self.gates = {}  # a reload forgets every gate decision
             self.answers = {}
+            self.head_cache = {}
             return
         if (
             changed is None
