@@ -188,8 +188,8 @@ class StandInApp:
 
     BODY = b"APP OK\n"
 
-    def __init__(self) -> None:
-        body = self.BODY
+    def __init__(self, body: bytes = BODY) -> None:
+        self.body = body
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
