@@ -46,9 +46,13 @@ def run(procs: Processes, *, flips: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _measure(daemon: Guardd, flips: int) -> dict:
-    flag = daemon.flag()
-    temp = flag.with_name(".default.lock.bench-tmp")
+def _measure(
+    daemon: Guardd, flips: int, *, scope: str = "default", health_path: str = "/healthz"
+) -> dict:
+    """Flip ``scope``'s flag; time the watch event and the change of ``health_path``."""
+    flag = daemon.flag(scope)
+    temp = flag.with_name(f".{scope}.lock.bench-tmp")
+    request = f"GET {health_path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
     watch = ControlClient(daemon.socket_path)
     http = socket.create_connection(("127.0.0.1", daemon.port), timeout=5)
     http.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -78,7 +82,14 @@ def _measure(daemon: Guardd, flips: int) -> dict:
             else:
                 os.unlink(flag)
             seen = _observe(
-                watch, reader, http, start, want_state=want_state, want_status=want_status
+                watch,
+                reader,
+                http,
+                start,
+                want_state=want_state,
+                want_status=want_status,
+                scope=scope,
+                request=request,
             )
             if seen is None:
                 timeouts += 1
@@ -111,11 +122,13 @@ def _observe(
     *,
     want_state: str,
     want_status: int,
+    scope: str = "default",
+    request: bytes = HEALTH_REQUEST,
 ) -> tuple[float, float] | None:
     """Seconds from ``start`` to the watch event and to the changed /healthz answer."""
     watch_at = http_at = None
     deadline = start + FLIP_TIMEOUT
-    http.sendall(HEALTH_REQUEST)
+    http.sendall(request)
     while watch_at is None or http_at is None:
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -127,7 +140,7 @@ def _observe(
             event = watch.read_line()
             if (
                 watch_at is None
-                and event.get("scope") == "default"
+                and event.get("scope") == scope
                 and event.get("state") == want_state
             ):
                 watch_at = now - start
@@ -137,5 +150,5 @@ def _observe(
                 if http_at is None:
                     http_at = now - start
             else:
-                http.sendall(HEALTH_REQUEST)
+                http.sendall(request)
     return watch_at, http_at

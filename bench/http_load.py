@@ -186,7 +186,15 @@ class Nginx:
             self.proc = None
 
 
-def wrk(port: int, path: str, *, connections: int, duration: float, close: bool) -> dict:
+def wrk(
+    port: int,
+    path: str,
+    *,
+    connections: int,
+    duration: float,
+    close: bool,
+    host: str | None = None,
+) -> dict:
     """One wrk run (one thread, pinned to the client core); its summary."""
     argv = [
         tool("taskset"),
@@ -202,6 +210,8 @@ def wrk(port: int, path: str, *, connections: int, duration: float, close: bool)
     ]
     if close:
         argv += ["-H", "Connection: close"]
+    if host is not None:
+        argv += ["-H", f"Host: {host}"]
     argv.append(f"http://127.0.0.1:{port}{path}")
     try:
         result = subprocess.run(

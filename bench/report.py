@@ -67,6 +67,28 @@ def check_goals(results: dict) -> list[dict]:
             p99 = flip[key]["p99_ms"]
             goals.append(_goal(f"flip -> {label} p99 < 5 ms", p99, "< 5 ms", p99 < 5))
         goals.append(_goal("flips all seen", flip["timeouts"], "0 missed", flip["timeouts"] == 0))
+    for count, step in (results.get("sites") or {}).get("steps", {}).items():
+        if count != "10000":
+            continue
+        for name in ("health", "page"):
+            value = step["vs_1_scope"][name]["rps"]
+            goals.append(
+                _goal(
+                    f"10,000 scopes: {name} req/s >= 0.95x of 1 scope",
+                    value,
+                    ">= 0.95",
+                    value >= 0.95,
+                )
+            )
+        for key, label in (("watch_event", "watch event"), ("healthz_changed", "/healthz/<s>")):
+            p99 = step["flip"][key]["p99_ms"]
+            goals.append(
+                _goal(f"10,000 scopes: flip -> {label} p99 < 5 ms", p99, "< 5 ms", p99 < 5)
+            )
+        wall = step["start"]["wall_s"]
+        goals.append(_goal("10,000 scopes: start-up < 2 s (wall)", wall, "< 2 s", wall < 2))
+        rss = round(step["memory"]["rss_kb"] / 1024, 1)
+        goals.append(_goal("10,000 scopes: RSS < 100 MiB", rss, "< 100 MiB", rss < 100))
     idle = results.get("idle")
     if idle:
         goals.append(
@@ -237,6 +259,80 @@ def sections(results: dict) -> list[tuple[str, list[list[str]]]]:
                 f"Flip latency ({flip['flips']} flips, {flip['timeouts']} missed)",
                 _table(
                     ["from rename/unlink to", "p50 ms", "p99 ms", "max ms", "on p99", "off p99"],
+                    rows,
+                ),
+            )
+        )
+    sites = results.get("sites")
+    if sites:
+        rows = []
+        for step in sites["steps"].values():
+            flip = step["flip"]
+            rows.append(
+                [
+                    f"{step['scopes']:,}",
+                    step["start"]["wall_s"],
+                    step["start"]["cpu_s"],
+                    step["first_start"]["wall_s"],
+                    round(step["memory"]["rss_kb"] / 1024, 1),
+                    round(step["memory_after_load"]["rss_kb"] / 1024, 1),
+                    step["inotify_watches"],
+                    flip["watch_event"]["p50_ms"],
+                    flip["watch_event"]["p99_ms"],
+                    flip["healthz_changed"]["p50_ms"],
+                    flip["healthz_changed"]["p99_ms"],
+                    flip["timeouts"],
+                ]
+            )
+        out.append(
+            (
+                f"Many sites: start-up, memory, watches, flip of one scope "
+                f"({sites['flips']} flips)",
+                _table(
+                    [
+                        "scopes",
+                        "start s",
+                        "start CPU s",
+                        "first start s",
+                        "RSS MiB",
+                        "RSS after load",
+                        "inotify watches",
+                        "watch p50 ms",
+                        "watch p99 ms",
+                        "/healthz/<s> p50 ms",
+                        "/healthz/<s> p99 ms",
+                        "missed",
+                    ],
+                    rows,
+                ),
+            )
+        )
+        rows = [
+            [
+                f"{step['scopes']:,}",
+                step["health"]["rps"],
+                step["vs_1_scope"]["health"]["rps"],
+                step["health"]["p99_ms"],
+                step["page"]["rps"],
+                step["vs_1_scope"]["page"]["rps"],
+                step["page"]["p99_ms"],
+            ]
+            for step in sites["steps"].values()
+        ]
+        out.append(
+            (
+                f"Many sites: throughput (wrk -t1 -c{sites['connections']}, "
+                f"{sites['duration_s']:g} s x {sites['rounds']} rounds alternating, medians)",
+                _table(
+                    [
+                        "scopes",
+                        "/healthz/<s> req/s",
+                        "x 1 scope",
+                        "p99 ms",
+                        "page by Host req/s",
+                        "x 1 scope",
+                        "p99 ms",
+                    ],
                     rows,
                 ),
             )

@@ -27,11 +27,12 @@ import guard_run
 import http_load
 import idle
 import scale
+import sites
 from common import PROJECT, BenchError, Processes, raise_nofile, tool
 from report import check_goals, render_markdown, render_text
 
 BENCH = Path(__file__).resolve().parent
-SECTIONS = ("http", "guard_run", "flip", "idle", "jobs", "connections")
+SECTIONS = ("http", "guard_run", "flip", "idle", "jobs", "connections", "sites")
 
 
 class Settings:
@@ -49,6 +50,9 @@ class Settings:
         self.job_repeats = 3 if quick else 5
         self.connection_steps = (0, 100, 1000, 10000)
         self.connection_seconds = 1.0 if quick else 2.0
+        self.sites_flips = 100 if quick else 400
+        self.sites_seconds = 2.0 if quick else 5.0
+        self.sites_rounds = 1 if quick else 3
 
 
 def machine() -> dict:
@@ -200,6 +204,13 @@ def _run_section(
     if section == "jobs":
         return scale.run_jobs(
             procs, steps=settings.job_steps, repeats=settings.job_repeats, profiler=profiler
+        )
+    if section == "sites":
+        return sites.run(
+            procs,
+            flips=settings.sites_flips,
+            duration=settings.sites_seconds,
+            rounds=settings.sites_rounds,
         )
     return scale.run_connections(
         procs, steps=settings.connection_steps, seconds=settings.connection_seconds
