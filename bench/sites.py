@@ -63,6 +63,7 @@ def inotify_watches(pid: int) -> int:
 
 
 def _start_timed(daemon: Guardd) -> dict:
+    (daemon.root / "notify.sock").unlink(missing_ok=True)  # left by the previous start
     started = time.perf_counter()
     daemon.start()
     wall = time.perf_counter() - started

@@ -123,6 +123,17 @@ def test_host_header_chooses_the_scope(sites: Callable[..., Sites], host: str, s
         assert site.get(path, host=host).json()["scope"] == scope, path
 
 
+def test_absolute_form_target_names_the_host(sites: Callable[..., Sites]) -> None:
+    """GET http://shop.example.com/... is shop's, whatever the Host header says."""
+    site = sites()
+    with Connection(site.port) as connection:
+        connection.send(
+            b"GET http://Shop.Example.com:80/maintenance.json HTTP/1.1\r\n"
+            b"Host: blog.example.com\r\n\r\n"
+        )
+        assert connection.read_response().json()["scope"] == "shop"
+
+
 def test_no_host_header_falls_to_http_scope(sites: Callable[..., Sites]) -> None:
     """HTTP/1.0 without Host: http.scope answers."""
     site = sites(http={"scope": "shop"})

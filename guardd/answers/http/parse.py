@@ -313,6 +313,11 @@ def parse_head(head: bytes) -> ParsedRequest:
         persist = _KEEP
     else:
         persist = _KEEP_10 if keep_alive else _CLOSE
+    if target[:1] != b"/" and target != b"*":
+        # Absolute form: the target's authority is the host, whatever Host says
+        # (RFC 9112 3.2.2).
+        authority = target.partition(b"://")[2].split(b"/", 1)[0].split(b"?", 1)[0]
+        host = _host_name(authority.rpartition(b"@")[2].lower()) if authority else host
     return ParsedRequest(
         _target_path(target), method == b"HEAD", persist, accept, body_length, fields, host
     )
