@@ -383,3 +383,57 @@ def test_a_flip_rebuilds_only_that_scopes_answers() -> None:
     # "Anything may have changed" (a flip of default) drops every scope's answers.
     shared.publish(shared.settings, Snapshot(statuses=flipped), None)
     assert shared.answers_for("shop") is not shop
+
+
+# --------------------------------------------------------------------------- scale
+
+
+@pytest.mark.heavy
+def test_ten_thousand_scopes(make_guardd: Callable[..., Guardd]) -> None:
+    """10,000 scopes with a host name each: guardd starts, answers each site by path and
+    by Host, flips one without touching another, and watches 2 directories in all."""
+    port = free_port()
+    count = 10_000
+    daemon = make_guardd(
+        {
+            "http": {"listen": [f"127.0.0.1:{port}"]},
+            "scopes": {f"s{i}": {"hosts": [f"s{i}.example.com"]} for i in range(count)},
+        }
+    )
+    daemon.start(wait_ready=False)
+    wait_until(lambda: "ready" in daemon.log(), timeout=120, what="guardd ready")
+    site = Sites(daemon, port)
+    assert site.get("/healthz/s9999").json()["scope"] == "s9999"
+    assert site.get("/maintenance.json", host="s4321.example.com").json()["scope"] == "s4321"
+    untouched = site.get("/", host="s7.example.com")
+    site.on("s5000", reason="one of many")
+    page = site.get("/", host="s5000.example.com")
+    assert page.header("Guard-Maintenance") == "s5000"
+    again = site.get("/", host="s7.example.com")
+    assert (again.status, again.body) == (untouched.status, untouched.body)
+    assert site.get("/healthz/s4999").status == 200
+    # Every flag sits in one lock_dir: one watch for it, one for the runtime dir.
+    assert daemon.process is not None
+    fdinfo = Path(f"/proc/{daemon.process.pid}/fdinfo")
+    watches = sum(
+        path.read_text().count("inotify wd:") for path in fdinfo.iterdir() if path.is_file()
+    )
+    assert watches == 2
+
+
+def test_scope_flag_removed_while_default_is_on_stays_on(sites: Callable[..., Sites]) -> None:
+    """A flip of one scope is published alone, yet still under default's flag: shop's own
+    flag removed while default is on leaves shop on (503), and default's removal frees it."""
+    site = sites()
+    write_flag(site.guardd.flag("default"), {"reason": "host work"})
+    site.wait("shop", "on")
+    site.on("shop", reason="own")
+    assert site.get("/healthz/shop").json()["reason"] == "own"
+    site.guardd.flag("shop").unlink()
+    wait_until(
+        lambda: site.get("/healthz/shop").json()["reason"] == "host work", what="default's reason"
+    )
+    assert site.get("/healthz/shop").status == 503
+    site.guardd.flag("default").unlink()
+    site.wait("shop", "off")
+    site.wait("blog", "off")
