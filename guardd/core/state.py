@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -79,9 +79,15 @@ def all_statuses(
 
 def summary(statuses: Mapping[str, ScopeStatus]) -> str:
     """One line for systemd's STATUS=: what is in maintenance, and jobs left."""
-    busy = [s for s in statuses.values() if s.in_maintenance]
+    return busy_summary([s for s in statuses.values() if s.in_maintenance], len(statuses))
+
+
+def busy_summary(busy: Iterable[ScopeStatus], total: int) -> str:
+    """``summary`` from the scopes in maintenance alone (in scope order) and the
+    number of scopes: what a daemon keeping the busy ones apart passes."""
+    busy = sorted(busy, key=lambda status: status.scope)
     if not busy:
-        return f"all {len(statuses)} scope(s) in service"
+        return f"all {total} scope(s) in service"
     parts = []
     for status in busy:
         text = f"{status.scope} {status.state}"

@@ -35,7 +35,7 @@ from guardd.core.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.core.state import ScopeStatus, Snapshot, all_statuses, scope_status, summary
+from guardd.core.state import ScopeStatus, Snapshot, all_statuses, busy_summary, scope_status
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
@@ -99,13 +99,17 @@ class Daemon:
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
         self.statuses: dict[str, ScopeStatus] = {}
+        # The scopes in maintenance, kept apart so that a flip costs the same with
+        # 1 or 10,000 scopes (the STATUS= line, the drain timer).
+        self.busy: dict[str, ScopeStatus] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
         self.reload_requested = False
         self.wake = asyncio.Event()
         # Refresh bookkeeping: what must be re-read, coalesced across bursts.
         self.dirty_scopes: set[str] = set()
-        self.jobs_dirty = False
+        self.jobs_dirty = False  # recount every scope's jobs
+        self.job_scopes: set[str] = set()  # recount these scopes' jobs only
         self.schedule_dirty = False
         self.schedule_timer: asyncio.TimerHandle | None = None
         self.refresh_wanted = asyncio.Event()
@@ -157,7 +161,7 @@ class Daemon:
             await listener.start()
             listener.update(self.snapshot())
         self._start_watchdog(loop)
-        line = summary(self.statuses)
+        line = busy_summary(self.busy.values(), len(self.statuses))
         self.notifier.ready(line)
         where = [f"control socket {self.config.control.socket}"]
         where += [listener.describe() for listener in self.listeners]
@@ -345,6 +349,7 @@ class Daemon:
             self._publish()
         else:
             self.statuses = all_statuses(self.flags, self.jobs)
+            self.busy = {s: status for s, status in self.statuses.items() if status.in_maintenance}
             self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
 
@@ -418,6 +423,7 @@ class Daemon:
             self.refresh_wanted.clear()
             scopes, self.dirty_scopes = sorted(self.dirty_scopes), set()
             jobs_dirty, self.jobs_dirty = self.jobs_dirty, False
+            job_scopes, self.job_scopes = self.job_scopes, set()
             schedule_dirty, self.schedule_dirty = self.schedule_dirty, False
             try:
                 if schedule_dirty:
@@ -426,19 +432,36 @@ class Daemon:
                     # Flags first: the flip reaches HTTP answers before jobs are counted.
                     self._take_flags(await asyncio.to_thread(self._read_flags, scopes))
                     self._publish(scopes=scopes)
-                    jobs_dirty = True  # a new flag may start a drain
-                if jobs_dirty:
-                    old_jobs = self.jobs
-                    self.jobs = await asyncio.to_thread(count_jobs, self._run_locks())
-                    self._publish(
-                        scopes=[
-                            scope
-                            for scope in self.jobs.keys() | old_jobs.keys()
-                            if self.jobs.get(scope, 0) != old_jobs.get(scope, 0)
-                        ]
-                    )
+                    # A new flag may start a drain: count the jobs of the scopes it
+                    # covers (default's covers all); other counts follow their own
+                    # run-lock events.
+                    if DEFAULT_SCOPE in scopes:
+                        jobs_dirty = True
+                    else:
+                        job_scopes.update(scopes)
+                if jobs_dirty or job_scopes:
+                    await self._recount_jobs(None if jobs_dirty else job_scopes)
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
+
+    async def _recount_jobs(self, scopes: set[str] | None) -> None:
+        """Count the jobs of ``scopes`` (None: every scope) off the loop; publish the
+        scopes whose count changed."""
+        if scopes is None:
+            locks = self._run_locks()
+        else:
+            runtime_dir, known = self.config.runtime_dir, self.config.scopes
+            locks = {s: run_lock_path(runtime_dir, s) for s in scopes if s in known}
+        counted = await asyncio.to_thread(count_jobs, locks)
+        old = self.jobs
+        self.jobs = counted if scopes is None else {**old, **counted}
+        self._publish(
+            scopes=[
+                scope
+                for scope in (self.jobs.keys() | old.keys() if scopes is None else counted)
+                if self.jobs.get(scope, 0) != old.get(scope, 0)
+            ]
+        )
 
     async def _refresh_schedule(self) -> None:
         """Carry out due windows; a schedule that cannot be read (an unreadable lock
@@ -488,6 +511,14 @@ class Daemon:
                 self.flags,
             )
         self.statuses = new
+        if scopes is None or DEFAULT_SCOPE in scopes:
+            self.busy = {scope: status for scope, status in new.items() if status.in_maintenance}
+        else:
+            for scope, status in changed.items():
+                if status.in_maintenance:
+                    self.busy[scope] = status
+                else:
+                    self.busy.pop(scope, None)
         if scopes is None:
             self.published_flags = dict(self.flags)
         else:
@@ -510,20 +541,21 @@ class Daemon:
         if self.control is not None:
             self.control.broadcast(changed)
         self._update_listeners(None if len(changed) > CHANGED_LIMIT else frozenset(changed))
-        self.notifier.status(summary(self.statuses))
+        self.notifier.status(busy_summary(self.busy.values(), len(self.statuses)))
         if self.fleet is not None:
             self.fleet.local_changed()
 
     def _schedule_drain_recount(self) -> None:
         """Recount jobs on a timer only while a scope drains: no idle wake-ups."""
-        draining = any(s.state == "draining" for s in self.statuses.values())
+        draining = any(s.state == "draining" for s in self.busy.values())
         if draining and self.drain_timer is None:
             loop = asyncio.get_running_loop()
             self.drain_timer = loop.call_later(DRAIN_RECOUNT_INTERVAL, self._drain_tick)
 
     def _drain_tick(self) -> None:
+        # Only a draining scope waits for a job's end that no file event reports.
         self.drain_timer = None
-        self.jobs_dirty = True
+        self.job_scopes.update(s.scope for s in self.busy.values() if s.state == "draining")
         self.refresh_wanted.set()
 
     # ------------------------------------------------------------------ schedule
