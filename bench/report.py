@@ -80,11 +80,24 @@ def check_goals(results: dict) -> list[dict]:
                     value >= 0.95,
                 )
             )
+            cost = step["vs_1_scope"][name]["cpu_per_request"]
+            goals.append(
+                _goal(
+                    f"10,000 scopes: {name} CPU/request <= 1/0.95 of 1 scope (in process)",
+                    cost,
+                    "<= 1.05",
+                    cost <= 1 / 0.95,
+                )
+            )
         for key, label in (("watch_event", "watch event"), ("healthz_changed", "/healthz/<s>")):
             p99 = step["flip"][key]["p99_ms"]
             goals.append(
                 _goal(f"10,000 scopes: flip -> {label} p99 < 5 ms", p99, "< 5 ms", p99 < 5)
             )
+        rebuilt = step["hot_path"]["answers_rebuilt_per_flip"]
+        goals.append(
+            _goal("10,000 scopes: one flip rebuilds one scope", rebuilt, "1", rebuilt == 1)
+        )
         wall = step["start"]["wall_s"]
         goals.append(_goal("10,000 scopes: start-up < 2 s (wall)", wall, "< 2 s", wall < 2))
         rss = round(step["memory"]["rss_kb"] / 1024, 1)
@@ -316,6 +329,11 @@ def sections(results: dict) -> list[tuple[str, list[list[str]]]]:
                 step["page"]["rps"],
                 step["vs_1_scope"]["page"]["rps"],
                 step["page"]["p99_ms"],
+                step["hot_path"]["health_us"],
+                step["vs_1_scope"]["health"]["cpu_per_request"],
+                step["hot_path"]["page_us"],
+                step["vs_1_scope"]["page"]["cpu_per_request"],
+                step["hot_path"]["answers_rebuilt_per_flip"],
             ]
             for step in sites["steps"].values()
         ]
@@ -332,6 +350,11 @@ def sections(results: dict) -> list[tuple[str, list[list[str]]]]:
                         "page by Host req/s",
                         "x 1 scope",
                         "p99 ms",
+                        "/healthz/<s> CPU us/req",
+                        "x 1 scope",
+                        "page CPU us/req",
+                        "x 1 scope",
+                        "answers rebuilt per flip",
                     ],
                     rows,
                 ),

@@ -36,6 +36,10 @@ from http_load import wrk
 
 STEPS = (1, 100, 1_000, 10_000)
 CONNECTIONS = 64
+# In-process hot path: 64 pipelined requests fed to one connection, this many times
+# per round; the best round of ROUNDS, in CPU time of the measuring thread.
+FEEDS = 100
+ROUNDS = 40
 
 
 def _write_config(daemon: Guardd, scopes: int) -> None:
@@ -60,6 +64,75 @@ def inotify_watches(pid: int) -> int:
             continue
         total += text.count("inotify wd:")
     return total
+
+
+def hot_path(config_paths: dict[int, Path]) -> dict[str, dict[str, float]]:
+    """CPU per request of guardd's request path, in this process, per step: parse
+    (remembered per distinct head), choose the scope, frame the answer; no sockets.
+    The steps alternate round after round; the best round counts (noise only adds)."""
+    import asyncio
+    from typing import cast
+
+    from guardd.answers.http.connection import HttpConnection
+    from guardd.answers.http.replies import Answers
+    from guardd.config.load import load_config
+    from guardd.core.state import ScopeStatus, Snapshot
+    from guardd.daemon.listeners import HttpListener
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def get_extra_info(self, name: str) -> object:
+            return ("127.0.0.1", 40000)
+
+    async def measure() -> dict[str, dict[str, float]]:
+        loop = asyncio.get_running_loop()
+        cases = []
+        listeners: dict[int, HttpListener] = {}
+        for count, path in config_paths.items():
+            listener = listeners[count] = HttpListener(load_config(str(path)))
+            listener.update(Snapshot(statuses={}))
+            connection = HttpConnection(listener.shared, loop)
+            connection.transport = cast(asyncio.Transport, Sink())
+            middle = f"s{count // 2}"
+            for name, target, host in (
+                ("health", f"/healthz/{middle}", "bench"),
+                ("page", "/", f"{middle}.example.com"),
+            ):
+                head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAccept: */*\r\n\r\n"
+                cases.append((str(count), name, connection, head.encode() * 64))
+        best = {(count, name): float("inf") for count, name, _, _ in cases}
+        for _ in range(ROUNDS):
+            for count, name, connection, batch in cases:
+                started = time.thread_time()
+                for _ in range(FEEDS):
+                    connection._feed(batch)
+                per_request = (time.thread_time() - started) / (FEEDS * 64)
+                best[(count, name)] = min(best[(count, name)], per_request)
+        out: dict[str, dict[str, float]] = {}
+        for (count, name), seconds in best.items():
+            out.setdefault(count, {})[f"{name}_us"] = round(seconds * 1e6, 3)
+        for count, listener in listeners.items():
+            out[str(count)]["answers_rebuilt_per_flip"] = rebuilds(listener, count)
+        return out
+
+    def rebuilds(listener: HttpListener, count: int) -> float:
+        """Answers made again when one scope flips, every scope's answers in use."""
+        shared = listener.shared
+        names = [f"s{i}" for i in range(count)]
+        for name in names:
+            shared.answers_for(name)
+        flipped = f"s{count // 2}"
+        before = Answers.builds
+        status = ScopeStatus(flipped, "on", None, None, "bench", 0)
+        statuses = {**listener.snapshot.statuses, flipped: status}
+        listener.update(Snapshot(statuses=statuses, changed=frozenset({flipped})))
+        for name in names:
+            shared.answers_for(name)
+        return float(Answers.builds - before)
+
+    return asyncio.run(measure())
 
 
 def _start_timed(daemon: Guardd) -> dict:
@@ -136,12 +209,18 @@ def run(procs: Processes, *, flips: int, duration: float, rounds: int) -> dict:
                     "p99_ms": round(median([r["p99_us"] for r in runs]) / 1000, 3),
                     "rps_runs": [r["rps"] for r in runs],
                 }
+        with pinned(CLIENT_CPU):
+            cpu = hot_path({count: daemon.config_path for count, daemon in daemons.items()})
         base = steps[str(STEPS[0])]
-        for step in steps.values():
+        for count, step in steps.items():
+            step["hot_path"] = cpu[count]
             step["vs_1_scope"] = {
                 name: {
                     "rps": ratio(step[name]["rps"], base[name]["rps"]),
                     "p99": ratio(step[name]["p99_ms"], base[name]["p99_ms"]),
+                    "cpu_per_request": ratio(
+                        cpu[count][f"{name}_us"], cpu[str(STEPS[0])][f"{name}_us"]
+                    ),
                 }
                 for name in ("health", "page")
             }
