@@ -14,7 +14,7 @@ from tests.e2e.sites import CountingApp, running_nginx
 from tests.helpers import Guardd, free_port, wait_until
 from tests.httpclient import Connection, Response, template, write_flag
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nginx-gate.conf"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "modes-e2e-secret-0123456789"
 SCOPES = {"shop": {"modes": {"checkout": {"paths": ["/checkout", "/cart/pay"]}}}}
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
@@ -46,9 +46,12 @@ class Stack:
         )
 
 
-@pytest.fixture
-def stack(make_guardd: Callable[..., Guardd], tmp_short: Path) -> Iterator[Stack]:
-    """guardd (scope shop, a checkout mode, a bypass secret), the app, nginx."""
+@pytest.fixture(params=["nginx-gate.conf", "nginx-gate-fast.conf"])
+def stack(
+    request: pytest.FixtureRequest, make_guardd: Callable[..., Guardd], tmp_short: Path
+) -> Iterator[Stack]:
+    """guardd (scope shop, a checkout mode, a bypass secret), the app, and nginx running
+    each gate example (always asking guardd, or only while a flag exists)."""
     tmp_short.chmod(0o755)
     http_port, front_port = free_port(), free_port()
     daemon = make_guardd(
@@ -59,14 +62,16 @@ def stack(make_guardd: Callable[..., Guardd], tmp_short: Path) -> Iterator[Stack
         }
     ).start()
     app = CountingApp()
-    site = template(
-        EXAMPLE,
-        {
-            "listen 80;": f"listen 127.0.0.1:{front_port};",
-            "127.0.0.1:8000": f"127.0.0.1:{app.port}",
-            "127.0.0.1:8089": f"127.0.0.1:{http_port}",
-        },
-    )
+    replacements = {
+        "listen 80;": f"listen 127.0.0.1:{front_port};",
+        "127.0.0.1:8000": f"127.0.0.1:{app.port}",
+        "127.0.0.1:8089": f"127.0.0.1:{http_port}",
+    }
+    if request.param == "nginx-gate-fast.conf":
+        replacements["/var/lib/guardd/"] = f"{daemon.lock_dir}/"
+        daemon.root.chmod(0o755)
+        daemon.lock_dir.chmod(0o755)
+    site = template(EXAMPLES / request.param, replacements)
     try:
         with running_nginx(tmp_short / "nginx", site, front_port):
             yield Stack(daemon, app, front_port)
@@ -127,3 +132,14 @@ def test_full_maintenance_and_off(stack: Stack) -> None:
     stack.guardd.flag("shop").unlink()
     wait_until(lambda: stack.request("POST", "/products").status == 200, what="writes again")
     assert stack.app.seen[("GET", "/products")] == 0
+
+
+def test_gate_without_guardd(stack: Stack, request: pytest.FixtureRequest) -> None:
+    """guardd stopped: the fast gate serves the site while no flag exists and fails
+    closed (500) once one does; the always-asking gate fails closed at once."""
+    stack.guardd.stop()
+    fast = "fast" in request.node.callspec.id
+    assert stack.request("GET", "/products").status == (200 if fast else 500)
+    write_flag(stack.guardd.flag("shop"), {"reason": "r"})
+    assert stack.request("GET", "/products").status == 500
+    assert stack.app.seen[("GET", "/products")] == (1 if fast else 0)
