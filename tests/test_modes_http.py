@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.test_http import Served, serve  # noqa: F401 -- the fixture, reused
 
 GATE_MODES = {"shop": {"modes": {"checkout": {"paths": ["/checkout", "/cart/pay"]}}}}
@@ -110,3 +111,25 @@ def test_every_answer_kind_is_distinct() -> None:
     from guardd.answers.http.parse import Kind
 
     assert len(set(Kind)) == len(Kind.__members__)
+
+
+def test_default_and_scope_modes_combine_at_the_gate(shop: Served) -> None:
+    """default in read-only and shop in checkout: the gate stops what either matches."""
+    shop.on("shop", mode="checkout")
+    shop.guardd.flag("default").write_text('{"mode": "read-only"}')
+
+    def both() -> bool:
+        return bool(shop.get("/maintenance.json").json()["mode"] == "checkout+read-only")
+
+    wait_until(both, what="both modes in force")
+    assert gate(shop, "POST", "/products") == (403, None)
+    assert gate(shop, "GET", "/checkout") == (403, None)
+    assert gate(shop, "GET", "/products") == (204, "checkout+read-only")
+
+
+def test_unknown_mode_is_logged_once(shop: Served) -> None:
+    """A flag naming a mode the scope lacks: full maintenance, one warning in the log."""
+    shop.on("shop", mode="typo-mode")
+    shop.guardd.flag("shop").write_text('{"mode": "typo-mode", "reason": "again"}')
+    wait_until(lambda: shop.get("/maintenance.json").json()["reason"] == "again")
+    assert shop.guardd.log().count("mode 'typo-mode', which is not configured") == 1
