@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, get_args
 
 from guardd.core.paths import (
@@ -33,8 +34,26 @@ class ListenAddress:
 
 
 @dataclass(frozen=True)
+class ModeConfig:
+    """A partial maintenance: only requests with a method in ``methods`` and a path
+    matching one of ``paths`` (regular expressions from the start of the normalised
+    path) are in maintenance. None matches every request."""
+
+    methods: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
+
+
+# Every scope has it; config may redefine it (SPEC, "Partial maintenance").
+READ_ONLY = "read-only"
+BUILTIN_MODES: Mapping[str, ModeConfig] = MappingProxyType(
+    {READ_ONLY: ModeConfig(methods=("POST", "PUT", "PATCH", "DELETE"))}
+)
+
+
+@dataclass(frozen=True)
 class ScopeConfig:
-    """A named scope, the flag file that drives it, and its own answers' settings.
+    """A named scope, the flag file that drives it, its partial-maintenance modes,
+    and its own answers' settings.
 
     Every override left as None falls back to the global setting (``http.*``,
     ``agent.withdraw_as``, ``bypass``); the ``Config.scope_*`` methods resolve it.
@@ -52,6 +71,7 @@ class ScopeConfig:
     api_prefixes: tuple[str, ...] | None = None
     withdraw_as: WithdrawAs | None = None
     bypass: BypassConfig | None = None
+    modes: Mapping[str, ModeConfig] = field(default_factory=lambda: BUILTIN_MODES)
 
 
 @dataclass(frozen=True)
@@ -167,6 +187,10 @@ class Config:
         """The scope's whole ``bypass`` section (its own replaces the global one)."""
         own = self.scopes[scope].bypass
         return own if own is not None else self.bypass
+
+    def known_modes(self) -> dict[str, tuple[str, ...]]:
+        """Every scope's mode names (what a flag's ``mode`` may name)."""
+        return {name: tuple(scope.modes) for name, scope in self.scopes.items()}
 
     def require_scope(self, scope: str) -> str:
         """Return ``scope`` if configured, else a usage error naming the known scopes."""

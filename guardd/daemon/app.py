@@ -87,6 +87,7 @@ class Daemon:
 
     def __init__(self, *, config: Config, config_path: str | None) -> None:
         self.config = config
+        self.unknown_modes_seen: set[tuple[str, str]] = set()
         self.config_path = config_path
         self.notifier = Notifier()
         # Current knowledge, kept in memory so that no answer touches the disk.
@@ -348,7 +349,7 @@ class Daemon:
         if publish:
             self._publish()
         else:
-            self.statuses = all_statuses(self.flags, self.jobs)
+            self.statuses = all_statuses(self.flags, self.jobs, self.known_modes)
             self.busy = {s: status for s, status in self.statuses.items() if status.in_maintenance}
             self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
@@ -476,6 +477,32 @@ class Daemon:
         self._arm_schedule_timer()
         self._publish(force=True, scopes=())
 
+    @property
+    def known_modes(self) -> dict[str, tuple[str, ...]]:
+        """Every scope's mode names, from the config in force."""
+        return self.config.known_modes()
+
+    def _log_unknown_modes(self, scopes: Collection[str] | None = None) -> None:
+        """A flag naming a mode its scope lacks is full maintenance: say so, once.
+        ``scopes``: only these scopes' flags changed (None: look at every flag)."""
+        flags = self.flags
+        for scope in flags if scopes is None else scopes:
+            flag = flags.get(scope)
+            if flag is None or flag.mode is None:
+                continue
+            settings = self.config.scopes.get(scope)
+            key = (scope, flag.mode)
+            if settings is None or flag.mode in settings.modes or key in self.unknown_modes_seen:
+                continue
+            self.unknown_modes_seen.add(key)
+            log.warning(
+                "scope %s: the flag names mode %r, which is not configured (known: %s); "
+                "treating it as full maintenance",
+                scope,
+                flag.mode,
+                ", ".join(sorted(settings.modes)),
+            )
+
     def _publish(self, *, force: bool = False, scopes: Collection[str] | None = None) -> None:
         """Recompute statuses; tell watchers, listeners, hooks and systemd what changed.
 
@@ -486,20 +513,24 @@ class Daemon:
         """
         old = self.statuses
         if scopes is None or DEFAULT_SCOPE in scopes:
-            new = all_statuses(self.flags, self.jobs)
+            new = all_statuses(self.flags, self.jobs, self.known_modes)
+            self._log_unknown_modes()
             changed = {scope: status for scope, status in new.items() if old.get(scope) != status}
             calls = transitions(old, new, self.published_flags, self.flags)
         else:
+            self._log_unknown_modes(scopes)
             default_flag = self.flags.get(DEFAULT_SCOPE)
             changed = {}
             for scope in scopes:
-                if scope not in self.flags:
+                settings = self.config.scopes.get(scope)
+                if scope not in self.flags or settings is None:
                     continue  # dropped by a reload
                 status = scope_status(
                     scope,
                     own_flag=self.flags[scope],
                     default_flag=default_flag,
                     jobs=self.jobs.get(scope, 0),
+                    known_modes=tuple(settings.modes),
                 )
                 if old.get(scope) != status:
                     changed[scope] = status

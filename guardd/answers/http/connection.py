@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import cast
 
-from guardd.answers.gate import BYPASS_PATH
+from guardd.answers.gate import BYPASS_PATH, Verdict
 from guardd.answers.http.parse import (
     _BYPASS,
     _CLOSE,
@@ -19,13 +19,14 @@ from guardd.answers.http.parse import (
     _PAGE_JSON,
     _STATUS,
     _UNKNOWN_SCOPE,
+    BANNER_PATH,
     BYPASS_PREFIX,
     FLUSH_BYTES,
+    GUARDD_STATUS_PATH,
     HEAD_CACHE_MAX_BYTES,
     HEAD_CACHE_SIZE,
     LINGER_SECONDS,
     MAX_HEAD,
-    STATUS_ALIAS,
     STATUS_PATH,
     Kind,
     _find_head_end,
@@ -34,6 +35,7 @@ from guardd.answers.http.parse import (
     parse_head,
 )
 from guardd.answers.http.replies import HttpShared, Routed
+from guardd.answers.modes import stops_request
 
 
 class HttpConnection(asyncio.Protocol):
@@ -160,6 +162,8 @@ class HttpConnection(asyncio.Protocol):
             heads += 1
             if kind is _GATE:
                 kind = self._gate(scope, fields, now)
+            elif kind is _STATUS:
+                kind = self._status(scope, fields, now)
             answers = answers_of.get(scope) or shared.answers_for(scope)
             answer = answers.wire(kind, head_only, persist, now)
             out.append(answer)
@@ -192,8 +196,10 @@ class HttpConnection(asyncio.Protocol):
             return settings.scope_of_host(host), _GATE
         if path == settings.health_path:
             return settings.scope_of_host(host), _HEALTH
-        if path in (STATUS_PATH, STATUS_ALIAS):
-            return settings.scope_of_host(host), _STATUS
+        if path in (STATUS_PATH, GUARDD_STATUS_PATH):
+            return settings.scope_of_host(host), _STATUS  # decided per request
+        if path == BANNER_PATH:
+            return settings.scope, Kind.BANNER
         if path.startswith(settings.gate_prefix):
             # A scope named in the gate path wins over Host: the proxy's own choice,
             # which a client cannot change by sending another Host.
@@ -221,6 +227,13 @@ class HttpConnection(asyncio.Protocol):
             return scope, _PAGE_JSON
         return scope, _PAGE_HTML
 
+    def _peer(self) -> str | None:
+        peer = self.peer
+        if peer is None and self.transport is not None:
+            name = self.transport.get_extra_info("peername")
+            peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
+        return peer
+
     def _gate(self, scope: str, fields: bytes, now: float) -> Kind:
         """The gate's answer for ``scope``."""
         shared = self.shared
@@ -228,11 +241,11 @@ class HttpConnection(asyncio.Protocol):
         if not answers.maintenance:
             # The hottest path behind nginx: while the scope is off, no work at all.
             return _GATE_OPEN
-        original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
-        peer = self.peer
-        if peer is None and self.transport is not None:
-            name = self.transport.get_extra_info("peername")
-            peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
+        original_uri, forwarded_for, real_ip, cookie, method = gate_headers(fields)
+        modes = answers.mode_rules
+        if modes and not stops_request(modes, method, original_uri):
+            return Kind.GATE_MODE  # only a mode is in force, and it spares this request
+        peer = self._peer()
         verdict = shared.gate_for(scope).decide(
             original_uri=original_uri,
             peer=peer,
@@ -242,6 +255,24 @@ class HttpConnection(asyncio.Protocol):
             now=now,
         )
         return _GATE_KINDS[verdict]
+
+    def _status(self, scope: str, fields: bytes, now: float) -> Kind:
+        """/maintenance.json, saying whether this client's cookie or address would pass
+        the gate (the banner tells such visitors they see the site in maintenance)."""
+        gate = self.shared.gate_for(scope)
+        rules = gate.rules
+        if not rules.cidrs and not (rules.signer.enabled and b"ookie" in fields):
+            return _STATUS
+        _, forwarded_for, real_ip, cookie, _ = gate_headers(fields)
+        verdict = gate.decide(
+            original_uri=None,
+            peer=self._peer(),
+            forwarded_for=forwarded_for,
+            real_ip=real_ip,
+            cookie=cookie,
+            now=now,
+        )
+        return _STATUS if verdict is Verdict.DENY else Kind.STATUS_BYPASS
 
     # ------------------------------------------------------------------ closing
 
