@@ -296,9 +296,16 @@ def test_named_agent_answers_per_scope(make_guardd: Callable[..., Guardd]) -> No
     ).start()
     for scope in ("shop", "blog", "wiki"):
         write_flag(daemon.flag(scope), {"reason": f"{scope} work"})
-    wait_until(lambda: _agent_read(port, b"shop\n") == b"drain #shop work\n", what="shop drain")
-    assert _agent_read(port, b"blog\n") == b"up ready 100%\n"
-    assert _agent_read(port, b"wiki\r\n") == b"maint #wiki work\n"
+    wait_until(
+        lambda: all(
+            daemon.request({"op": "status"})["scopes"][scope]["state"] == "on"
+            for scope in ("shop", "blog", "wiki")
+        ),
+        what="three scopes on",
+    )
+    assert _agent_read(port, b"shop\n") == b"drain #shop work\n"  # its own withdraw_as
+    assert _agent_read(port, b"blog\n") == b"up ready 100%\n"  # its own policy: stay
+    assert _agent_read(port, b"wiki\r\n") == b"maint #wiki work\n"  # the global withdraw_as
     assert _agent_read(port, b"default\n") == b"up ready 100%\n"
     assert _agent_read(port, b"nope\n") == b"down #unknown scope\n"
     assert _agent_read(port, b"wiki", shut=True) == b"maint #wiki work\n"
@@ -427,8 +434,8 @@ def test_scope_flag_removed_while_default_is_on_stays_on(sites: Callable[..., Si
     site = sites()
     write_flag(site.guardd.flag("default"), {"reason": "host work"})
     site.wait("shop", "on")
-    site.on("shop", reason="own")
-    assert site.get("/healthz/shop").json()["reason"] == "own"
+    write_flag(site.guardd.flag("shop"), {"reason": "own"})
+    wait_until(lambda: site.get("/healthz/shop").json()["reason"] == "own", what="shop's reason")
     site.guardd.flag("shop").unlink()
     wait_until(
         lambda: site.get("/healthz/shop").json()["reason"] == "host work", what="default's reason"
