@@ -114,13 +114,8 @@ def test_one_site_in_maintenance_leaves_the_other_alone(stack: Stack) -> None:
     blog = stack.get("blog.example.com", "/post/1")
     assert (blog.status, blog.body) == (200, BLOG_BODY)
     assert "guard-maintenance" not in blog.header_names()
-    api = stack.get("shop.example.com", "/api/orders")
-    assert api.json() == {
-        "maintenance": True,
-        "reason": "Stock count",
-        "until": None,
-        "retry_after": 300,
-    }
+    api = stack.get("shop.example.com", "/api/orders").json()
+    assert (api["maintenance"], api["reason"], api["retry_after"]) == (True, "Stock count", 300)
 
     stack.off("shop", SHOP_BODY)
     stack.on("blog", "Theme upgrade")
@@ -141,11 +136,11 @@ def test_default_flag_shows_each_site_its_own_page(stack: Stack) -> None:
     _maintenance_page(stack.get("blog.example.com"), "blog", "Host reboot")
 
 
+@pytest.mark.parametrize("stack", ["nginx-gate-sites.conf"], indirect=True)
 def test_gate_bypass_cookie_opens_one_site_only(stack: Stack) -> None:
     """Gate variant: the cookie from shop's bypass URL lets its holder into shop, not blog;
     /.guardd/maintenance.json answers for the block's own site."""
-    if not stack.gate:
-        pytest.skip("the flag-test variant has no gate")
+    assert stack.gate
     stack.on("shop", "Stock count")
     stack.on("blog", "Theme upgrade")
     visit = stack.get("shop.example.com", f"/.guardd/bypass/{SECRET}")
