@@ -87,7 +87,11 @@ def parse_config_text(raw: bytes | str, *, source: str) -> Config:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(f"{source}: {where}invalid YAML: {err.problem}") from None
+        problem = err.problem or ""
+        if "nesting depth" in problem:
+            # libyaml's limit; the same words as the pure-Python parser's RecursionError.
+            problem = "nested too deeply"
+        raise ConfigError(f"{source}: {where}invalid YAML: {problem}") from None
     except yaml.YAMLError as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"{source}: invalid YAML: {first_line}") from None
