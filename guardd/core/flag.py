@@ -1,7 +1,8 @@
 """The flag file: read it (never raises on garbage), write it atomically, remove it.
 
 A scope is in maintenance exactly while its flag file exists; the content only adds
-detail (reason, until, since, by).
+detail (reason, until, since, by, note). ``reason`` is public (pages, JSON answers,
+agent lines); ``note`` is for operators only (status, watch, logs).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from guardd.core.durations import format_time, format_timestamp, parse_time
 MAX_FLAG_BYTES = 64 * 1024
 MAX_REASON_CHARS = 1000
 MAX_PLAIN_REASON_CHARS = 200
+MAX_NOTE_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,15 @@ class FlagInfo:
     until: str | None
     since: str
     by: str | None
+    # Internal text for operators: never on a page, a JSON answer or an agent line.
+    note: str | None = None
 
     def to_json_obj(self) -> dict[str, str | None]:
         """The JSON object written to a flag file."""
-        return {"reason": self.reason, "until": self.until, "since": self.since, "by": self.by}
+        obj = {"reason": self.reason, "until": self.until, "since": self.since, "by": self.by}
+        if self.note is not None:
+            obj["note"] = self.note
+        return obj
 
 
 def clean_text(text: str, *, limit: int) -> str | None:
@@ -66,6 +73,7 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
         if isinstance(obj, dict):
             reason = obj.get("reason")
             by = obj.get("by")
+            note = obj.get("note")
             return FlagInfo(
                 reason=clean_text(reason, limit=MAX_REASON_CHARS)
                 if isinstance(reason, str)
@@ -73,6 +81,7 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
                 until=_json_time(obj.get("until")),
                 since=_json_time(obj.get("since")) or format_timestamp(mtime),
                 by=clean_text(by, limit=200) if isinstance(by, str) else None,
+                note=clean_text(note, limit=MAX_NOTE_CHARS) if isinstance(note, str) else None,
             )
     first_line = stripped.split("\n", 1)[0] if stripped else ""
     if "\x00" in first_line:
@@ -140,7 +149,12 @@ def flag_exists(path: str) -> bool:
 
 
 def make_flag(
-    *, reason: str | None, until: datetime | None, by: str | None, now: datetime
+    *,
+    reason: str | None,
+    until: datetime | None,
+    by: str | None,
+    now: datetime,
+    note: str | None = None,
 ) -> FlagInfo:
     """A new flag's content, cleaned the same way as one read from disk."""
     return FlagInfo(
@@ -148,6 +162,21 @@ def make_flag(
         until=format_time(until) if until else None,
         since=format_time(now),
         by=by,
+        note=clean_text(note, limit=MAX_NOTE_CHARS) if note else None,
+    )
+
+
+def renew_flag(existing: FlagInfo | None, new: FlagInfo) -> FlagInfo:
+    """``guardctl on`` over a scope that is already on: keep ``since``, and keep
+    ``reason``, ``until`` and ``note`` unless the new flag gives them again."""
+    if existing is None:
+        return new
+    return FlagInfo(
+        reason=new.reason if new.reason is not None else existing.reason,
+        until=new.until if new.until is not None else existing.until,
+        since=existing.since,
+        by=new.by,
+        note=new.note if new.note is not None else existing.note,
     )
 
 

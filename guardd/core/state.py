@@ -6,10 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from guardd.core.durations import parse_time
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
 
 State = Literal["off", "draining", "on"]
+# Why a scope is on when its own flag is absent: host-wide maintenance.
+Via = Literal["default"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,13 @@ class ScopeStatus:
     until: str | None
     reason: str | None
     jobs: int
+    # ``until`` has passed and the flag is still there.
+    overdue: bool = False
+    # "default": on only because ``default`` is (the scope's own flag is absent).
+    via: Via | None = None
+    # Who wrote the flag in force, and the operators' internal note (never public).
+    by: str | None = None
+    note: str | None = None
 
     @property
     def in_maintenance(self) -> bool:
@@ -29,14 +39,37 @@ class ScopeStatus:
         return self.state != "off"
 
     def fields(self) -> dict[str, object]:
-        """The five fields of the status reply, in the SPEC's order."""
+        """The status reply's fields: the SPEC's five, then overdue, via, by, note.
+
+        For the control socket only (status, watch): ``note`` is internal text.
+        """
         return {
             "state": self.state,
             "since": self.since,
             "until": self.until,
             "reason": self.reason,
             "jobs": self.jobs,
+            "overdue": self.overdue,
+            "via": self.via,
+            "by": self.by,
+            "note": self.note,
         }
+
+
+def until_epoch(until: str | None) -> float | None:
+    """The Unix time of an RFC 3339 ``until``, or None when absent or unreadable."""
+    if until is None:
+        return None
+    try:
+        return parse_time(until).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def is_overdue(until: str | None, now: float) -> bool:
+    """True once the expected end ``until`` has passed."""
+    end = until_epoch(until)
+    return end is not None and end <= now
 
 
 def scope_status(
@@ -45,9 +78,13 @@ def scope_status(
     own_flag: FlagInfo | None,
     default_flag: FlagInfo | None,
     jobs: int,
+    now: float = 0.0,
 ) -> ScopeStatus:
     """One scope's status. ``default``'s flag puts every scope on; the scope's own
-    flag, when present, is the one whose reason and times are shown."""
+    flag, when present, is the one whose reason and times are shown.
+
+    ``now`` (Unix time) decides ``overdue``; 0 never makes a scope overdue.
+    """
     flag = own_flag if own_flag is not None else default_flag
     if flag is None:
         return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=jobs)
@@ -58,13 +95,20 @@ def scope_status(
         until=flag.until,
         reason=flag.reason,
         jobs=jobs,
+        overdue=now > 0 and is_overdue(flag.until, now),
+        via="default" if own_flag is None else None,
+        by=flag.by,
+        note=flag.note,
     )
 
 
 def all_statuses(
-    flags: Mapping[str, FlagInfo | None], jobs: Mapping[str, int]
+    flags: Mapping[str, FlagInfo | None], jobs: Mapping[str, int], *, now: float = 0.0
 ) -> dict[str, ScopeStatus]:
-    """Every scope's status from its flag (None: absent) and its job count."""
+    """Every scope's status from its flag (None: absent) and its job count.
+
+    ``now`` (Unix time) decides which scopes are overdue (0: none is).
+    """
     default_flag = flags.get(DEFAULT_SCOPE)
     return {
         scope: scope_status(
@@ -72,9 +116,23 @@ def all_statuses(
             own_flag=flag,
             default_flag=default_flag if scope != DEFAULT_SCOPE else None,
             jobs=jobs.get(scope, 0),
+            now=now,
         )
         for scope, flag in sorted(flags.items())
     }
+
+
+def next_overdue(statuses: Mapping[str, ScopeStatus], now: float) -> float | None:
+    """The earliest ``until`` after ``now`` among scopes in maintenance (when the next
+    scope turns overdue), or None."""
+    ends = [
+        end
+        for status in statuses.values()
+        if status.in_maintenance and not status.overdue
+        for end in [until_epoch(status.until)]
+        if end is not None and end > now
+    ]
+    return min(ends, default=None)
 
 
 def summary(statuses: Mapping[str, ScopeStatus]) -> str:

@@ -8,6 +8,7 @@ close everything, exit 0). Signal handlers only set flags.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -21,7 +22,7 @@ from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core.durations import format_time
 from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
-from guardd.core.jobs import count_jobs, describe_jobs, find_holders
+from guardd.core.jobs import describe_jobs, find_holders
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
@@ -35,7 +36,7 @@ from guardd.core.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
+from guardd.core.state import ScopeStatus, Snapshot, all_statuses, next_overdue, summary
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
@@ -95,7 +96,11 @@ class Daemon:
         self.unknown_flags: dict[str, FlagInfo] = {}
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
+        # The pids holding each scope's run lock (jobs' counts are their sizes).
+        self.holders: dict[str, set[int]] = {}
         self.statuses: dict[str, ScopeStatus] = {}
+        # For /metrics: state changes per (scope, new state) since start.
+        self.transitions: dict[tuple[str, str], int] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
         self.reload_requested = False
@@ -109,6 +114,7 @@ class Daemon:
         self.refresher: asyncio.Task[None] | None = None
         self.drain_timer: asyncio.TimerHandle | None = None
         self.recount_timer: asyncio.TimerHandle | None = None
+        self.overdue_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.watcher: Watcher | None = None
         self.control: ControlServer | None = None
@@ -184,6 +190,7 @@ class Daemon:
             self.drain_timer,
             self.recount_timer,
             self.schedule_timer,
+            self.overdue_timer,
         ):
             if timer is not None:
                 timer.cancel()
@@ -333,15 +340,18 @@ class Daemon:
 
     async def _read_everything(self, *, publish: bool = False) -> None:
         flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
-        jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+        holders = await asyncio.to_thread(find_holders, self._run_locks())
         self.flags = flags
-        self.jobs = jobs
         if publish:
+            self._take_holders(holders)
             self._publish()
         else:
-            self.statuses = all_statuses(self.flags, self.jobs)
+            self.holders = holders
+            self.jobs = {scope: len(pids) for scope, pids in holders.items()}
+            self.statuses = all_statuses(self.flags, self.jobs, now=time.time())
             self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
+            self._arm_overdue_timer()
 
     def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
         flag_paths = {self.config.flag_path(scope) for scope in self.config.scopes}
@@ -412,7 +422,7 @@ class Daemon:
                     self._publish()
                     jobs_dirty = True  # a new flag may start a drain
                 if jobs_dirty:
-                    self.jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+                    self._take_holders(await asyncio.to_thread(find_holders, self._run_locks()))
                     self._publish()
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
@@ -430,32 +440,61 @@ class Daemon:
         self._arm_schedule_timer()
         self._publish(force=True)
 
+    def _take_holders(self, holders: dict[str, set[int]]) -> None:
+        """New run-lock holders: log each job that started or ended, update the counts.
+
+        Every job holds ``default.run`` too; it is named by its own scope, once.
+        """
+        old = self.holders
+        counts = {scope: len(pids) for scope, pids in holders.items()}
+        for verb, before, after in (("started", old, holders), ("ended", holders, old)):
+            for scope in sorted(after):
+                if scope == DEFAULT_SCOPE:
+                    pids = after[scope] - before.get(scope, set())
+                    named = set().union(*(p for s, p in after.items() if s != DEFAULT_SCOPE))
+                    pids -= named
+                else:
+                    pids = after[scope] - before.get(scope, set())
+                for pid in sorted(pids):
+                    log.info(
+                        "job %s: pid %d, scope %s, jobs now %d",
+                        verb,
+                        pid,
+                        scope,
+                        counts.get(scope, 0),
+                    )
+        self.holders = holders
+        self.jobs = counts
+
     def _publish(self, *, force: bool = False) -> None:
         """Recompute statuses; tell watchers, listeners, hooks and systemd what changed.
 
         ``force`` updates the listeners even without a state change (the upcoming
         windows they show changed).
         """
-        new = all_statuses(self.flags, self.jobs)
+        new = all_statuses(self.flags, self.jobs, now=time.time())
         changed = {
             scope: status for scope, status in new.items() if self.statuses.get(scope) != status
         }
         calls = transitions(self.statuses, new, self.published_flags, self.flags)
+        old_statuses = self.statuses
         self.statuses = new
         self.published_flags = dict(self.flags)
         self._schedule_drain_recount()
+        self._arm_overdue_timer()
         self.hooks.fire(calls)
         if not changed:
             if force:
                 self._update_listeners()
             return
         for status in changed.values():
-            log.info(
-                "scope %s: %s%s",
-                status.scope,
-                status.state,
-                f" ({status.reason})" if status.reason else "",
-            )
+            old = old_statuses.get(status.scope)
+            if old is not None and old.state != status.state:
+                key = (status.scope, status.state)
+                self.transitions[key] = self.transitions.get(key, 0) + 1
+            # A job count alone is not a state change: _take_holders logged the job.
+            if old is None or dataclasses.replace(old, jobs=status.jobs) != status:
+                log.info("scope %s: %s", status.scope, describe_change(status))
         if self.control is not None:
             self.control.broadcast(changed)
         self._update_listeners()
@@ -469,6 +508,23 @@ class Daemon:
         if draining and self.drain_timer is None:
             loop = asyncio.get_running_loop()
             self.drain_timer = loop.call_later(DRAIN_RECOUNT_INTERVAL, self._drain_tick)
+
+    def _arm_overdue_timer(self) -> None:
+        """Publish again when the next scope's ``until`` passes (it turns overdue)."""
+        if self.overdue_timer is not None:
+            self.overdue_timer.cancel()
+            self.overdue_timer = None
+        now = time.time()
+        end = next_overdue(self.statuses, now)
+        if end is None:
+            return
+        # At most an hour ahead: the wall clock may be stepped meanwhile.
+        delay = min(end - now + 0.01, 3600.0)
+        self.overdue_timer = asyncio.get_running_loop().call_later(delay, self._overdue_tick)
+
+    def _overdue_tick(self) -> None:
+        self.overdue_timer = None
+        self._publish()
 
     def _drain_tick(self) -> None:
         self.drain_timer = None
@@ -625,6 +681,26 @@ class Daemon:
         if scope is not None and scope != DEFAULT_SCOPE:
             jobs = [job for job in jobs if job.scope == scope]
         return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
+
+
+def describe_change(status: ScopeStatus) -> str:
+    """The log line's text for a scope's new state: state, then what the flag says."""
+    if not status.in_maintenance:
+        return status.state
+    details = []
+    if status.via is not None:
+        details.append(f"via {status.via}")
+    if status.reason:
+        details.append(f"reason: {status.reason}")
+    if status.until:
+        details.append(f"until {status.until}" + (", overdue" if status.overdue else ""))
+    if status.by:
+        details.append(f"by {status.by}")
+    if status.note:
+        details.append(f"note: {status.note}")
+    if status.jobs:
+        details.append(f"jobs {status.jobs}")
+    return status.state + (f" ({'; '.join(details)})" if details else "")
 
 
 # --------------------------------------------------------------------------- logging
