@@ -146,6 +146,7 @@ def build_replies(
                 "reason": status.reason,
                 "since": status.since,
                 "until": status.until,
+                "overdue": status.overdue,
                 "retry_after": retry_after if maintenance else None,
                 "upcoming": [dict(window) for window in view.upcoming],
             }
@@ -165,6 +166,7 @@ def build_replies(
                     "maintenance": True,
                     "reason": status.reason,
                     "until": status.until,
+                    "overdue": status.overdue,
                     "retry_after": retry_after,
                 }
             ),
@@ -228,12 +230,19 @@ class Answers:
         status = self.status
         if template is None:
             page = maintenance_page(
-                reason=status.reason, until=status.until, retry_after=self.settings.retry_after
+                reason=status.reason,
+                until=status.until,
+                retry_after=self.settings.retry_after,
+                overdue=status.overdue,
             )
         else:
             # The operator's page may load fonts or images: no CSP of ours on it.
             html = render_template(
-                template, reason=status.reason, until=status.until, retry_after=retry_after
+                template,
+                reason=status.reason,
+                until=status.until,
+                retry_after=retry_after,
+                overdue=status.overdue,
             )
             page = Page(html=html, csp=None)
         self.page_cache = (retry_after, page)
