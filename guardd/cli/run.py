@@ -75,10 +75,28 @@ command's whole life, so that `guardctl on --wait` can drain it.
                      command's process group, SIGKILL after --grace (default 30s)
   --check            run nothing: exit 0 in service, 1 in maintenance
   --config PATH      config file (default: $GUARDD_CONFIG, else /etc/guardd/config.yaml)
-  -v, --verbose      say on stderr what was decided and why
+  -v, --verbose      name on stderr the flags and run locks checked, what was
+                     decided and why
+  -h, --help         this help
 
-Exit: the command's status (128+N if killed by signal N), 126/127 not executable/
-not found, 2 usage or config error, 75 in maintenance with --when-on fail.
+examples:
+  guard-run --scope shop -- /usr/local/bin/backup --full     (in a crontab line)
+  guard-run --scope shop --when-on wait --wait-timeout 1h -- ./import.sh
+  guard-run --scope shop --interrupt --grace 1m -- ./worker
+  ExecCondition=/usr/bin/guard-run --check --scope shop      (systemd unit)
+
+A skip is logged as one line: to the journal under systemd (fields GUARD_SCOPE,
+GUARD_FLAG, ...: journalctl SYSLOG_IDENTIFIER=guard-run), else to syslog, else on
+stderr when neither exists.
+
+exit status:
+  0        COMMAND's own 0, or skipped (--skip-code, default 0), or --check: in service
+  1        --check: in maintenance
+  2        usage or config error; COMMAND was not run
+  75       in maintenance with --when-on fail (or still on after --wait-timeout)
+  126/127  COMMAND not executable / not found
+  128+N    COMMAND killed by signal N
+  other    COMMAND's own exit status
 """
 
 
