@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -40,6 +40,7 @@ from guardd.core.state import ScopeStatus, Snapshot, all_statuses, next_overdue,
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
@@ -73,11 +74,14 @@ class StateListener(Protocol):
         """One line for the startup log: what it serves where."""
 
 
-def build_listeners(config: Config) -> list[StateListener]:
-    """The HTTP responder and agent-check port (each says "off" without addresses)."""
+def build_listeners(
+    config: Config, *, counts: list[int], render_metrics: Callable[[], bytes]
+) -> list[StateListener]:
+    """The HTTP responder (with /metrics) and agent-check port (each says "off"
+    without addresses)."""
     from guardd.daemon.listeners import make_listeners
 
-    return make_listeners(config)
+    return make_listeners(config, counts=counts, render_metrics=render_metrics)
 
 
 class Daemon:
@@ -121,6 +125,15 @@ class Daemon:
         self.listeners: list[StateListener] = []
         self.hooks = HookRunner(config.hooks)
         self.fleet: FleetAgent | None = None
+        self.http_counts = new_counts()
+        self.metrics = Metrics(
+            MetricsSource(
+                statuses=lambda: self.statuses,
+                transitions=lambda: self.transitions,
+                fleet=lambda: self.fleet.view if self.fleet is not None else None,
+                http_counts=self.http_counts,
+            )
+        )
 
     # ------------------------------------------------------------------ serve
 
@@ -153,7 +166,9 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
-        self.listeners = build_listeners(self.config)
+        self.listeners = build_listeners(
+            self.config, counts=self.http_counts, render_metrics=self.metrics.render
+        )
         for listener in self.listeners:
             await listener.start()
             listener.update(self.snapshot())

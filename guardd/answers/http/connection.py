@@ -13,6 +13,7 @@ from guardd.answers.http.parse import (
     _GATE_KINDS,
     _GATE_OPEN,
     _HEALTH,
+    _METRICS,
     _NOT_FOUND,
     _PAGE_HTML,
     _PAGE_JSON,
@@ -23,6 +24,7 @@ from guardd.answers.http.parse import (
     HEAD_CACHE_SIZE,
     LINGER_SECONDS,
     MAX_HEAD,
+    METRICS_PATH,
     STATUS_PATH,
     Kind,
     _find_head_end,
@@ -53,6 +55,8 @@ class HttpConnection(asyncio.Protocol):
         self.lingering = False
         # The TCP peer's address, looked up by the first gate request that needs it.
         self.peer: str | None = None
+        # Whether the peer is in metrics.allow (None: not asked yet).
+        self.metrics_allowed: bool | None = None
 
     # ------------------------------------------------------------------ asyncio
 
@@ -102,6 +106,7 @@ class HttpConnection(asyncio.Protocol):
         shared = self.shared
         answers = shared.answers
         head_cache = shared.head_cache
+        counts = shared.counts
         now = time.time()
         out: list[bytes] = []
         pos = 0
@@ -125,6 +130,7 @@ class HttpConnection(asyncio.Protocol):
             end, after = _find_head_end(data, pos)
             if end < 0:
                 if size - pos >= MAX_HEAD:
+                    counts[Kind.TOO_LARGE] += 1
                     out.append(answers.wire(Kind.TOO_LARGE, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -136,6 +142,7 @@ class HttpConnection(asyncio.Protocol):
                 try:
                     parsed = parse_head(head)
                 except _Malformed as err:
+                    counts[err.kind] += 1
                     out.append(answers.wire(err.kind, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -146,7 +153,12 @@ class HttpConnection(asyncio.Protocol):
             path, head_only, persist, accept, body_length, fields = parsed
             pos = after
             heads += 1
-            answer = answers.wire(self._route(path, accept, fields, now), head_only, persist, now)
+            kind = self._route(path, accept, fields, now)
+            counts[kind] += 1  # guardd_http_requests_total: a list item, rendered on scrape
+            if kind is _METRICS:
+                answer = shared.metrics_wire(head_only, persist, now)
+            else:
+                answer = answers.wire(kind, head_only, persist, now)
             out.append(answer)
             if persist is _CLOSE:
                 self._finish(out)
@@ -179,6 +191,8 @@ class HttpConnection(asyncio.Protocol):
             return _HEALTH
         if path == STATUS_PATH:
             return _STATUS
+        if path == METRICS_PATH and self._metrics_allowed():
+            return _METRICS
         if path.startswith(BYPASS_PREFIX):
             # A wrong secret, or none configured, gets the very 404 of any other
             # /.guardd/ path: nothing tells an attacker which case it was.
@@ -193,13 +207,24 @@ class HttpConnection(asyncio.Protocol):
             return _PAGE_JSON
         return _PAGE_HTML
 
-    def _gate(self, fields: bytes, now: float) -> Kind:
-        """The gate's answer during maintenance."""
-        original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
+    def _peer(self) -> str | None:
         peer = self.peer
         if peer is None and self.transport is not None:
             name = self.transport.get_extra_info("peername")
             peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
+        return peer
+
+    def _metrics_allowed(self) -> bool:
+        """The peer is in metrics.allow (asked once per connection)."""
+        allowed = self.metrics_allowed
+        if allowed is None:
+            allowed = self.metrics_allowed = self.shared.metrics_allowed(self._peer())
+        return allowed
+
+    def _gate(self, fields: bytes, now: float) -> Kind:
+        """The gate's answer during maintenance."""
+        original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
+        peer = self._peer()
         verdict = self.shared.gate.decide(
             original_uri=original_uri,
             peer=peer,

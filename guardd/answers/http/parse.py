@@ -31,6 +31,7 @@ HEAD_CACHE_MAX_BYTES = 1024
 # its answers pile up in memory.
 FLUSH_BYTES = 65536
 STATUS_PATH = b"/maintenance.json"
+METRICS_PATH = b"/metrics"
 BYPASS_PREFIX = b"/.guardd/"
 
 HTML = "text/html; charset=utf-8"
@@ -56,6 +57,27 @@ class Kind(IntEnum):
     GATE_COOKIE = 11  # ... a valid bypass cookie: 204
     GATE_CLOSED = 12  # the gate in maintenance, nothing lets it through: 403
     BYPASS = 13  # /.guardd/bypass/<secret>: set the cookie, 302 to /
+    METRICS = 14  # /metrics from an address in metrics.allow: rendered per scrape
+
+
+# guardd_http_requests_total{answer}: each Kind's label.
+ANSWER_LABELS: dict[Kind, str] = {
+    Kind.HEALTH: "health",
+    Kind.STATUS: "maintenance_json",
+    Kind.PAGE_HTML: "page",
+    Kind.PAGE_JSON: "page_json",
+    Kind.NOT_FOUND: "not_found",
+    Kind.BAD_REQUEST: "bad_request",
+    Kind.TOO_LARGE: "too_large",
+    Kind.BAD_VERSION: "bad_version",
+    Kind.GATE_OPEN: "gate_open",
+    Kind.GATE_PATH: "gate_bypass_path",
+    Kind.GATE_ADDRESS: "gate_bypass_address",
+    Kind.GATE_COOKIE: "gate_bypass_cookie",
+    Kind.GATE_CLOSED: "gate_closed",
+    Kind.BYPASS: "bypass_cookie_set",
+    Kind.METRICS: "metrics",
+}
 
 
 class Persist(IntEnum):
@@ -172,7 +194,7 @@ _HEALTH, _STATUS, _PAGE_HTML, _PAGE_JSON, _NOT_FOUND = (
     Kind.PAGE_JSON,
     Kind.NOT_FOUND,
 )
-_GATE_OPEN, _BYPASS = Kind.GATE_OPEN, Kind.BYPASS
+_GATE_OPEN, _BYPASS, _METRICS = Kind.GATE_OPEN, Kind.BYPASS, Kind.METRICS
 # The gate's verdict -> its answer.
 _GATE_KINDS = {
     Verdict.DENY: Kind.GATE_CLOSED,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -11,6 +13,7 @@ from typing import TYPE_CHECKING
 from guardd.answers.gate import Gate, GateRules
 from guardd.answers.http.parse import (
     ACCEPT_CACHE_SIZE,
+    ANSWER_LABELS,
     HEALTH_JSON,
     HTML,
     JSON,
@@ -56,6 +59,8 @@ class HttpSettings:
     header_timeout: float
     # page_template's text, read when the config is loaded, never per request.
     template: str | None = None
+    # metrics.allow: who gets /metrics (others get the ordinary answer for the path).
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config, template: str | None) -> HttpSettings:
@@ -72,6 +77,9 @@ class HttpSettings:
             retry_after=http.retry_after,
             header_timeout=http.header_timeout,
             template=template,
+            metrics_allow=tuple(
+                ipaddress.ip_network(cidr, strict=False) for cidr in config.metrics.allow
+            ),
         )
 
 
@@ -291,16 +299,63 @@ class Answers:
         )
 
 
+# Prometheus text exposition, version 0.0.4.
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+MetricsRenderer = Callable[[], bytes]
+
+
+def peer_allowed(
+    peer: str | None, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """True when ``peer`` (an address as the socket gives it) is in one of ``networks``.
+
+    An IPv4 client on a dual-stack socket (``::ffff:127.0.0.1``) counts as its IPv4
+    address."""
+    if peer is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
 class HttpShared:
     """State shared by every connection of one responder; swapped, never mutated in place."""
 
-    def __init__(self, settings: HttpSettings, view: ScopeView) -> None:
+    def __init__(
+        self,
+        settings: HttpSettings,
+        view: ScopeView,
+        *,
+        counts: list[int] | None = None,
+        render_metrics: MetricsRenderer | None = None,
+    ) -> None:
         self.settings = settings
         self.answers = Answers(view, settings)
         self.gate = Gate(settings.gate)
         self.accept_cache: dict[bytes, bool] = {}
         self.head_cache: dict[bytes, ParsedRequest] = {}
         self.connections: set[HttpConnection] = set()
+        # Requests answered, per Kind: one list item bumped per request (next to
+        # free), read only when /metrics is scraped.
+        self.counts = counts if counts is not None else [0] * len(ANSWER_LABELS)
+        self.render_metrics = render_metrics
+
+    def metrics_allowed(self, peer: str | None) -> bool:
+        """``peer`` may read /metrics (and there is something to render)."""
+        return self.render_metrics is not None and peer_allowed(peer, self.settings.metrics_allow)
+
+    def metrics_wire(self, head_only: bool, persist: Persist, now: float) -> bytes:
+        """The /metrics answer, rendered now (scrapes are rare; requests are not)."""
+        assert self.render_metrics is not None
+        reply = Reply(200, METRICS_TYPE, self.render_metrics())
+        return frame(
+            reply, date=formatdate(int(now), usegmt=True), head_only=head_only, persist=persist
+        )
 
     def publish(self, settings: HttpSettings, view: ScopeView) -> None:
         """New settings or state: one assignment swaps every answer at once."""
