@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from guardd.core.durations import parse_time
@@ -56,8 +57,11 @@ class ScopeStatus:
         }
 
 
+@lru_cache(maxsize=4096)
 def until_epoch(until: str | None) -> float | None:
-    """The Unix time of an RFC 3339 ``until``, or None when absent or unreadable."""
+    """The Unix time of an RFC 3339 ``until``, or None when absent or unreadable.
+
+    Cached: every publish asks again for every scope in maintenance."""
     if until is None:
         return None
     try:
