@@ -149,6 +149,8 @@ def summary(statuses: Mapping[str, ScopeStatus]) -> str:
         text = f"{status.scope} {status.state}"
         if status.state == "draining":
             text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
+        if status.overdue:
+            text += " OVERDUE"
         parts.append(text)
     return "maintenance: " + ", ".join(parts)
 
