@@ -369,3 +369,31 @@ def test_ctrl_c_during_wait_says_maintenance_stays_on(site: Site) -> None:
             waiter.communicate()
         job.kill()
         job.wait()
+
+
+def test_human_watch_says_when_guardd_goes_and_comes_back(site: Site) -> None:
+    """Human watch: a line when guardd goes away, one when it is back, then the table;
+    change lines carry by and note."""
+    process = subprocess.Popen(
+        [command("guardctl"), "watch"],
+        env={**os.environ, "GUARDD_CONFIG": str(site.daemon.config_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        assert process.stdout.readline().split()[:2] == ["SCOPE", "STATE"]
+        assert site.ctl("on", "blog", "--note", NOTE, env={"SUDO_USER": "ana"}).returncode == 0
+        line = next(line for line in iter(process.stdout.readline, "") if "  blog  " in line)
+        assert "on  jobs=0" in line and "by=ana@" in line and NOTE in line
+        site.daemon.stop()
+        gone = next(line for line in iter(process.stdout.readline, "") if "guardd" in line)
+        assert "guardd went away" in gone and gone.rstrip().endswith("reconnecting")
+        site.daemon.start()
+        back = process.stdout.readline()
+        assert back.rstrip().endswith("reconnected to guardd")
+        assert process.stdout.readline().split()[:2] == ["SCOPE", "STATE"]
+    finally:
+        process.kill()
+        process.communicate()
