@@ -21,7 +21,7 @@ import pytest
 from guardd.answers.http.replies import peer_allowed
 from guardd.core.durations import format_time
 from tests.helpers import Guardd, free_port, require_tool, stop_process, wait_until
-from tests.httpclient import get, wait_listening, write_flag
+from tests.httpclient import Connection, build_request, get, wait_listening, write_flag
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -132,6 +132,34 @@ def test_metrics_counts_each_answer_kind(make_guardd: MakeGuardd) -> None:
         key = f'guardd_http_requests_total{{answer="{label}"}}'
         assert after[key] - before[key] == 1.0, label
     assert after['guardd_http_requests_total{answer="metrics"}'] == 2.0
+
+
+def test_metrics_pipelined_keeps_order_and_the_connection(make_guardd: MakeGuardd) -> None:
+    """/metrics (rendered off the loop) in the middle of pipelined requests: every
+    answer comes in request order, HEAD has no body, a POST body after it is skipped,
+    and the connection stays usable; Connection: close closes after the metrics."""
+    _daemon, port = serve(make_guardd)
+    with Connection(port) as conn:
+        conn.send(
+            build_request("/healthz")
+            + build_request("/metrics")
+            + build_request("/metrics", method="HEAD")
+            + build_request("/metrics", method="POST", body=b"x" * 5000)
+            + build_request("/maintenance.json")
+        )
+        assert conn.read_response().json()["status"] == "pass"
+        full = conn.read_response()
+        assert full.status == 200 and b"guardd_scope_maintenance" in full.body
+        head = conn.read_response(head_only=True)
+        assert head.status == 200 and int(head.header("content-length") or 0) > 0
+        posted = conn.read_response()
+        assert posted.status == 200 and b"guardd_build_info" in posted.body
+        assert conn.read_response().json()["state"] == "off"
+        assert conn.request("/healthz").status == 200
+        conn.send(build_request("/metrics", headers={"Connection": "close"}))
+        last = conn.read_response()
+        assert last.status == 200 and last.header("connection") == "close"
+        assert conn.wait_closed() == b""
 
 
 def test_metrics_only_for_allowed_addresses(make_guardd: MakeGuardd) -> None:

@@ -129,7 +129,9 @@ class Daemon:
         self.metrics = Metrics(
             MetricsSource(
                 statuses=lambda: self.statuses,
-                transitions=lambda: self.transitions,
+                # Copies: the scrape runs in a worker thread while the loop goes on
+                # (a dict copy is one step under the GIL; statuses are replaced whole).
+                transitions=self.transitions.copy,
                 fleet=lambda: self.fleet.view if self.fleet is not None else None,
                 http_counts=self.http_counts,
             )

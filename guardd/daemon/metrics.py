@@ -122,7 +122,7 @@ class GuarddCollector:
         )
         if view is not None:
             tally: dict[tuple[str, str], int] = {}
-            for record in view.nodes.values():
+            for record in dict(view.nodes).values():  # a copy: the loop may change it
                 for name, node_scope in record.scopes.items():
                     key = (name, node_scope.state)
                     tally[key] = tally.get(key, 0) + 1

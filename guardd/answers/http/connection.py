@@ -27,6 +27,7 @@ from guardd.answers.http.parse import (
     METRICS_PATH,
     STATUS_PATH,
     Kind,
+    Persist,
     _find_head_end,
     _Malformed,
     gate_headers,
@@ -57,6 +58,8 @@ class HttpConnection(asyncio.Protocol):
         self.peer: str | None = None
         # Whether the peer is in metrics.allow (None: not asked yet).
         self.metrics_allowed: bool | None = None
+        # /metrics is being rendered off the loop: later requests wait their turn.
+        self.rendering = False
 
     # ------------------------------------------------------------------ asyncio
 
@@ -76,6 +79,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return  # answered and half-closed: input is only drained
+        if self.rendering:
+            self.buffer += data  # reading is paused; whatever was in flight waits
+            return
         if self.buffer:
             data = self.buffer + data
             self.buffer = b""
@@ -93,7 +99,7 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.transport is not None and not self.lingering:
+        if self.transport is not None and not self.lingering and not self.rendering:
             self.transport.resume_reading()
             if self.buffer:
                 data, self.buffer = self.buffer, b""
@@ -156,9 +162,13 @@ class HttpConnection(asyncio.Protocol):
             kind = self._route(path, accept, fields, now)
             counts[kind] += 1  # guardd_http_requests_total: a list item, rendered on scrape
             if kind is _METRICS:
-                answer = shared.metrics_wire(head_only, persist, now)
-            else:
-                answer = answers.wire(kind, head_only, persist, now)
+                # Rendered in a worker thread (10,000 scopes take most of a second):
+                # answers so far go out now, the rest of the input waits for it.
+                self.body_left = body_length
+                self.buffer = data[pos:]
+                self._render_metrics(out, head_only, persist)
+                return
+            answer = answers.wire(kind, head_only, persist, now)
             out.append(answer)
             if persist is _CLOSE:
                 self._finish(out)
@@ -206,6 +216,39 @@ class HttpConnection(asyncio.Protocol):
         ):
             return _PAGE_JSON
         return _PAGE_HTML
+
+    def _render_metrics(self, out: list[bytes], head_only: bool, persist: Persist) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if out:
+            transport.write(b"".join(out))
+        self.deadline = self.loop.time() + self.shared.settings.header_timeout
+        if self.timer is None:
+            self._arm(self.deadline)
+        self.rendering = True
+        transport.pause_reading()
+        task = self.loop.create_task(self._answer_metrics(head_only, persist))
+        self.shared.tasks.add(task)
+        task.add_done_callback(self.shared.tasks.discard)
+
+    async def _answer_metrics(self, head_only: bool, persist: Persist) -> None:
+        """Render /metrics off the loop, answer, then go on with what came after it."""
+        body = await asyncio.to_thread(self.shared.render_metrics_body)
+        self.rendering = False
+        transport = self.transport
+        if transport is None:
+            return  # the client left (or was dropped) meanwhile
+        answer = self.shared.metrics_wire(body, head_only, persist, time.time())
+        if persist is _CLOSE:
+            self._finish([answer])
+            return
+        transport.write(answer)
+        if not self.paused:
+            transport.resume_reading()
+            if self.buffer:
+                data, self.buffer = self.buffer, b""
+                self._feed(data)
 
     def _peer(self) -> str | None:
         peer = self.peer

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -33,6 +35,8 @@ from guardd.answers.page import (
 from guardd.answers.policy import health_answer, health_body, retry_after_seconds, until_epoch
 from guardd.config.model import Config, Policy
 from guardd.core.state import ScopeView
+
+log = logging.getLogger(__name__)
 
 _CONNECTION_HEADER = {
     Persist.KEEP: b"",
@@ -344,15 +348,30 @@ class HttpShared:
         # free), read only when /metrics is scraped.
         self.counts = counts if counts is not None else [0] * len(ANSWER_LABELS)
         self.render_metrics = render_metrics
+        # /metrics renderings in flight (kept referenced until done).
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def metrics_allowed(self, peer: str | None) -> bool:
         """``peer`` may read /metrics (and there is something to render)."""
         return self.render_metrics is not None and peer_allowed(peer, self.settings.metrics_allow)
 
-    def metrics_wire(self, head_only: bool, persist: Persist, now: float) -> bytes:
-        """The /metrics answer, rendered now (scrapes are rare; requests are not)."""
+    def render_metrics_body(self) -> bytes | None:
+        """The exposition text (worker thread); None when rendering failed."""
         assert self.render_metrics is not None
-        reply = Reply(200, METRICS_TYPE, self.render_metrics())
+        try:
+            return self.render_metrics()
+        except Exception:
+            log.exception("rendering /metrics failed")
+            return None
+
+    def metrics_wire(
+        self, body: bytes | None, head_only: bool, persist: Persist, now: float
+    ) -> bytes:
+        """The /metrics answer around a rendered ``body`` (None: 500)."""
+        if body is None:
+            reply = Reply(500, TEXT, b"metrics unavailable; see guardd's log\n")
+        else:
+            reply = Reply(200, METRICS_TYPE, body)
         return frame(
             reply, date=formatdate(int(now), usegmt=True), head_only=head_only, persist=persist
         )
