@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -458,28 +458,12 @@ class Daemon:
         self._publish(force=True)
 
     def _take_holders(self, holders: dict[str, set[int]]) -> None:
-        """New run-lock holders: log each job that started or ended, update the counts.
-
-        Every job holds ``default.run`` too; it is named by its own scope, once.
-        """
-        old = self.holders
+        """New run-lock holders: log each job that started or ended, update the counts."""
         counts = {scope: len(pids) for scope, pids in holders.items()}
-        for verb, before, after in (("started", old, holders), ("ended", holders, old)):
-            for scope in sorted(after):
-                if scope == DEFAULT_SCOPE:
-                    pids = after[scope] - before.get(scope, set())
-                    named = set().union(*(p for s, p in after.items() if s != DEFAULT_SCOPE))
-                    pids -= named
-                else:
-                    pids = after[scope] - before.get(scope, set())
-                for pid in sorted(pids):
-                    log.info(
-                        "job %s: pid %d, scope %s, jobs now %d",
-                        verb,
-                        pid,
-                        scope,
-                        counts.get(scope, 0),
-                    )
+        for verb, pid, scope in job_changes(self.holders, holders):
+            log.info(
+                "job %s: pid %d, scope %s, jobs now %d", verb, pid, scope, counts.get(scope, 0)
+            )
         self.holders = holders
         self.jobs = counts
 
@@ -698,6 +682,23 @@ class Daemon:
         if scope is not None and scope != DEFAULT_SCOPE:
             jobs = [job for job in jobs if job.scope == scope]
         return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
+
+
+def job_changes(
+    old: Mapping[str, set[int]], new: Mapping[str, set[int]]
+) -> list[tuple[str, int, str]]:
+    """(started|ended, pid, scope) for each job that came or went between two sets of
+    run-lock holders. Every job holds ``default.run`` too: it is named by its own
+    scope, once; only a job of ``default`` itself is named ``default``."""
+    changes = []
+    for verb, before, after in (("started", old, new), ("ended", new, old)):
+        named = set().union(*(pids for scope, pids in after.items() if scope != DEFAULT_SCOPE))
+        for scope in sorted(after):
+            pids = after[scope] - before.get(scope, set())
+            if scope == DEFAULT_SCOPE:
+                pids -= named
+            changes += [(verb, pid, scope) for pid in sorted(pids)]
+    return changes
 
 
 def describe_change(status: ScopeStatus) -> str:
