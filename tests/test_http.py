@@ -199,12 +199,14 @@ def test_maintenance_json_off(served: Served) -> None:
         "scope": "default",
         "state": "off",
         "maintenance": False,
+        "mode": None,
         "reason": None,
         "since": None,
         "until": None,
         "overdue": False,
         "retry_after": None,
         "upcoming": [],
+        "bypass": False,
     }
 
 
@@ -271,7 +273,15 @@ def test_page_json_by_accept(served: Served, accept: str, json_expected: bool) -
         assert body["maintenance"] is True
         assert body["reason"] == "r"
         assert body["retry_after"] == 300
-        assert set(body) == {"maintenance", "reason", "until", "overdue", "retry_after"}
+        assert set(body) == {
+            "maintenance",
+            "mode",
+            "paused",
+            "reason",
+            "until",
+            "overdue",
+            "retry_after",
+        }
     else:
         assert response.header("content-type") == "text/html; charset=utf-8"
 

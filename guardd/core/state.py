@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -26,6 +26,9 @@ class ScopeStatus:
     until: str | None
     reason: str | None
     jobs: int
+    # Partial maintenance in force (SPEC "modes"): the modes' names; empty while
+    # off or in full maintenance (which beats any mode).
+    modes: tuple[str, ...] = ()
     # ``until`` has passed and the flag is still there.
     overdue: bool = False
     # "default": on only because ``default`` is (the scope's own flag is absent).
@@ -39,8 +42,18 @@ class ScopeStatus:
         """Draining counts: the flag is present, users must see the page."""
         return self.state != "off"
 
+    @property
+    def mode(self) -> str | None:
+        """The mode in force as one name ("read-only", or "a+b" for two), None for full."""
+        return "+".join(self.modes) if self.modes else None
+
+    @property
+    def partial(self) -> bool:
+        """In maintenance for some requests only: health stays 200 (warn)."""
+        return bool(self.modes)
+
     def fields(self) -> dict[str, object]:
-        """The status reply's fields: the SPEC's five, then overdue, via, by, note.
+        """The status reply's fields: the SPEC's five, then mode, overdue, via, by, note.
 
         For the control socket only (status, watch): ``note`` is internal text.
         """
@@ -50,6 +63,7 @@ class ScopeStatus:
             "until": self.until,
             "reason": self.reason,
             "jobs": self.jobs,
+            "mode": self.mode,
             "overdue": self.overdue,
             "via": self.via,
             "by": self.by,
@@ -76,12 +90,30 @@ def is_overdue(until: str | None, now: float) -> bool:
     return end is not None and end <= now
 
 
+def modes_in_force(flags: Iterable[FlagInfo | None], known: Collection[str]) -> tuple[str, ...]:
+    """The partial modes the present ``flags`` put in force; () is full maintenance.
+
+    Each flag in force applies: a flag without a mode, or naming a mode the scope
+    does not know (fail safe), is full maintenance and beats any mode; two modes
+    block what either matches.
+    """
+    modes: set[str] = set()
+    for flag in flags:
+        if flag is None:
+            continue
+        if flag.mode is None or flag.mode not in known:
+            return ()
+        modes.add(flag.mode)
+    return tuple(sorted(modes))
+
+
 def scope_status(
     scope: str,
     *,
     own_flag: FlagInfo | None,
     default_flag: FlagInfo | None,
     jobs: int,
+    known_modes: Collection[str] = (),
     now: float = 0.0,
 ) -> ScopeStatus:
     """One scope's status. ``default``'s flag puts every scope on; the scope's own
@@ -99,6 +131,7 @@ def scope_status(
         until=flag.until,
         reason=flag.reason,
         jobs=jobs,
+        modes=modes_in_force((own_flag, default_flag), known_modes),
         overdue=now > 0 and is_overdue(flag.until, now),
         via="default" if own_flag is None else None,
         by=flag.by,
@@ -107,9 +140,14 @@ def scope_status(
 
 
 def all_statuses(
-    flags: Mapping[str, FlagInfo | None], jobs: Mapping[str, int], *, now: float = 0.0
+    flags: Mapping[str, FlagInfo | None],
+    jobs: Mapping[str, int],
+    known_modes: Mapping[str, Collection[str]] | None = None,
+    *,
+    now: float = 0.0,
 ) -> dict[str, ScopeStatus]:
-    """Every scope's status from its flag (None: absent) and its job count.
+    """Every scope's status from its flag (None: absent), its job count and the
+    names of its modes (none known: every mode is full maintenance).
 
     ``now`` (Unix time) decides which scopes are overdue (0: none is).
     """
@@ -120,6 +158,7 @@ def all_statuses(
             own_flag=flag,
             default_flag=default_flag if scope != DEFAULT_SCOPE else None,
             jobs=jobs.get(scope, 0),
+            known_modes=(known_modes or {}).get(scope, ()),
             now=now,
         )
         for scope, flag in sorted(flags.items())
@@ -147,6 +186,8 @@ def summary(statuses: Mapping[str, ScopeStatus]) -> str:
     parts = []
     for status in busy:
         text = f"{status.scope} {status.state}"
+        if status.mode is not None:
+            text += f" ({status.mode})"
         if status.state == "draining":
             text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
         if status.overdue:

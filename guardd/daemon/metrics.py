@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
 STATES = ("off", "draining", "on")
-# Full maintenance; partial-maintenance modes (another change) add their names here.
+# The mode label of full maintenance (a partial mode is named by its own name).
 FULL_MODE = "full"
 
 
@@ -36,8 +36,11 @@ class MetricsSource:
 
 
 def scope_mode(status: ScopeStatus) -> str | None:
-    """The mode in force for a scope in maintenance (None: off)."""
-    return FULL_MODE if status.in_maintenance else None
+    """The mode in force for a scope in maintenance: ``full``, or the partial mode
+    ("read-only", "a+b" for two); None while off."""
+    if not status.in_maintenance:
+        return None
+    return status.mode or FULL_MODE
 
 
 class GuarddCollector:
@@ -61,7 +64,8 @@ class GuarddCollector:
         )
         mode = GaugeMetricFamily(
             "guardd_scope_mode",
-            "1 for the maintenance mode in force (full: everything), else 0.",
+            "1 for the maintenance mode in force (full: everything; else the partial "
+            "mode's name); full is 0 while the scope is off.",
             labels=["scope", "mode"],
         )
         jobs = GaugeMetricFamily(
@@ -81,7 +85,10 @@ class GuarddCollector:
             maintenance.add_metric([name], 1.0 if status.in_maintenance else 0.0)
             for value in STATES:
                 state.add_metric([name, value], 1.0 if status.state == value else 0.0)
-            mode.add_metric([name, FULL_MODE], 1.0 if scope_mode(status) == FULL_MODE else 0.0)
+            in_force = scope_mode(status)
+            mode.add_metric([name, FULL_MODE], 1.0 if in_force == FULL_MODE else 0.0)
+            if in_force is not None and in_force != FULL_MODE:
+                mode.add_metric([name, in_force], 1.0)
             jobs.add_metric([name], float(status.jobs))
             began = until_epoch(status.since) if status.in_maintenance else None
             if began is not None:

@@ -38,6 +38,7 @@ def test_ready_carries_status_and_listeners_are_up(make_guardd: MakeGuardd) -> N
             "until": None,
             "reason": None,
             "jobs": 0,
+            "mode": None,
             "overdue": False,
             "via": None,
             "by": None,

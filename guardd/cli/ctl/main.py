@@ -18,6 +18,7 @@ from guardd.cli.ctl.ops import (
     add_window,
     all_windows,
     audit,
+    check_mode,
     get_status,
     guardd_absent_warning,
     remove_window,
@@ -90,11 +91,19 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     if args.fleet:
         return _fleet_on(config, args, scope=scope, until=until, now=now, out=out)
     path = turn_on(
-        config=config, scope=scope, reason=args.reason, until=until, now=now, note=args.note
+        config=config,
+        scope=scope,
+        reason=args.reason,
+        until=until,
+        now=now,
+        mode=args.mode,
+        note=args.note,
     )
     flag = read_flag(path)
     by = _actor()
     what = f"{scope}: maintenance on ({path}) by {by}"
+    if flag is not None and flag.mode is not None:
+        what = f"{scope}: maintenance on, mode {flag.mode} ({path}) by {by}"
     if flag is not None and flag.until is not None:
         what += f", expected until {flag.until}"
     out.write(what + "\n")
@@ -165,7 +174,11 @@ def _fleet_on(
         raise UsageError(
             "--then and --grace do not go with --fleet (other hosts' jobs are out of reach)"
         )
-    info = make_flag(reason=args.reason, until=until, by=_actor(), now=now, note=args.note)
+    if args.mode is not None:
+        check_mode(config, scope, args.mode)
+    info = make_flag(
+        reason=args.reason, until=until, by=_actor(), now=now, mode=args.mode, note=args.note
+    )
     revision = fleetctl.fleet_on(config=config, scope=scope, info=info)
     out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
     out.flush()
@@ -538,12 +551,13 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write the scope's flag (atomically). Without SCOPE: scope default, which "
             "puts the whole host in maintenance (every scope counts as on). On a scope "
-            "already on: keeps since, and keeps until, reason and note unless given "
+            "already on: keeps since, and keeps until, reason, mode and note unless given "
             "again. Warns when guardd is configured for load balancers but not running."
         ),
         examples=(
             '  guardctl on shop --reason "Database upgrade" --for 30m\n'
             "  guardctl on shop --until 2026-12-01T23:00:00Z --wait --timeout 10m --then term\n"
+            '  guardctl on shop --mode read-only --reason "Sign-up and checkout paused"\n'
             '  sudo guardctl on --note "kernel update, ask Ana"   # whole host\n'
             "  guardctl on shop --fleet --wait                    # every node"
         ),
@@ -558,6 +572,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--note",
         metavar="TEXT",
         help="internal text for operators: status, watch and logs only, never public",
+    )
+    on.add_argument(
+        "--mode",
+        metavar="NAME",
+        help="partial maintenance: only the requests the scope's mode NAME matches "
+        "(built in: read-only); jobs still skip and --wait still drains",
     )
     on.add_argument("--until", metavar="TIME", help="expected end, RFC 3339 (2026-12-01T23:00:00Z)")
     on.add_argument(

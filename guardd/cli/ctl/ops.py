@@ -52,7 +52,7 @@ def run_locks(config: Config) -> dict[str, str]:
 def local_status(config: Config) -> dict[str, ScopeStatus]:
     """Every scope's status from the files themselves (no daemon needed)."""
     flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
-    return all_statuses(flags, count_jobs(run_locks(config)), now=time.time())
+    return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes(), now=time.time())
 
 
 def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
@@ -148,18 +148,20 @@ def turn_on(
     reason: str | None,
     until: datetime | None,
     now: datetime,
+    mode: str | None = None,
     note: str | None = None,
 ) -> str:
     """Write the scope's flag atomically; returns its path.
 
-    Over a flag that is already there: keeps ``since``, and ``reason``, ``until`` and
-    ``note`` unless given again (``by`` is whoever asked last).
+    Over a flag that is already there: keeps ``since``, and ``reason``, ``until``,
+    ``mode`` and ``note`` unless given again (``by`` is whoever asked last).
     """
+    if mode is not None:
+        check_mode(config, scope, mode)
     path = config.flag_path(scope)
     existing = read_flag(path)
-    info = renew_flag(
-        existing, make_flag(reason=reason, until=until, by=_actor(), now=now, note=note)
-    )
+    new = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode, note=note)
+    info = renew_flag(existing, new)
     try:
         ensure_run_locks(config.runtime_dir, config.scopes)
     except OSError as err:
@@ -216,6 +218,14 @@ def audit(action: str, *, scope: str, by: str, note: str | None, reason: str | N
         priority=LOG_NOTICE,
         stderr_fallback=False,
     )
+
+
+def check_mode(config: Config, scope: str, mode: str) -> None:
+    """A usage error (exit 2) unless ``scope`` has a mode named ``mode``."""
+    modes = config.scopes[scope].modes
+    if mode not in modes:
+        known = ", ".join(sorted(modes))
+        raise UsageError(f"scope {scope} has no mode {mode!r} (its modes: {known})")
 
 
 def turn_off(*, config: Config, scope: str) -> bool:

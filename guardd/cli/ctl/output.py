@@ -25,11 +25,15 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
 
 
 def state_cell(fields: dict[str, Any]) -> str:
-    """``on``, ``on (via default)``: the state and why it holds."""
+    """The state, with the mode in force and why it holds: ``on (read-only)``,
+    ``on (via default)``, ``draining (read-only, via default)``."""
     state = _cell(fields.get("state"))
+    details = []
+    if fields.get("mode"):
+        details.append(str(fields["mode"]))
     if fields.get("via") and state != "off":
-        state += f" (via {fields['via']})"
-    return state
+        details.append(f"via {fields['via']}")
+    return f"{state} ({', '.join(details)})" if details else state
 
 
 def until_cell(fields: dict[str, Any]) -> str:
