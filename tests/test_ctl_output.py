@@ -60,3 +60,7 @@ def test_watch_event_line() -> None:
     )
     via = format_event({"event": "state", "scope": "blog", **REPLY["scopes"]["blog"]})
     assert via.startswith("blog  draining (via default)  jobs=2")
+    both = {**REPLY["scopes"]["blog"], "mode": "read-only"}
+    assert format_event({"scope": "blog", **both}).startswith(
+        "blog  draining (read-only, via default)"
+    )

@@ -119,6 +119,26 @@ def test_metrics_series_values_and_promtool(make_guardd: MakeGuardd, tmp_short: 
     assert "# TYPE guardd_scope_transitions_total counter" in text
 
 
+def test_metrics_name_the_mode_in_force(make_guardd: MakeGuardd) -> None:
+    """A scope in a partial mode: guardd_scope_mode{mode="read-only"} 1 and full 0;
+    a scope in full maintenance: full 1; a scope off: full 0 and no other mode."""
+    daemon, port = serve(make_guardd)
+    write_flag(daemon.flag("shop"), {"reason": "checkout paused", "mode": "read-only"})
+    write_flag(daemon.flag("blog"), {"reason": "theme"})
+    wait_until(
+        lambda: (
+            parse_samples(scrape(port)).get('guardd_scope_mode{mode="read-only",scope="shop"}')
+            == 1.0
+        ),
+        what="shop's mode in /metrics",
+    )
+    samples = parse_samples(scrape(port))
+    assert samples['guardd_scope_mode{mode="full",scope="shop"}'] == 0.0
+    assert samples['guardd_scope_mode{mode="full",scope="blog"}'] == 1.0
+    assert samples['guardd_scope_mode{mode="full",scope="api"}'] == 0.0
+    assert not any('scope="api"' in key and "read-only" in key for key in samples)
+
+
 def test_metrics_counts_each_answer_kind(make_guardd: MakeGuardd) -> None:
     """guardd_http_requests_total counts answers per kind: page, JSON, health, 404."""
     _daemon, port = serve(make_guardd)
