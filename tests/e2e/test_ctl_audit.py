@@ -257,7 +257,7 @@ def test_on_off_warn_when_guardd_is_configured_but_not_running(site: Site) -> No
         assert result.returncode == 0
         assert "warning: guardd is not running" in result.stderr
         assert "load balancers will not see this change" in result.stderr
-        assert "http.listen and agent.listen" in result.stderr
+        assert "http.listen and agent.listen are configured" in result.stderr
 
 
 def test_no_warning_without_listeners(tmp_short: Path) -> None:

@@ -197,7 +197,8 @@ def guardd_absent_warning(config: Config) -> str | None:
         pass
     return (
         f"warning: guardd is not running (no answer on {config.control.socket}), "
-        f"but {' and '.join(listeners)} are configured: load balancers will not see "
+        f"but {' and '.join(listeners)} {'is' if len(listeners) == 1 else 'are'} "
+        "configured: load balancers will not see "
         "this change until guardd runs (systemctl start guardd)"
     )
 
