@@ -27,6 +27,7 @@ from guardd.config.model import (
     HooksConfig,
     HttpConfig,
     ListenAddress,
+    MetricsConfig,
     ModeConfig,
     Policy,
     RunConfig,
@@ -133,6 +134,11 @@ def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
     fleet = _fleet(top)
     bypass = _bypass(top)
     hooks = _hooks(top)
+    metrics_section = top.section("metrics")
+    metrics = MetricsConfig(
+        allow=metrics_section.string_list("allow", default=MetricsConfig.allow, item_check=_cidr)
+    )
+    metrics_section.finish()
     top.finish()
 
     fleet_users = ["http.policy"] if http.policy == "fleet" else []
@@ -160,6 +166,7 @@ def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
         fleet=fleet,
         bypass=bypass,
         hooks=hooks,
+        metrics=metrics,
     )
 
 

@@ -8,11 +8,12 @@ close everything, exit 0). Signal handlers only set flags.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -21,7 +22,7 @@ from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core.durations import format_time
 from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
-from guardd.core.jobs import count_jobs, describe_jobs, find_holders
+from guardd.core.jobs import describe_jobs, find_holders
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
@@ -35,10 +36,18 @@ from guardd.core.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.core.state import ScopeStatus, Snapshot, all_statuses, busy_summary, scope_status
+from guardd.core.state import (
+    ScopeStatus,
+    Snapshot,
+    all_statuses,
+    busy_summary,
+    next_overdue,
+    scope_status,
+)
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
@@ -75,11 +84,14 @@ class StateListener(Protocol):
         """One line for the startup log: what it serves where."""
 
 
-def build_listeners(config: Config) -> list[StateListener]:
-    """The HTTP responder and agent-check port (each says "off" without addresses)."""
+def build_listeners(
+    config: Config, *, counts: list[int], render_metrics: Callable[[], bytes]
+) -> list[StateListener]:
+    """The HTTP responder (with /metrics) and agent-check port (each says "off"
+    without addresses)."""
     from guardd.daemon.listeners import make_listeners
 
-    return make_listeners(config)
+    return make_listeners(config, counts=counts, render_metrics=render_metrics)
 
 
 class Daemon:
@@ -99,10 +111,14 @@ class Daemon:
         self.unknown_flags: dict[str, FlagInfo] = {}
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
+        # The pids holding each scope's run lock (jobs' counts are their sizes).
+        self.holders: dict[str, set[int]] = {}
         self.statuses: dict[str, ScopeStatus] = {}
         # The scopes in maintenance, kept apart so that a flip costs the same with
         # 1 or 10,000 scopes (the STATUS= line, the drain timer).
         self.busy: dict[str, ScopeStatus] = {}
+        # For /metrics: state changes per (scope, new state) since start.
+        self.transitions: dict[tuple[str, str], int] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
         self.reload_requested = False
@@ -117,6 +133,7 @@ class Daemon:
         self.refresher: asyncio.Task[None] | None = None
         self.drain_timer: asyncio.TimerHandle | None = None
         self.recount_timer: asyncio.TimerHandle | None = None
+        self.overdue_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.watcher: Watcher | None = None
         self.flag_scopes: dict[str, list[str]] = {}
@@ -125,6 +142,17 @@ class Daemon:
         self.listeners: list[StateListener] = []
         self.hooks = HookRunner(config.hooks)
         self.fleet: FleetAgent | None = None
+        self.http_counts = new_counts()
+        self.metrics = Metrics(
+            MetricsSource(
+                statuses=lambda: self.statuses,
+                # Copies: the scrape runs in a worker thread while the loop goes on
+                # (a dict copy is one step under the GIL; statuses are replaced whole).
+                transitions=self.transitions.copy,
+                fleet=lambda: self.fleet.view if self.fleet is not None else None,
+                http_counts=self.http_counts,
+            )
+        )
 
     # ------------------------------------------------------------------ serve
 
@@ -157,7 +185,9 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
-        self.listeners = build_listeners(self.config)
+        self.listeners = build_listeners(
+            self.config, counts=self.http_counts, render_metrics=self.metrics.render
+        )
         for listener in self.listeners:
             await listener.start()
             listener.update(self.snapshot())
@@ -194,6 +224,7 @@ class Daemon:
             self.drain_timer,
             self.recount_timer,
             self.schedule_timer,
+            self.overdue_timer,
         ):
             if timer is not None:
                 timer.cancel()
@@ -343,16 +374,19 @@ class Daemon:
 
     async def _read_everything(self, *, publish: bool = False) -> None:
         flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
-        jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+        holders = await asyncio.to_thread(find_holders, self._run_locks())
         self.flags = flags
-        self.jobs = jobs
         if publish:
+            self._take_holders(holders)
             self._publish()
         else:
-            self.statuses = all_statuses(self.flags, self.jobs, self.known_modes)
+            self.holders = holders
+            self.jobs = {scope: len(pids) for scope, pids in holders.items()}
+            self.statuses = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
             self.busy = {s: status for s, status in self.statuses.items() if status.in_maintenance}
             self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
+            self._arm_overdue_timer()
 
     def _index_paths(self) -> None:
         """Absolute flag and mirror path -> the scopes they drive (for _on_change)."""
@@ -446,20 +480,25 @@ class Daemon:
                 log.exception("refreshing the state failed; retrying on the next change")
 
     async def _recount_jobs(self, scopes: set[str] | None) -> None:
-        """Count the jobs of ``scopes`` (None: every scope) off the loop; publish the
-        scopes whose count changed."""
+        """Find the run-lock holders of ``scopes`` (None, or ``default`` among them:
+        every scope) off the loop; publish the scopes whose job count changed."""
+        if scopes is not None and DEFAULT_SCOPE in scopes:
+            scopes = None  # every job holds default.run: only a full count names them
         if scopes is None:
             locks = self._run_locks()
         else:
             runtime_dir, known = self.config.runtime_dir, self.config.scopes
             locks = {s: run_lock_path(runtime_dir, s) for s in scopes if s in known}
-        counted = await asyncio.to_thread(count_jobs, locks)
+        found = await asyncio.to_thread(find_holders, locks)
         old = self.jobs
-        self.jobs = counted if scopes is None else {**old, **counted}
+        if scopes is None:
+            self._take_holders(found)
+        else:
+            self._take_holders({**self.holders, **found}, only=found.keys())
         self._publish(
             scopes=[
                 scope
-                for scope in (self.jobs.keys() | old.keys() if scopes is None else counted)
+                for scope in (self.jobs.keys() | old.keys() if scopes is None else found)
                 if self.jobs.get(scope, 0) != old.get(scope, 0)
             ]
         )
@@ -476,6 +515,27 @@ class Daemon:
             return
         self._arm_schedule_timer()
         self._publish(force=True, scopes=())
+
+    def _take_holders(
+        self, holders: dict[str, set[int]], *, only: Collection[str] | None = None
+    ) -> None:
+        """New run-lock holders: log each job that started or ended, update the counts.
+        ``only``: the scopes looked at (not ``default``); the others' are unchanged."""
+        if only is None:
+            counts = {scope: len(pids) for scope, pids in holders.items()}
+            changes = job_changes(self.holders, holders)
+        else:
+            counts = {**self.jobs, **{scope: len(holders[scope]) for scope in only}}
+            changes = job_changes(
+                {scope: self.holders.get(scope, set()) for scope in only},
+                {scope: holders[scope] for scope in only},
+            )
+        for verb, pid, scope in changes:
+            log.info(
+                "job %s: pid %d, scope %s, jobs now %d", verb, pid, scope, counts.get(scope, 0)
+            )
+        self.holders = holders
+        self.jobs = counts
 
     @property
     def known_modes(self) -> dict[str, tuple[str, ...]]:
@@ -511,12 +571,15 @@ class Daemon:
         updates the listeners even without a state change (the upcoming windows
         they show changed).
         """
-        old = self.statuses
+        old_statuses = self.statuses
+        now = time.time()
         if scopes is None or DEFAULT_SCOPE in scopes:
-            new = all_statuses(self.flags, self.jobs, self.known_modes)
+            new = all_statuses(self.flags, self.jobs, self.known_modes, now=now)
             self._log_unknown_modes()
-            changed = {scope: status for scope, status in new.items() if old.get(scope) != status}
-            calls = transitions(old, new, self.published_flags, self.flags)
+            changed = {
+                scope: status for scope, status in new.items() if old_statuses.get(scope) != status
+            }
+            calls = transitions(old_statuses, new, self.published_flags, self.flags)
         else:
             self._log_unknown_modes(scopes)
             default_flag = self.flags.get(DEFAULT_SCOPE)
@@ -531,12 +594,13 @@ class Daemon:
                     default_flag=default_flag,
                     jobs=self.jobs.get(scope, 0),
                     known_modes=tuple(settings.modes),
+                    now=now,
                 )
-                if old.get(scope) != status:
+                if old_statuses.get(scope) != status:
                     changed[scope] = status
-            new = {**old, **changed} if changed else old
+            new = {**old_statuses, **changed} if changed else old_statuses
             calls = transitions(
-                {scope: old[scope] for scope in changed if scope in old},
+                {scope: old_statuses[scope] for scope in changed if scope in old_statuses},
                 changed,
                 self.published_flags,
                 self.flags,
@@ -557,18 +621,20 @@ class Daemon:
                 if scope in self.flags:
                     self.published_flags[scope] = self.flags[scope]
         self._schedule_drain_recount()
+        self._arm_overdue_timer()
         self.hooks.fire(calls)
         if not changed:
             if force:
                 self._update_listeners(frozenset())
             return
         for status in changed.values():
-            log.info(
-                "scope %s: %s%s",
-                status.scope,
-                status.state,
-                f" ({status.reason})" if status.reason else "",
-            )
+            old = old_statuses.get(status.scope)
+            if old is not None and old.state != status.state:
+                key = (status.scope, status.state)
+                self.transitions[key] = self.transitions.get(key, 0) + 1
+            # A job count alone is not a state change: _take_holders logged the job.
+            if old is None or dataclasses.replace(old, jobs=status.jobs) != status:
+                log.info("scope %s: %s", status.scope, describe_change(status))
         if self.control is not None:
             self.control.broadcast(changed)
         self._update_listeners(None if len(changed) > CHANGED_LIMIT else frozenset(changed))
@@ -582,6 +648,23 @@ class Daemon:
         if draining and self.drain_timer is None:
             loop = asyncio.get_running_loop()
             self.drain_timer = loop.call_later(DRAIN_RECOUNT_INTERVAL, self._drain_tick)
+
+    def _arm_overdue_timer(self) -> None:
+        """Publish again when the next scope's ``until`` passes (it turns overdue)."""
+        if self.overdue_timer is not None:
+            self.overdue_timer.cancel()
+            self.overdue_timer = None
+        now = time.time()
+        end = next_overdue(self.busy, now)  # only scopes in maintenance can turn overdue
+        if end is None:
+            return
+        # At most an hour ahead: the wall clock may be stepped meanwhile.
+        delay = min(end - now + 0.01, 3600.0)
+        self.overdue_timer = asyncio.get_running_loop().call_later(delay, self._overdue_tick)
+
+    def _overdue_tick(self) -> None:
+        self.overdue_timer = None
+        self._publish()
 
     def _drain_tick(self) -> None:
         # Only a draining scope waits for a job's end that no file event reports.
@@ -741,6 +824,45 @@ class Daemon:
         if scope is not None and scope != DEFAULT_SCOPE:
             jobs = [job for job in jobs if job.scope == scope]
         return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
+
+
+def job_changes(
+    old: Mapping[str, set[int]], new: Mapping[str, set[int]]
+) -> list[tuple[str, int, str]]:
+    """(started|ended, pid, scope) for each job that came or went between two sets of
+    run-lock holders. Every job holds ``default.run`` too: it is named by its own
+    scope, once; only a job of ``default`` itself is named ``default``."""
+    changes = []
+    for verb, before, after in (("started", old, new), ("ended", new, old)):
+        named = set().union(*(pids for scope, pids in after.items() if scope != DEFAULT_SCOPE))
+        for scope in sorted(after):
+            pids = after[scope] - before.get(scope, set())
+            if scope == DEFAULT_SCOPE:
+                pids -= named
+            changes += [(verb, pid, scope) for pid in sorted(pids)]
+    return changes
+
+
+def describe_change(status: ScopeStatus) -> str:
+    """The log line's text for a scope's new state: state, then what the flag says."""
+    if not status.in_maintenance:
+        return status.state
+    details = []
+    if status.mode is not None:
+        details.append(f"mode {status.mode}")
+    if status.via is not None:
+        details.append(f"via {status.via}")
+    if status.reason:
+        details.append(f"reason: {status.reason}")
+    if status.until:
+        details.append(f"until {status.until}" + (", overdue" if status.overdue else ""))
+    if status.by:
+        details.append(f"by {status.by}")
+    if status.note:
+        details.append(f"note: {status.note}")
+    if status.jobs:
+        details.append(f"jobs {status.jobs}")
+    return status.state + (f" ({'; '.join(details)})" if details else "")
 
 
 # --------------------------------------------------------------------------- logging

@@ -14,6 +14,7 @@ from guardd.answers.http.parse import (
     _GATE_KINDS,
     _GATE_OPEN,
     _HEALTH,
+    _METRICS,
     _NOT_FOUND,
     _PAGE_HTML,
     _PAGE_JSON,
@@ -27,8 +28,10 @@ from guardd.answers.http.parse import (
     HEAD_CACHE_SIZE,
     LINGER_SECONDS,
     MAX_HEAD,
+    METRICS_PATH,
     STATUS_PATH,
     Kind,
+    Persist,
     _find_head_end,
     _Malformed,
     gate_headers,
@@ -58,6 +61,10 @@ class HttpConnection(asyncio.Protocol):
         self.lingering = False
         # The TCP peer's address, looked up by the first gate request that needs it.
         self.peer: str | None = None
+        # Whether the peer is in metrics.allow (None: not asked yet).
+        self.metrics_allowed: bool | None = None
+        # /metrics is being rendered off the loop: later requests wait their turn.
+        self.rendering = False
 
     # ------------------------------------------------------------------ asyncio
 
@@ -77,6 +84,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return  # answered and half-closed: input is only drained
+        if self.rendering:
+            self.buffer += data  # reading is paused; whatever was in flight waits
+            return
         if self.buffer:
             data = self.buffer + data
             self.buffer = b""
@@ -94,7 +104,7 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.transport is not None and not self.lingering:
+        if self.transport is not None and not self.lingering and not self.rendering:
             self.transport.resume_reading()
             if self.buffer:
                 data, self.buffer = self.buffer, b""
@@ -107,6 +117,7 @@ class HttpConnection(asyncio.Protocol):
         shared = self.shared
         head_cache = shared.head_cache
         answers_of = shared.answers
+        counts = shared.counts
         now = time.time()
         out: list[bytes] = []
         pos = 0
@@ -131,6 +142,7 @@ class HttpConnection(asyncio.Protocol):
             if end < 0:
                 if size - pos >= MAX_HEAD:
                     answers = shared.answers_for(shared.settings.scope)
+                    counts[Kind.TOO_LARGE] += 1
                     out.append(answers.wire(Kind.TOO_LARGE, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -143,6 +155,7 @@ class HttpConnection(asyncio.Protocol):
                     parsed = parse_head(head)
                 except _Malformed as err:
                     answers = shared.answers_for(shared.settings.scope)
+                    counts[err.kind] += 1
                     out.append(answers.wire(err.kind, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -153,7 +166,7 @@ class HttpConnection(asyncio.Protocol):
                     parsed.body_length,
                     parsed.fields,
                 )
-                if len(head) <= HEAD_CACHE_MAX_BYTES:
+                if len(head) <= HEAD_CACHE_MAX_BYTES and parsed.path != METRICS_PATH:
                     if len(head_cache) >= HEAD_CACHE_SIZE:
                         head_cache.clear()
                     head_cache[head] = routed
@@ -164,6 +177,14 @@ class HttpConnection(asyncio.Protocol):
                 kind = self._gate(scope, fields, now)
             elif kind is _STATUS:
                 kind = self._status(scope, fields, now)
+            counts[kind] += 1  # guardd_http_requests_total: a list item, rendered on scrape
+            if kind is _METRICS:
+                # Rendered in a worker thread (10,000 scopes take most of a second):
+                # answers so far go out now, the rest of the input waits for it.
+                self.body_left = body_length
+                self.buffer = data[pos:]
+                self._render_metrics(out, head_only, persist)
+                return
             answers = answers_of.get(scope) or shared.answers_for(scope)
             answer = answers.wire(kind, head_only, persist, now)
             out.append(answer)
@@ -200,6 +221,9 @@ class HttpConnection(asyncio.Protocol):
             return settings.scope_of_host(host), _STATUS  # decided per request
         if path == BANNER_PATH:
             return settings.scope, Kind.BANNER
+        if path == METRICS_PATH and self._metrics_allowed():
+            # Per connection (its peer): such a head is never remembered.
+            return settings.scope, _METRICS
         if path.startswith(settings.gate_prefix):
             # A scope named in the gate path wins over Host: the proxy's own choice,
             # which a client cannot change by sending another Host.
@@ -227,12 +251,52 @@ class HttpConnection(asyncio.Protocol):
             return scope, _PAGE_JSON
         return scope, _PAGE_HTML
 
+    def _render_metrics(self, out: list[bytes], head_only: bool, persist: Persist) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if out:
+            transport.write(b"".join(out))
+        self.deadline = self.loop.time() + self.shared.settings.header_timeout
+        if self.timer is None:
+            self._arm(self.deadline)
+        self.rendering = True
+        transport.pause_reading()
+        task = self.loop.create_task(self._answer_metrics(head_only, persist))
+        self.shared.tasks.add(task)
+        task.add_done_callback(self.shared.tasks.discard)
+
+    async def _answer_metrics(self, head_only: bool, persist: Persist) -> None:
+        """Render /metrics off the loop, answer, then go on with what came after it."""
+        body = await asyncio.to_thread(self.shared.render_metrics_body)
+        self.rendering = False
+        transport = self.transport
+        if transport is None:
+            return  # the client left (or was dropped) meanwhile
+        answer = self.shared.metrics_wire(body, head_only, persist, time.time())
+        if persist is _CLOSE:
+            self._finish([answer])
+            return
+        transport.write(answer)
+        if not self.paused:
+            transport.resume_reading()
+            if self.buffer:
+                data, self.buffer = self.buffer, b""
+                self._feed(data)
+
     def _peer(self) -> str | None:
         peer = self.peer
         if peer is None and self.transport is not None:
             name = self.transport.get_extra_info("peername")
             peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
         return peer
+
+    def _metrics_allowed(self) -> bool:
+        """The peer is in metrics.allow (asked once per connection)."""
+        allowed = self.metrics_allowed
+        if allowed is None:
+            allowed = self.metrics_allowed = self.shared.metrics_allowed(self._peer())
+        return allowed
 
     def _gate(self, scope: str, fields: bytes, now: float) -> Kind:
         """The gate's answer for ``scope``."""
