@@ -12,6 +12,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -155,6 +156,58 @@ def test_lock_dir_replaced_by_another_directory(make_guardd: MakeGuardd, mode: s
     wait_state(daemon, "on", reason="deployed")
     daemon.flag().unlink()
     wait_state(daemon, "off")
+
+
+def _replace(link: Path, target: Path, how: str) -> None:
+    """Point ``link`` at ``target`` the way a deploy does: an atomic symlink re-point
+    (``ln -sfn`` to a temporary name, then ``mv -T``), or a directory rename
+    (``mv app app.old && mv app.new app``)."""
+    if how == "symlink":
+        temporary = link.with_name(link.name + ".tmp")
+        temporary.symlink_to(target)
+        os.rename(temporary, link)
+    else:
+        old = link.with_name(link.name + f".old{time.monotonic_ns()}")
+        link.rename(old)
+        target.rename(link)
+
+
+@pytest.mark.parametrize("how", ["symlink", "rename"])
+def test_directory_above_a_flag_replaced_is_followed(make_guardd: MakeGuardd, how: str) -> None:
+    """A directory above a scope's lock_file replaced by a deploy (a re-pointed
+    ``current`` symlink, or a renamed app directory): the flag under the new directory
+    is what counts, on and off, with flips inside it seen as before, at flip latency
+    (no poll: the poll interval here is an hour)."""
+    base = Path(tempfile.mkdtemp(prefix="gd-app-", dir="/tmp"))
+    try:
+        releases = [base / "releases" / str(n) for n in range(4)]
+        for release in releases:
+            (release / "storage").mkdir(parents=True)
+        (releases[1] / "storage" / "down").write_text("")  # release 1 is "down"
+        app = base / "current"
+        if how == "symlink":
+            app.symlink_to(releases[0])
+        else:
+            releases[0].rename(app)
+        daemon = make_guardd(
+            {"poll_interval": "1h", "scopes": {"app": {"lock_file": f"{app}/storage/down"}}}
+        ).start()
+        wait_state(daemon, "off", scope="app")
+        for number, state in ((1, "on"), (2, "off"), (3, "off")):
+            _replace(app, releases[number], how)
+            wait_until(
+                lambda state=state: scope_fields(daemon, "app")["state"] == state,
+                timeout=3.0,
+                what=f"app {state} after release {number}",
+            )
+        # Flips inside the directory now in place are seen too.
+        (app / "storage" / "down").write_text("")
+        wait_until(lambda: scope_fields(daemon, "app")["state"] == "on", timeout=3.0, what="on")
+        (app / "storage" / "down").unlink()
+        wait_until(lambda: scope_fields(daemon, "app")["state"] == "off", timeout=3.0, what="off")
+        assert_no_crash(daemon.log())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_unreadable_lock_dir_fails_closed_and_recovers(
