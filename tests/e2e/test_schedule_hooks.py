@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from guardd.core.durations import format_time
 from guardd.core.schedule import Window, read_windows, write_windows
 from tests.helpers import Guardd, command, free_port, wait_until
-from tests.httpclient import get
+from tests.httpclient import get, write_flag
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -196,7 +200,8 @@ def test_hooks_run_with_environment_in_order(make_guardd: MakeGuardd, tmp_short:
             },
         }
     ).start()
-    daemon.flag("shop").write_text('{"reason": "db", "until": "2099-01-01T00:00:00Z"}')
+    # Atomically, as guardctl does: a plain write can be seen empty (on, no reason).
+    write_flag(daemon.flag("shop"), {"reason": "db", "until": "2099-01-01T00:00:00Z"})
     wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2, what="enter hooks")
     daemon.flag("shop").unlink()
     wait_until(lambda: log.read_text().count("\n") >= 3, what="exit hook")
@@ -266,3 +271,57 @@ def test_upcoming_window_is_in_maintenance_json(make_guardd: MakeGuardd) -> None
     ctl(daemon, "schedule", "shop", "--at", at(5 * 3600), "--for", "30m", "--notice", "1h")
     time.sleep(0.3)
     assert len(get(port, "/maintenance.json").json()["upcoming"]) == 1
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_hook_leaving_a_background_process_is_done_and_leaks_nothing(
+    make_guardd: MakeGuardd, tmp_short: Path, loop: str
+) -> None:
+    """A hook that exits 0 leaving background processes (holding its output pipe) is
+    logged as done with what it printed, not as timed out; over 20 transitions
+    guardd's descriptor count stays where it was (the processes are left alone). On
+    both event loops: asyncio's kept one pipe per transition."""
+    pids = tmp_short / "pids"
+    # One left in the hook's process group, one in a session of its own (out of reach
+    # of a kill of the group): both hold the hook's output pipe open.
+    script = f"sleep 60 & echo $! >> {pids}; setsid sleep 60 & echo $! >> {pids}; echo started"
+    daemon = make_guardd(
+        {"hooks": {"timeout": "2", "on_enter": [["sh", "-c", script]]}}, env={"GUARDD_LOOP": loop}
+    ).start()
+    assert daemon.process is not None
+    fd_dir = f"/proc/{daemon.process.pid}/fd"
+    try:
+        for flip in range(20):
+            daemon.flag().touch()
+            wait_until(
+                lambda flip=flip: daemon.log().count("on_enter hook 'sh' for default") > flip,
+                what=f"hook {flip + 1} logged",
+            )
+            if flip == 0:
+                before = fd_list(fd_dir)  # after the first: its pipes warmed up
+            daemon.flag().unlink()
+            wait_until(lambda: default_off(daemon), what="off")
+        after = fd_list(fd_dir)
+        assert len(after) <= len(before), sorted(set(after) - set(before))
+        log = daemon.log()
+        assert log.count("on_enter hook 'sh' for default done: started") == 20, log[-2000:]
+        assert "timed out" not in log
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def default_off(daemon: Guardd) -> bool:
+    """The default scope is off."""
+    return bool(daemon.request({"op": "status"})["scopes"]["default"]["state"] == "off")
+
+
+def fd_list(fd_dir: str) -> list[str]:
+    """guardd's pipes (where a hook's output comes; sockets and files come and go
+    with status requests and job counts)."""
+    targets = []
+    for name in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            targets.append(f"{name}:{os.readlink(f'{fd_dir}/{name}')}")
+    return [target for target in targets if ":pipe:" in target]
