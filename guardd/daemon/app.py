@@ -42,6 +42,7 @@ from guardd.daemon.hooks import HookRunner, transitions
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
+from guardd.fleet.etcd import require_client
 from guardd.protocol import status_reply
 
 log = logging.getLogger("guardd")
@@ -228,6 +229,8 @@ class Daemon:
 
     async def _apply_config(self, new: Config) -> None:
         old = self.config
+        if new.fleet.endpoints:
+            require_client()  # fleet mode added without the etcd client: refused
         self._prepare_dirs(new)
         if new.control.socket != old.control.socket:
             raise ConfigError("control.socket cannot change on reload; restart guardd")

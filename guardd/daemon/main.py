@@ -52,6 +52,10 @@ def setup_logging() -> None:
 def run(*, config_path: str | None, check_config: bool) -> int:
     """Load the config, then either print it (--check-config) or serve until stopped."""
     config = resolve_secrets(load_config(config_path))
+    if config.fleet.endpoints:
+        from guardd.fleet.etcd import require_client
+
+        require_client()
     if check_config:
         import yaml
 
