@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -54,6 +54,12 @@ DRAIN_RECOUNT_INTERVAL = 0.25
 JOB_EVENT_DELAY = 0.05
 
 
+# A read done off the loop: its number (see Daemon.read_number), the config it was
+# read for, and what was read.
+FlagRead = tuple[int, Config, dict[str, FlagInfo | None]]
+JobsRead = tuple[int, Config, dict[str, int]]
+
+
 class StateListener(Protocol):
     """A part that answers from the state (HTTP responder, agent-check port)."""
 
@@ -63,8 +69,16 @@ class StateListener(Protocol):
     def update(self, snapshot: Snapshot) -> None:
         """The state changed: rebuild prebuilt answers."""
 
-    async def reconfigure(self, config: Config) -> None:
-        """A reload brought a new valid config."""
+    async def prepare(self, config: Config) -> None:
+        """A reload brings a new valid config: read what answering from it needs
+        (nothing is answered from it yet)."""
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Answer from the prepared config and ``snapshot`` from now on (synchronous:
+        every answer is from the old config and state or from the new ones)."""
+
+    async def rebind(self) -> None:
+        """Bind the applied config's new addresses; close the ones it dropped."""
 
     async def close(self) -> None:
         """Stop serving."""
@@ -96,6 +110,13 @@ class Daemon:
         self.unknown_flags: dict[str, FlagInfo] = {}
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
+        # Reads of flags and job counts run off the loop and may overlap (a refresh
+        # while a reload reads). Each is numbered when it starts, and only a read
+        # started later than what is held replaces it: a slow read never undoes a
+        # change a quicker one already took in.
+        self.read_number = 0
+        self.flag_read: dict[str, int] = {}  # scope -> number of the read it holds
+        self.jobs_read = 0
         self.statuses: dict[str, ScopeStatus] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
@@ -134,8 +155,9 @@ class Daemon:
             loop.add_signal_handler(signum, self._request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         self._prepare_dirs(self.config)
+        self.watcher = self._make_watcher(self.config, self._on_change)
+        self.watcher.start(loop)
         await self._read_everything()
-        self._start_watcher(loop)
         self.refresher = loop.create_task(self._refresh_loop())
         self.schedule_dirty = True  # a start missed while guardd was down happens now
         self.refresh_wanted.set()
@@ -228,6 +250,13 @@ class Daemon:
             self.notifier.reloaded()
 
     async def _apply_config(self, new: Config) -> None:
+        """Build everything the new config answers from, then swap it in at once.
+
+        Until the swap every answer comes from the old config and its state; from it,
+        from the new config and the state read for it (no scope it adds is "off"
+        because it was not read yet). A change seen while the reload read is re-read
+        after the swap: it wins over what the reload read.
+        """
         old = self.config
         if new.fleet.endpoints:
             require_client()  # fleet mode added without the etcd client: refused
@@ -236,22 +265,57 @@ class Daemon:
             raise ConfigError("control.socket cannot change on reload; restart guardd")
         assert self.control is not None
         self.control.apply_permissions(mode=new.control.mode, group=new.control.group)
-        self.config = new
-        self.hooks.reconfigure(new.hooks)
-        self.schedule_dirty = True
-        if new.fleet != old.fleet or new.node != old.node or new.scopes != old.scopes:
-            if self.fleet is not None:
-                await self.fleet.close()
-                self.fleet = None
-            self._start_fleet()
-        for listener in self.listeners:
-            await listener.reconfigure(new)
+        # Watch the new paths before reading them; what they report before the swap
+        # is kept and replayed after it (the old watcher serves the old config).
+        seen: set[str] = set()
+
+        def on_change(paths: set[str]) -> None:
+            if self.config is new:
+                self._on_change(paths)
+            else:
+                seen.update(paths)
+
+        watcher = self._make_watcher(new, on_change)
+        watcher.start(asyncio.get_running_loop())
+        try:
+            for listener in self.listeners:
+                await listener.prepare(new)
+            # Jobs first, flags last: the flags taken in at the swap are the freshest.
+            jobs = await self._count_jobs(new)
+            flags = await self._read_flags(new, list(new.scopes))
+        except BaseException:
+            watcher.close()
+            raise
+        # ---- the swap: no await from here to the listeners' apply
         if self.watcher is not None:
             self.watcher.close()
-        self._start_watcher(asyncio.get_running_loop())
-        # The flags are replaced whole once read, not cleared first: a refresh that
-        # publishes meanwhile would show every scope as off (health 200 mid-maintenance).
-        await self._read_everything(publish=True)
+        self.watcher = watcher
+        self.config = new
+        self.hooks.reconfigure(new.hooks)
+        number, _, read = flags
+        self.flags = read
+        self.flag_read = dict.fromkeys(read, number)
+        self.jobs_read, _, self.jobs = jobs
+        old_fleet = None
+        if new.fleet != old.fleet or new.node != old.node or new.scopes != old.scopes:
+            old_fleet, self.fleet = self.fleet, None
+        self._publish()
+        snapshot = self.snapshot()
+        for listener in self.listeners:
+            listener.apply(snapshot)
+        # ---- swapped
+        self.schedule_dirty = True
+        self.jobs_dirty = True
+        self.dirty_scopes.update(new.scopes)  # anything that changed while reading
+        if seen:
+            self._on_change(seen)
+        self.refresh_wanted.set()
+        for listener in self.listeners:
+            await listener.rebind()
+        if old_fleet is not None:
+            await old_fleet.close()
+        if self.fleet is None:
+            self._start_fleet()
 
     # ------------------------------------------------------------------ state
 
@@ -269,9 +333,17 @@ class Daemon:
             scope: run_lock_path(self.config.runtime_dir, scope) for scope in self.config.scopes
         }
 
-    def _read_flags(self, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
+    def _next_read(self) -> int:
+        self.read_number += 1
+        return self.read_number
+
+    async def _read_flags(self, config: Config, scopes: Sequence[str]) -> FlagRead:
+        """Read scopes' flags off the loop, numbered for ``_take_flags``."""
+        number = self._next_read()
+        return number, config, await asyncio.to_thread(self._read_flag_files, config, scopes)
+
+    def _read_flag_files(self, config: Config, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
         """Each scope's effective flag: its own, else its mirrored fleet flag."""
-        config = self.config
         mirrors = mirror_paths(config)
         flags = {}
         for scope in scopes:
@@ -283,9 +355,28 @@ class Daemon:
             flags[scope] = flag
         return flags
 
-    def _take_flags(self, flags: dict[str, FlagInfo | None]) -> None:
-        """Take in flags read off the loop, but none of a scope a reload dropped meanwhile."""
-        self.flags.update((s, f) for s, f in flags.items() if s in self.config.scopes)
+    def _take_flags(self, read: FlagRead) -> None:
+        """Take in flags read off the loop, unless a reload replaced the config they
+        were read for, or a read started later is already in."""
+        number, config, flags = read
+        if config is not self.config:
+            return
+        for scope, flag in flags.items():
+            if number > self.flag_read.get(scope, 0):
+                self.flags[scope] = flag
+                self.flag_read[scope] = number
+
+    async def _count_jobs(self, config: Config) -> JobsRead:
+        """Count every scope's jobs off the loop, numbered for ``_take_jobs``."""
+        number = self._next_read()
+        locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
+        return number, config, await asyncio.to_thread(count_jobs, locks)
+
+    def _take_jobs(self, read: JobsRead) -> None:
+        number, config, jobs = read
+        if config is self.config and number > self.jobs_read:
+            self.jobs = jobs
+            self.jobs_read = number
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
@@ -328,35 +419,32 @@ class Daemon:
 
     async def _mirror_written(self, scope: str) -> None:
         """The fleet agent updated a mirror file: take it in before reporting it applied."""
-        self._take_flags(await asyncio.to_thread(self._read_flags, [scope]))
+        self._take_flags(await self._read_flags(self.config, [scope]))
         self._publish()
 
     def _fleet_view_changed(self) -> None:
         self._update_listeners()
 
-    async def _read_everything(self, *, publish: bool = False) -> None:
-        flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
-        jobs = await asyncio.to_thread(count_jobs, self._run_locks())
-        self.flags = flags
-        self.jobs = jobs
-        if publish:
-            self._publish()
-        else:
-            self.statuses = all_statuses(self.flags, self.jobs)
-            self.published_flags = dict(self.flags)
-            self._schedule_drain_recount()
+    async def _read_everything(self) -> None:
+        """Startup: every scope's flag and jobs, before anything is answered."""
+        jobs = await self._count_jobs(self.config)
+        flags = await self._read_flags(self.config, list(self.config.scopes))
+        self._take_jobs(jobs)
+        self._take_flags(flags)
+        self.statuses = all_statuses(self.flags, self.jobs)
+        self.published_flags = dict(self.flags)
+        self._schedule_drain_recount()
 
-    def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
-        flag_paths = {self.config.flag_path(scope) for scope in self.config.scopes}
-        flag_paths |= {schedule_path(self.config.lock_dir, scope) for scope in self.config.scopes}
-        flag_paths |= set(mirror_paths(self.config).values())
-        self.watcher = Watcher(
+    def _make_watcher(self, config: Config, on_change: Callable[[set[str]], None]) -> Watcher:
+        flag_paths = {config.flag_path(scope) for scope in config.scopes}
+        flag_paths |= {schedule_path(config.lock_dir, scope) for scope in config.scopes}
+        flag_paths |= set(mirror_paths(config).values())
+        return Watcher(
             files=flag_paths,
-            run_dir=self.config.runtime_dir,
-            poll_interval=self.config.poll_interval,
-            on_change=self._on_change,
+            run_dir=config.runtime_dir,
+            poll_interval=config.poll_interval,
+            on_change=on_change,
         )
-        self.watcher.start(loop)
 
     def _on_change(self, paths: set[str]) -> None:
         """From the watcher: mark what must be re-read and wake the refresher."""
@@ -411,11 +499,11 @@ class Daemon:
                     await self._refresh_schedule()
                 if scopes:
                     # Flags first: the flip reaches HTTP answers before jobs are counted.
-                    self._take_flags(await asyncio.to_thread(self._read_flags, scopes))
+                    self._take_flags(await self._read_flags(self.config, scopes))
                     self._publish()
                     jobs_dirty = True  # a new flag may start a drain
                 if jobs_dirty:
-                    self.jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+                    self._take_jobs(await self._count_jobs(self.config))
                     self._publish()
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")

@@ -218,6 +218,7 @@ class HttpListener:
         self.snapshot = Snapshot(statuses={})
         settings = HttpSettings.from_config(config, None)
         self.shared = HttpShared(settings, self.snapshot.view(settings.scope))
+        self.pending: tuple[Config, HttpSettings] | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "http.listen", lambda: HttpConnection(self.shared, loop_getter())
@@ -248,11 +249,18 @@ class HttpListener:
             self.shared.publish(settings, view)
         self.endpoints.start_serving()
 
-    async def reconfigure(self, config: Config) -> None:
-        settings = await self._settings(config, strict=False)
-        self.config = config
-        self.shared.publish(settings, self.snapshot.view(settings.scope))
-        await self.endpoints.rebind(config.http.listen)
+    async def prepare(self, config: Config) -> None:
+        self.pending = (config, await self._settings(config, strict=False))
+
+    def apply(self, snapshot: Snapshot) -> None:
+        assert self.pending is not None
+        self.config, settings = self.pending
+        self.pending = None
+        self.snapshot = snapshot
+        self.shared.publish(settings, snapshot.view(settings.scope))
+
+    async def rebind(self) -> None:
+        await self.endpoints.rebind(self.config.http.listen)
 
     async def close(self) -> None:
         await _close(self.endpoints, self.shared.close_all)
@@ -272,6 +280,7 @@ class AgentListener:
         self.config = config
         self.snapshot = Snapshot(statuses={})
         self.shared = AgentShared()
+        self.pending: Config | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "agent.listen", lambda: AgentConnection(self.shared, loop_getter())
@@ -291,10 +300,17 @@ class AgentListener:
         self._publish()
         self.endpoints.start_serving()
 
-    async def reconfigure(self, config: Config) -> None:
-        self.config = config
+    async def prepare(self, config: Config) -> None:
+        self.pending = config
+
+    def apply(self, snapshot: Snapshot) -> None:
+        assert self.pending is not None
+        self.config, self.pending = self.pending, None
+        self.snapshot = snapshot
         self._publish()
-        await self.endpoints.rebind(config.agent.listen)
+
+    async def rebind(self) -> None:
+        await self.endpoints.rebind(self.config.agent.listen)
 
     async def close(self) -> None:
         await _close(self.endpoints, self.shared.close_all)

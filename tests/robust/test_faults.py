@@ -12,6 +12,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -433,6 +434,98 @@ def test_disk_full_keeps_the_old_flag_and_says_so_in_one_line(make_guardd: MakeG
 
 
 # --------------------------------------------------------------------------- reloads
+
+
+# Holds ``count`` POSIX locks on byte ranges of one file (each its own line in
+# /proc/locks), so that every job count, which reads /proc/locks, takes tens of ms.
+HOLD_LOCKS = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+    "for i in range(int(sys.argv[2])):\n"
+    "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 2 * i)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@contextlib.contextmanager
+def slow_job_counts(directory: Path, count: int = 2500) -> Iterator[None]:
+    """Make /proc/locks long (and every job count slow) for the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCKS, str(directory / "many.locks"), str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate(timeout=10)  # closes its stdin: it exits
+
+
+def test_flag_change_during_a_reload_wins(make_guardd: MakeGuardd, tmp_short: Path) -> None:
+    """A flag created or removed while a SIGHUP reload reads (its job count made slow):
+    the change wins, on and off, every time; never the state the reload read first."""
+    daemon = make_guardd().start()
+    rng = random.Random(12)
+    with slow_job_counts(tmp_short):
+        for round_ in range(16):
+            present = round_ % 2 == 0
+            sent = len(daemon.notify.collect())
+            daemon.signal(signal.SIGHUP)
+            time.sleep(rng.uniform(0.0, 0.06))  # within the reload's slow job count
+            if present:
+                write_flag(daemon.flag(), {"reason": f"round {round_}"})
+            else:
+                daemon.flag().unlink()
+            daemon.notify.wait_for("READY=1", after=sent)
+            want = "on" if present else "off"
+            wait_until(
+                lambda want=want: scope_fields(daemon)["state"] == want,
+                timeout=3.0,
+                what=f"{want} after reload {round_}",
+            )
+    assert_no_crash(daemon.log())
+
+
+def test_reload_to_a_new_http_scope_never_answers_from_half_of_it(
+    make_guardd: MakeGuardd, tmp_short: Path
+) -> None:
+    """A reload that adds scope b, in maintenance, and makes it http.scope, while
+    /maintenance.json is asked for without pause: every answer is the old config's
+    (http.scope default, off) or the new one's with b's true state; none says b off."""
+    port = free_port()
+    settings = {"http": {"listen": [f"127.0.0.1:{port}"]}, "scopes": {"a": None}}
+    daemon = make_guardd(settings).start()
+    write_flag(daemon.flag("b"), {"reason": "b is down"})
+    answers: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            body = get(port, "/maintenance.json").json()
+            answers.append((body["scope"], body["state"]))
+
+    with slow_job_counts(tmp_short):
+        asker = threading.Thread(target=ask)
+        asker.start()
+        try:
+            wait_until(lambda: len(answers) > 20, what="answers before the reload")
+            daemon.settings["scopes"] = {"a": None, "b": None}
+            daemon.settings["http"]["scope"] = "b"
+            daemon.write_config()
+            sent = len(daemon.notify.collect())
+            daemon.signal(signal.SIGHUP)
+            daemon.notify.wait_for("READY=1", after=sent)
+            seen = len(answers)
+            wait_until(lambda: len(answers) > seen + 20, what="answers after the reload")
+        finally:
+            stop.set()
+            asker.join()
+    assert set(answers) == {("default", "off"), ("b", "on")}, sorted(set(answers))
+    assert answers[-1] == ("b", "on")
+    assert_no_crash(daemon.log())
 
 
 def test_reload_storm_under_job_churn_never_shows_the_scope_off(make_guardd: MakeGuardd) -> None:
