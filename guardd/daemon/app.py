@@ -50,6 +50,9 @@ log = logging.getLogger("guardd")
 # While a scope drains, jobs are recounted this often: a job's end has no file
 # event we can count on (a lock inherited by a child outlives the parent's close).
 DRAIN_RECOUNT_INTERVAL = 0.25
+# The longest the schedule sleeps while a window is pending: a window whose start
+# came early through a forward step of the wall clock starts at most this late.
+SCHEDULE_RECHECK = 30.0
 # Delay between a run lock's open/close event and the recount it triggers.
 JOB_EVENT_DELAY = 0.05
 
@@ -512,13 +515,18 @@ class Daemon:
         """Carry out due windows; a schedule that cannot be read (an unreadable lock
         directory, say) is logged and never holds up the flags read after it."""
         try:
-            self.windows = await asyncio.to_thread(self._run_schedule)
+            self.windows, acted = await asyncio.to_thread(self._run_schedule)
         except OSError as err:
             log.error(
                 "cannot read the schedule in %s: %s", self.config.lock_dir, err.strerror or err
             )
             return
         self._arm_schedule_timer()
+        if acted:
+            # Flags it wrote or removed: read them now, not when a file event (which a
+            # polled directory never sends) comes.
+            self.dirty_scopes.update(acted)
+            self.refresh_wanted.set()
         self._publish(force=True)
 
     def _publish(self, *, force: bool = False) -> None:
@@ -568,12 +576,14 @@ class Daemon:
 
     # ------------------------------------------------------------------ schedule
 
-    def _run_schedule(self) -> dict[str, list[Window]]:
-        """Carry out due windows (worker thread); return every scope's windows."""
+    def _run_schedule(self) -> tuple[dict[str, list[Window]], set[str]]:
+        """Carry out due windows (worker thread); return every scope's windows, and
+        the scopes whose windows had steps carried out."""
         now = datetime.now(UTC)
         result: dict[str, list[Window]] = {scope: [] for scope in self.config.scopes}
+        acted: set[str] = set()
         if not os.path.isdir(self.config.lock_dir):
-            return result  # deleted: no schedule files, and no mutex to create there
+            return result, acted  # deleted: no schedule files, and no mutex to create there
         with locked(self.config.lock_dir, create_dir=False):
             for scope in self.config.scopes:
                 windows = read_windows(self.config.lock_dir, scope)
@@ -583,8 +593,9 @@ class Daemon:
                     windows = [done if w.id == done.id else w for w in windows]
                 if steps:
                     write_windows(self.config.lock_dir, scope, windows)
+                    acted.add(scope)
                 result[scope] = windows
-        return result
+        return result, acted
 
     def _carry_out(self, action: str, window: Window) -> Window:
         path = self.config.flag_path(window.scope)
@@ -638,7 +649,9 @@ class Daemon:
         return mark(window, done=True)
 
     def _arm_schedule_timer(self) -> None:
-        """Wake up at the next notice, start or end (at most an hour ahead: clocks move)."""
+        """Wake up at the next notice, start or end, and at least every SCHEDULE_RECHECK
+        meanwhile: the timer runs on the monotonic clock, and the wall clock may be
+        stepped forward under it (a VM resumed, NTP catching up)."""
         if self.schedule_timer is not None:
             self.schedule_timer.cancel()
             self.schedule_timer = None
@@ -646,7 +659,7 @@ class Daemon:
         wakeup = next_wakeup(all_windows, datetime.now(UTC))
         if wakeup is None:
             return
-        delay = min(max(wakeup.timestamp() - time.time(), 0.0) + 0.01, 3600.0)
+        delay = min(max(wakeup.timestamp() - time.time(), 0.0) + 0.01, SCHEDULE_RECHECK)
         self.schedule_timer = asyncio.get_running_loop().call_later(delay, self._schedule_tick)
 
     def _schedule_tick(self) -> None:

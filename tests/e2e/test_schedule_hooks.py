@@ -16,6 +16,7 @@ import pytest
 
 from guardd.core.durations import format_time
 from guardd.core.schedule import Window, read_windows, write_windows
+from guardd.daemon.app import SCHEDULE_RECHECK
 from tests.helpers import Guardd, command, free_port, wait_until
 from tests.httpclient import get, write_flag
 
@@ -325,3 +326,74 @@ def fd_list(fd_dir: str) -> list[str]:
         with contextlib.suppress(OSError):
             targets.append(f"{name}:{os.readlink(f'{fd_dir}/{name}')}")
     return [target for target in targets if ":pipe:" in target]
+
+
+def unseen_window(daemon: Guardd, *, lead: float) -> None:
+    """Add a window starting ``lead`` seconds from now next to one two hours ahead,
+    where guardd cannot see the file change (polling once an hour): only its own
+    re-planning can find it, as after a forward clock step."""
+    now = datetime.now(UTC)
+    near = Window(
+        id="near1",
+        scope="shop",
+        at=format_time(now + timedelta(seconds=lead)),
+        end=format_time(now + timedelta(hours=1)),
+        reason="clock stepped",
+        notice=60,
+        auto_off=True,
+    )
+    write_windows(str(daemon.lock_dir), "shop", [far_window(), near])
+
+
+def polled_hourly(make_guardd: MakeGuardd) -> Guardd:
+    """A guardd with scope shop that learns of file changes only by polling, hourly,
+    planned around one window two hours ahead."""
+    daemon = make_guardd(
+        {"scopes": {"shop": None}, "poll_interval": "1h"}, env={"GUARDD_POLL_ONLY": "1"}
+    )
+    daemon.lock_dir.mkdir(parents=True)
+    write_windows(str(daemon.lock_dir), "shop", [far_window()])
+    return daemon.start()
+
+
+def far_window() -> Window:
+    """A window two hours ahead (announced an hour before it)."""
+    now = datetime.now(UTC)
+    return Window(
+        id="far1",
+        scope="shop",
+        at=format_time(now + timedelta(hours=2)),
+        end=format_time(now + timedelta(hours=3)),
+        reason="later",
+        notice=3600,
+        auto_off=True,
+    )
+
+
+def test_reload_re_plans_the_schedule(make_guardd: MakeGuardd) -> None:
+    """SIGHUP runs the schedule again: a window due now (that guardd could not have
+    seen coming) starts at the reload, not at the next planned wake-up."""
+    daemon = polled_hourly(make_guardd)
+    unseen_window(daemon, lead=0.5)
+    time.sleep(1.0)
+    assert shop_state(daemon) == "off"  # not seen: nothing re-planned yet
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: shop_state(daemon) == "on", timeout=5.0, what="window started")
+
+
+@pytest.mark.heavy
+def test_schedule_sleeps_at_most_the_recheck_interval(make_guardd: MakeGuardd) -> None:
+    """With the next window two hours away guardd still wakes within
+    SCHEDULE_RECHECK (30 s): a window whose start came while it slept (a forward
+    clock step, here a file change it could not see) starts at most that late."""
+    assert SCHEDULE_RECHECK <= 30.0
+    daemon = polled_hourly(make_guardd)
+    started = time.monotonic()
+    unseen_window(daemon, lead=0.5)
+    wait_until(
+        lambda: shop_state(daemon) == "on",
+        timeout=40.0,
+        interval=0.5,
+        what="window started by the bounded re-check",
+    )
+    assert time.monotonic() - started <= 35.0
