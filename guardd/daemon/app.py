@@ -13,15 +13,16 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core.durations import format_time
 from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
-from guardd.core.jobs import count_jobs, describe_jobs, find_holders
+from guardd.core.jobs import Job, count_jobs, describe_jobs, find_holders
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
@@ -46,6 +47,7 @@ from guardd.fleet.etcd import require_client
 from guardd.protocol import status_reply
 
 log = logging.getLogger("guardd")
+T = TypeVar("T")
 
 # While a scope drains, jobs are recounted this often: a job's end has no file
 # event we can count on (a lock inherited by a child outlives the parent's close).
@@ -132,6 +134,15 @@ class Daemon:
         self.schedule_timer: asyncio.TimerHandle | None = None
         self.refresh_wanted = asyncio.Event()
         self.refresher: asyncio.Task[None] | None = None
+        self.jobs_wanted = asyncio.Event()
+        self.counter: asyncio.Task[None] | None = None
+        # Threads, by kind of work, so that none waits behind another: flag and
+        # schedule reads (quick, on every change), job counts for the state, and job
+        # listings for ``jobs`` requests (any local user may ask in a loop).
+        self.flag_pool = ThreadPoolExecutor(1, thread_name_prefix="guardd-flags")
+        self.count_pool = ThreadPoolExecutor(1, thread_name_prefix="guardd-count")
+        self.listing_pool = ThreadPoolExecutor(1, thread_name_prefix="guardd-jobs")
+        self.listing = Coalesced(self._list_jobs, self.listing_pool)
         self.drain_timer: asyncio.TimerHandle | None = None
         self.recount_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
@@ -162,6 +173,7 @@ class Daemon:
         self.watcher.start(loop)
         await self._read_everything()
         self.refresher = loop.create_task(self._refresh_loop())
+        self.counter = loop.create_task(self._jobs_loop())
         self.schedule_dirty = True  # a start missed while guardd was down happens now
         self.refresh_wanted.set()
         self.control = ControlServer(
@@ -221,9 +233,12 @@ class Daemon:
             await self.control.close()
         if self.watcher is not None:
             self.watcher.close()
-        if self.refresher is not None:
-            self.refresher.cancel()
-            await asyncio.gather(self.refresher, return_exceptions=True)
+        tasks = [t for t in (self.refresher, self.counter) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pool in (self.flag_pool, self.count_pool, self.listing_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         await self.hooks.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
@@ -343,7 +358,9 @@ class Daemon:
     async def _read_flags(self, config: Config, scopes: Sequence[str]) -> FlagRead:
         """Read scopes' flags off the loop, numbered for ``_take_flags``."""
         number = self._next_read()
-        return number, config, await asyncio.to_thread(self._read_flag_files, config, scopes)
+        loop = asyncio.get_running_loop()
+        read = await loop.run_in_executor(self.flag_pool, self._read_flag_files, config, scopes)
+        return number, config, read
 
     def _read_flag_files(self, config: Config, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
         """Each scope's effective flag: its own, else its mirrored fleet flag."""
@@ -373,7 +390,8 @@ class Daemon:
         """Count every scope's jobs off the loop, numbered for ``_take_jobs``."""
         number = self._next_read()
         locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
-        return number, config, await asyncio.to_thread(count_jobs, locks)
+        loop = asyncio.get_running_loop()
+        return number, config, await loop.run_in_executor(self.count_pool, count_jobs, locks)
 
     def _take_jobs(self, read: JobsRead) -> None:
         number, config, jobs = read
@@ -490,32 +508,46 @@ class Daemon:
         self.refresh_wanted.set()
 
     async def _refresh_loop(self) -> None:
-        """Re-read what changed, off the loop, then publish. Bursts coalesce."""
+        """Re-read changed flags and the schedule, off the loop, then publish. Bursts
+        coalesce. Job counts run in a loop of their own (``_jobs_loop``): a slow count
+        never holds up the next flag change."""
         while True:
             await self.refresh_wanted.wait()
             self.refresh_wanted.clear()
             scopes, self.dirty_scopes = sorted(self.dirty_scopes), set()
-            jobs_dirty, self.jobs_dirty = self.jobs_dirty, False
             schedule_dirty, self.schedule_dirty = self.schedule_dirty, False
             try:
                 if schedule_dirty:
                     await self._refresh_schedule()
                 if scopes:
-                    # Flags first: the flip reaches HTTP answers before jobs are counted.
                     self._take_flags(await self._read_flags(self.config, scopes))
                     self._publish()
-                    jobs_dirty = True  # a new flag may start a drain
-                if jobs_dirty:
-                    self._take_jobs(await self._count_jobs(self.config))
-                    self._publish()
+                    self.jobs_dirty = True  # a new flag may start a drain
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
+            if self.jobs_dirty:
+                self.jobs_wanted.set()
+
+    async def _jobs_loop(self) -> None:
+        """Recount jobs when asked (run-lock events, drains, new flags); coalesced."""
+        while True:
+            await self.jobs_wanted.wait()
+            self.jobs_wanted.clear()
+            if not self.jobs_dirty:
+                continue
+            self.jobs_dirty = False
+            try:
+                self._take_jobs(await self._count_jobs(self.config))
+                self._publish()
+            except Exception:
+                log.exception("counting jobs failed; retrying on the next change")
 
     async def _refresh_schedule(self) -> None:
         """Carry out due windows; a schedule that cannot be read (an unreadable lock
         directory, say) is logged and never holds up the flags read after it."""
         try:
-            self.windows, acted = await asyncio.to_thread(self._run_schedule)
+            loop = asyncio.get_running_loop()
+            self.windows, acted = await loop.run_in_executor(self.flag_pool, self._run_schedule)
         except OSError as err:
             log.error(
                 "cannot read the schedule in %s: %s", self.config.lock_dir, err.strerror or err
@@ -724,11 +756,45 @@ class Daemon:
                 "ok": False,
                 "error": {"code": "bad_request", "message": f"unknown scope {scope!r} ({known})"},
             }
-        holders = await asyncio.to_thread(find_holders, self._run_locks())
-        jobs = await asyncio.to_thread(describe_jobs, holders)
+        jobs = await self.listing.get()
         if scope is not None and scope != DEFAULT_SCOPE:
             jobs = [job for job in jobs if job.scope == scope]
         return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
+
+    def _list_jobs(self) -> list[Job]:
+        """Every scope's jobs, described (a worker thread of the listing pool)."""
+        return describe_jobs(find_holders(self._run_locks()))
+
+
+class Coalesced(Generic[T]):
+    """``fn`` run in ``executor`` for every caller, at most one run at a time: callers
+    arriving while a run is under way share the next one (which starts after they
+    asked, so none gets an answer older than its request)."""
+
+    def __init__(self, fn: Callable[[], T], executor: Executor) -> None:
+        self.fn = fn
+        self.executor = executor
+        self.current: asyncio.Future[T] | None = None  # the run under way
+        self.pending: asyncio.Future[T] | None = None  # the next run, shared
+
+    async def get(self) -> T:
+        """The result of a run that started after this call."""
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(self._run(self.current))
+            # Its error is every caller's; retrieved here too, for when all hung up.
+            self.pending.add_done_callback(lambda run: run.cancelled() or run.exception())
+        return await asyncio.shield(self.pending)
+
+    async def _run(self, before: asyncio.Future[T] | None) -> T:
+        if before is not None:
+            await asyncio.wait([before])
+        me, self.pending = self.pending, None  # later callers wait for the next run
+        self.current = me
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.fn)
+        finally:
+            if self.current is me:
+                self.current = None
 
 
 # --------------------------------------------------------------------------- logging

@@ -12,7 +12,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,6 +29,7 @@ from tests.robust.support import (
     kernel_setting,
     run_as_nobody,
     scope_fields,
+    slow_job_counts,
     wait_state,
 )
 from tests.run_helpers import Site, kill_session
@@ -434,34 +434,6 @@ def test_disk_full_keeps_the_old_flag_and_says_so_in_one_line(make_guardd: MakeG
 
 
 # --------------------------------------------------------------------------- reloads
-
-
-# Holds ``count`` POSIX locks on byte ranges of one file (each its own line in
-# /proc/locks), so that every job count, which reads /proc/locks, takes tens of ms.
-HOLD_LOCKS = (
-    "import fcntl, os, sys\n"
-    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
-    "for i in range(int(sys.argv[2])):\n"
-    "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 2 * i)\n"
-    "print('held', flush=True)\n"
-    "sys.stdin.read()\n"
-)
-
-
-@contextlib.contextmanager
-def slow_job_counts(directory: Path, count: int = 2500) -> Iterator[None]:
-    """Make /proc/locks long (and every job count slow) for the block."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCKS, str(directory / "many.locks"), str(count)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-        yield
-    finally:
-        holder.communicate(timeout=10)  # closes its stdin: it exits
 
 
 def test_flag_change_during_a_reload_wins(make_guardd: MakeGuardd, tmp_short: Path) -> None:
