@@ -122,6 +122,7 @@ class Daemon:
         self.read_number = 0
         self.flag_read: dict[str, int] = {}  # scope -> number of the read it holds
         self.jobs_read = 0
+        self.count_failing = False  # logged once until counting works again
         self.statuses: dict[str, ScopeStatus] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
@@ -313,7 +314,10 @@ class Daemon:
         number, _, read = flags
         self.flags = read
         self.flag_read = dict.fromkeys(read, number)
-        self.jobs_read, _, self.jobs = jobs
+        if jobs is not None:
+            self.jobs_read, _, self.jobs = jobs
+        else:  # not countable now: the last counts of the scopes that stay
+            self.jobs = {scope: n for scope, n in self.jobs.items() if scope in new.scopes}
         old_fleet = None
         if new.fleet != old.fleet or new.node != old.node or new.scopes != old.scopes:
             old_fleet, self.fleet = self.fleet, None
@@ -386,14 +390,31 @@ class Daemon:
                 self.flags[scope] = flag
                 self.flag_read[scope] = number
 
-    async def _count_jobs(self, config: Config) -> JobsRead:
-        """Count every scope's jobs off the loop, numbered for ``_take_jobs``."""
+    async def _count_jobs(self, config: Config) -> JobsRead | None:
+        """Count every scope's jobs off the loop, numbered for ``_take_jobs``; None when
+        they cannot be counted now (no descriptor left): the last counts stay, since
+        a count of 0 would show a draining scope as on."""
         number = self._next_read()
         locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
         loop = asyncio.get_running_loop()
-        return number, config, await loop.run_in_executor(self.count_pool, count_jobs, locks)
+        try:
+            jobs = await loop.run_in_executor(self.count_pool, count_jobs, locks)
+        except OSError as err:
+            if not self.count_failing:
+                self.count_failing = True
+                log.error(
+                    "cannot count jobs (%s): keeping the last counts until it works again",
+                    err.strerror or err,
+                )
+            return None
+        if self.count_failing:
+            self.count_failing = False
+            log.info("jobs can be counted again")
+        return number, config, jobs
 
-    def _take_jobs(self, read: JobsRead) -> None:
+    def _take_jobs(self, read: JobsRead | None) -> None:
+        if read is None:
+            return
         number, config, jobs = read
         if config is self.config and number > self.jobs_read:
             self.jobs = jobs

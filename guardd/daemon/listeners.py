@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import resource
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -34,6 +36,21 @@ BACKLOG = 1024
 MAX_TEMPLATE_BYTES = 1024 * 1024
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+def connection_budget() -> int:
+    """How many HTTP connections may be open at once: the open-files limit, less
+    the descriptors open now (listeners, inotify, logs), less a reserve for what
+    comes and goes (flag and /proc reads, hook pipes, control and agent clients)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    reserve = 64 + soft // 64
+    return max(soft - in_use - reserve, 16)
 
 
 def bind_sockets(address: ListenAddress) -> list[socket.socket]:
@@ -240,6 +257,7 @@ class HttpListener:
         settings = await self._settings(self.config, strict=True)
         self.shared.publish(settings, self.snapshot.view(settings.scope))
         await self.endpoints.bind(self.config.http.listen)
+        self.shared.max_connections = connection_budget()
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
 import json
+import logging
+import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
@@ -39,6 +42,10 @@ _CONNECTION_HEADER = {
 
 if TYPE_CHECKING:
     from guardd.answers.http.connection import HttpConnection
+
+
+def _deadline(connection: HttpConnection) -> float:
+    return connection.deadline
 
 
 @dataclass(frozen=True)
@@ -282,6 +289,12 @@ class Answers:
         )
 
 
+# Connections closed at once when over max_connections: a burst sheds in batches.
+SHED_SLACK = 8
+SHED_LOG_INTERVAL = 60.0  # seconds between two log lines about it
+log = logging.getLogger(__name__)
+
+
 class HttpShared:
     """State shared by every connection of one responder; swapped, never mutated in place."""
 
@@ -292,6 +305,11 @@ class HttpShared:
         self.accept_cache: dict[bytes, bool] = {}
         self.head_cache: dict[bytes, ParsedRequest] = {}
         self.connections: set[HttpConnection] = set()
+        # Open connections allowed before the oldest idle ones are closed (None: no
+        # limit): what the open-files limit leaves after guardd's own descriptors.
+        self.max_connections: int | None = None
+        self.shed_count = 0  # connections closed to stay under it, for the log
+        self.shed_logged = -SHED_LOG_INTERVAL
 
     def publish(self, settings: HttpSettings, view: ScopeView) -> None:
         """New settings or state: one assignment swaps every answer at once."""
@@ -308,6 +326,33 @@ class HttpShared:
                 self.accept_cache.clear()
             cached = self.accept_cache[accept] = prefers_json(accept)
         return cached
+
+    def shed(self, newcomer: HttpConnection) -> None:
+        """Over max_connections: close the connections idle longest (answered keep-
+        alives, or never a byte sent), then if need be the oldest others, so that the
+        newcomer (a fresh health probe, say) is served and descriptors stay free for
+        reading flags. Never the newcomer itself."""
+        assert self.max_connections is not None
+        excess = len(self.connections) - self.max_connections + SHED_SLACK
+        others = [c for c in self.connections if c is not newcomer]
+        idle = [c for c in others if c.idle()]
+        victims = heapq.nsmallest(excess, idle, key=_deadline)
+        if len(victims) < excess:
+            busy = [c for c in others if not c.idle()]
+            victims += heapq.nsmallest(excess - len(victims), busy, key=_deadline)
+        for connection in victims:
+            connection.drop()
+        self.shed_count += len(victims)
+        now = time.monotonic()
+        if now >= self.shed_logged + SHED_LOG_INTERVAL:
+            self.shed_logged = now
+            log.warning(
+                "%d HTTP connections open, the most the open-files limit leaves room "
+                "for: closed %d, idle ones first (%d so far)",
+                len(self.connections),
+                len(victims),
+                self.shed_count,
+            )
 
     def close_all(self) -> None:
         """Close every open connection (shutdown: idle keep-alives must not hold it up)."""
