@@ -8,11 +8,12 @@ close everything, exit 0). Signal handlers only set flags.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Generic, Protocol, TypeVar
@@ -22,7 +23,7 @@ from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core.durations import format_time
 from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
-from guardd.core.jobs import Job, count_jobs, describe_jobs, find_holders
+from guardd.core.jobs import Job, describe_jobs, find_holders
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
@@ -36,10 +37,11 @@ from guardd.core.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
+from guardd.core.state import ScopeStatus, Snapshot, all_statuses, next_overdue, summary
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
@@ -62,7 +64,7 @@ JOB_EVENT_DELAY = 0.05
 # A read done off the loop: its number (see Daemon.read_number), the config it was
 # read for, and what was read.
 FlagRead = tuple[int, Config, dict[str, FlagInfo | None]]
-JobsRead = tuple[int, Config, dict[str, int]]
+JobsRead = tuple[int, Config, dict[str, set[int]]]  # run-lock holders per scope
 
 
 class StateListener(Protocol):
@@ -92,11 +94,14 @@ class StateListener(Protocol):
         """One line for the startup log: what it serves where."""
 
 
-def build_listeners(config: Config) -> list[StateListener]:
-    """The HTTP responder and agent-check port (each says "off" without addresses)."""
+def build_listeners(
+    config: Config, *, counts: list[int], render_metrics: Callable[[], bytes]
+) -> list[StateListener]:
+    """The HTTP responder (with /metrics) and agent-check port (each says "off"
+    without addresses)."""
     from guardd.daemon.listeners import make_listeners
 
-    return make_listeners(config)
+    return make_listeners(config, counts=counts, render_metrics=render_metrics)
 
 
 class Daemon:
@@ -104,6 +109,7 @@ class Daemon:
 
     def __init__(self, *, config: Config, config_path: str | None) -> None:
         self.config = config
+        self.unknown_modes_seen: set[tuple[str, str]] = set()
         self.config_path = config_path
         self.notifier = Notifier()
         # Current knowledge, kept in memory so that no answer touches the disk.
@@ -123,7 +129,11 @@ class Daemon:
         self.flag_read: dict[str, int] = {}  # scope -> number of the read it holds
         self.jobs_read = 0
         self.count_failing = False  # logged once until counting works again
+        # The pids holding each scope's run lock (jobs' counts are their sizes).
+        self.holders: dict[str, set[int]] = {}
         self.statuses: dict[str, ScopeStatus] = {}
+        # For /metrics: state changes per (scope, new state) since start.
+        self.transitions: dict[tuple[str, str], int] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
         self.reload_requested = False
@@ -146,12 +156,24 @@ class Daemon:
         self.listing = Coalesced(self._list_jobs, self.listing_pool)
         self.drain_timer: asyncio.TimerHandle | None = None
         self.recount_timer: asyncio.TimerHandle | None = None
+        self.overdue_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.watcher: Watcher | None = None
         self.control: ControlServer | None = None
         self.listeners: list[StateListener] = []
         self.hooks = HookRunner(config.hooks)
         self.fleet: FleetAgent | None = None
+        self.http_counts = new_counts()
+        self.metrics = Metrics(
+            MetricsSource(
+                statuses=lambda: self.statuses,
+                # Copies: the scrape runs in a worker thread while the loop goes on
+                # (a dict copy is one step under the GIL; statuses are replaced whole).
+                transitions=self.transitions.copy,
+                fleet=lambda: self.fleet.view if self.fleet is not None else None,
+                http_counts=self.http_counts,
+            )
+        )
 
     # ------------------------------------------------------------------ serve
 
@@ -186,7 +208,9 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
-        self.listeners = build_listeners(self.config)
+        self.listeners = build_listeners(
+            self.config, counts=self.http_counts, render_metrics=self.metrics.render
+        )
         for listener in self.listeners:
             await listener.start()
             listener.update(self.snapshot())
@@ -223,6 +247,7 @@ class Daemon:
             self.drain_timer,
             self.recount_timer,
             self.schedule_timer,
+            self.overdue_timer,
         ):
             if timer is not None:
                 timer.cancel()
@@ -315,8 +340,10 @@ class Daemon:
         self.flags = read
         self.flag_read = dict.fromkeys(read, number)
         if jobs is not None:
-            self.jobs_read, _, self.jobs = jobs
+            self.jobs_read = jobs[0]
+            self._take_holders(jobs[2])
         else:  # not countable now: the last counts of the scopes that stay
+            self.holders = {s: pids for s, pids in self.holders.items() if s in new.scopes}
             self.jobs = {scope: n for scope, n in self.jobs.items() if scope in new.scopes}
         old_fleet = None
         if new.fleet != old.fleet or new.node != old.node or new.scopes != old.scopes:
@@ -391,14 +418,14 @@ class Daemon:
                 self.flag_read[scope] = number
 
     async def _count_jobs(self, config: Config) -> JobsRead | None:
-        """Count every scope's jobs off the loop, numbered for ``_take_jobs``; None when
+        """Find every scope's jobs off the loop, numbered for ``_take_jobs``; None when
         they cannot be counted now (no descriptor left): the last counts stay, since
         a count of 0 would show a draining scope as on."""
         number = self._next_read()
         locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
         loop = asyncio.get_running_loop()
         try:
-            jobs = await loop.run_in_executor(self.count_pool, count_jobs, locks)
+            holders = await loop.run_in_executor(self.count_pool, find_holders, locks)
         except OSError as err:
             if not self.count_failing:
                 self.count_failing = True
@@ -410,14 +437,14 @@ class Daemon:
         if self.count_failing:
             self.count_failing = False
             log.info("jobs can be counted again")
-        return number, config, jobs
+        return number, config, holders
 
     def _take_jobs(self, read: JobsRead | None) -> None:
         if read is None:
             return
-        number, config, jobs = read
+        number, config, holders = read
         if config is self.config and number > self.jobs_read:
-            self.jobs = jobs
+            self._take_holders(holders)
             self.jobs_read = number
 
     def _probe(self, path: str) -> FlagInfo | None:
@@ -471,11 +498,14 @@ class Daemon:
         """Startup: every scope's flag and jobs, before anything is answered."""
         jobs = await self._count_jobs(self.config)
         flags = await self._read_flags(self.config, list(self.config.scopes))
-        self._take_jobs(jobs)
+        if jobs is not None:
+            self.jobs_read, _, self.holders = jobs
+            self.jobs = {scope: len(pids) for scope, pids in self.holders.items()}
         self._take_flags(flags)
-        self.statuses = all_statuses(self.flags, self.jobs)
+        self.statuses = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
         self.published_flags = dict(self.flags)
         self._schedule_drain_recount()
+        self._arm_overdue_timer()
 
     def _make_watcher(self, config: Config, on_change: Callable[[set[str]], None]) -> Watcher:
         flag_paths = {config.flag_path(scope) for scope in config.scopes}
@@ -582,32 +612,69 @@ class Daemon:
             self.refresh_wanted.set()
         self._publish(force=True)
 
+    def _take_holders(self, holders: dict[str, set[int]]) -> None:
+        """New run-lock holders: log each job that started or ended, update the counts."""
+        counts = {scope: len(pids) for scope, pids in holders.items()}
+        for verb, pid, scope in job_changes(self.holders, holders):
+            log.info(
+                "job %s: pid %d, scope %s, jobs now %d", verb, pid, scope, counts.get(scope, 0)
+            )
+        self.holders = holders
+        self.jobs = counts
+
+    @property
+    def known_modes(self) -> dict[str, tuple[str, ...]]:
+        """Every scope's mode names, from the config in force."""
+        return self.config.known_modes()
+
+    def _log_unknown_modes(self) -> None:
+        """A flag naming a mode its scope lacks is full maintenance: say so, once."""
+        for scope, flag in self.flags.items():
+            if flag is None or flag.mode is None:
+                continue
+            settings = self.config.scopes.get(scope)
+            key = (scope, flag.mode)
+            if settings is None or flag.mode in settings.modes or key in self.unknown_modes_seen:
+                continue
+            self.unknown_modes_seen.add(key)
+            log.warning(
+                "scope %s: the flag names mode %r, which is not configured (known: %s); "
+                "treating it as full maintenance",
+                scope,
+                flag.mode,
+                ", ".join(sorted(settings.modes)),
+            )
+
     def _publish(self, *, force: bool = False) -> None:
         """Recompute statuses; tell watchers, listeners, hooks and systemd what changed.
 
         ``force`` updates the listeners even without a state change (the upcoming
         windows they show changed).
         """
-        new = all_statuses(self.flags, self.jobs)
+        new = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
+        self._log_unknown_modes()
         changed = {
             scope: status for scope, status in new.items() if self.statuses.get(scope) != status
         }
         calls = transitions(self.statuses, new, self.published_flags, self.flags)
+        old_statuses = self.statuses
         self.statuses = new
         self.published_flags = dict(self.flags)
         self._schedule_drain_recount()
+        self._arm_overdue_timer()
         self.hooks.fire(calls)
         if not changed:
             if force:
                 self._update_listeners()
             return
         for status in changed.values():
-            log.info(
-                "scope %s: %s%s",
-                status.scope,
-                status.state,
-                f" ({status.reason})" if status.reason else "",
-            )
+            old = old_statuses.get(status.scope)
+            if old is not None and old.state != status.state:
+                key = (status.scope, status.state)
+                self.transitions[key] = self.transitions.get(key, 0) + 1
+            # A job count alone is not a state change: _take_holders logged the job.
+            if old is None or dataclasses.replace(old, jobs=status.jobs) != status:
+                log.info("scope %s: %s", status.scope, describe_change(status))
         if self.control is not None:
             self.control.broadcast(changed)
         self._update_listeners()
@@ -621,6 +688,23 @@ class Daemon:
         if draining and self.drain_timer is None:
             loop = asyncio.get_running_loop()
             self.drain_timer = loop.call_later(DRAIN_RECOUNT_INTERVAL, self._drain_tick)
+
+    def _arm_overdue_timer(self) -> None:
+        """Publish again when the next scope's ``until`` passes (it turns overdue)."""
+        if self.overdue_timer is not None:
+            self.overdue_timer.cancel()
+            self.overdue_timer = None
+        now = time.time()
+        end = next_overdue(self.statuses, now)
+        if end is None:
+            return
+        # At most an hour ahead: the wall clock may be stepped meanwhile.
+        delay = min(end - now + 0.01, 3600.0)
+        self.overdue_timer = asyncio.get_running_loop().call_later(delay, self._overdue_tick)
+
+    def _overdue_tick(self) -> None:
+        self.overdue_timer = None
+        self._publish()
 
     def _drain_tick(self) -> None:
         self.drain_timer = None
@@ -816,6 +900,45 @@ class Coalesced(Generic[T]):
         finally:
             if self.current is me:
                 self.current = None
+
+
+def job_changes(
+    old: Mapping[str, set[int]], new: Mapping[str, set[int]]
+) -> list[tuple[str, int, str]]:
+    """(started|ended, pid, scope) for each job that came or went between two sets of
+    run-lock holders. Every job holds ``default.run`` too: it is named by its own
+    scope, once; only a job of ``default`` itself is named ``default``."""
+    changes = []
+    for verb, before, after in (("started", old, new), ("ended", new, old)):
+        named = set().union(*(pids for scope, pids in after.items() if scope != DEFAULT_SCOPE))
+        for scope in sorted(after):
+            pids = after[scope] - before.get(scope, set())
+            if scope == DEFAULT_SCOPE:
+                pids -= named
+            changes += [(verb, pid, scope) for pid in sorted(pids)]
+    return changes
+
+
+def describe_change(status: ScopeStatus) -> str:
+    """The log line's text for a scope's new state: state, then what the flag says."""
+    if not status.in_maintenance:
+        return status.state
+    details = []
+    if status.mode is not None:
+        details.append(f"mode {status.mode}")
+    if status.via is not None:
+        details.append(f"via {status.via}")
+    if status.reason:
+        details.append(f"reason: {status.reason}")
+    if status.until:
+        details.append(f"until {status.until}" + (", overdue" if status.overdue else ""))
+    if status.by:
+        details.append(f"by {status.by}")
+    if status.note:
+        details.append(f"note: {status.note}")
+    if status.jobs:
+        details.append(f"jobs {status.jobs}")
+    return status.state + (f" ({'; '.join(details)})" if details else "")
 
 
 # --------------------------------------------------------------------------- logging
