@@ -358,11 +358,17 @@ def polled_hourly(make_guardd: MakeGuardd) -> Guardd:
     )
     daemon.lock_dir.mkdir(parents=True)
     write_windows(str(daemon.lock_dir), "shop", [far_window()])
-    return daemon.start()
+    daemon.start()
+    # READY comes before the first schedule pass: wait for it (the window is shown).
+    wait_until(
+        lambda: [w["id"] for w in daemon.request({"op": "status"})["upcoming"]] == ["far1"],
+        what="the first schedule pass",
+    )
+    return daemon
 
 
 def far_window() -> Window:
-    """A window two hours ahead (announced an hour before it)."""
+    """A window two hours ahead, announced from now on."""
     now = datetime.now(UTC)
     return Window(
         id="far1",
@@ -370,7 +376,7 @@ def far_window() -> Window:
         at=format_time(now + timedelta(hours=2)),
         end=format_time(now + timedelta(hours=3)),
         reason="later",
-        notice=3600,
+        notice=3 * 3600,
         auto_off=True,
     )
 
