@@ -153,7 +153,8 @@ class Daemon:
         self.wake = asyncio.Event()
         # Refresh bookkeeping: what must be re-read, coalesced across bursts.
         self.dirty_scopes: set[str] = set()
-        self.jobs_dirty = False
+        self.jobs_dirty = False  # count every scope's jobs
+        self.job_scopes: set[str] = set()  # count these scopes' jobs
         self.schedule_dirty = False
         self.schedule_timer: asyncio.TimerHandle | None = None
         self.refresh_wanted = asyncio.Event()
@@ -433,12 +434,15 @@ class Daemon:
                 self.flags[scope] = flag
                 self.flag_read[scope] = number
 
-    async def _count_jobs(self, config: Config) -> JobsRead | None:
-        """Find every scope's jobs off the loop, numbered for ``_take_jobs``; None when
-        they cannot be counted now (no descriptor left): the last counts stay, since
-        a count of 0 would show a draining scope as on."""
+    async def _count_jobs(
+        self, config: Config, scopes: Collection[str] | None = None
+    ) -> JobsRead | None:
+        """Find the jobs of ``scopes`` (None: every scope) off the loop, numbered for
+        ``_take_jobs``; None when they cannot be counted now (no descriptor left): the
+        last counts stay, since a count of 0 would show a draining scope as on."""
         number = self._next_read()
-        locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
+        wanted = config.scopes if scopes is None else [s for s in scopes if s in config.scopes]
+        locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in wanted}
         loop = asyncio.get_running_loop()
         try:
             holders = await loop.run_in_executor(self.count_pool, find_holders, locks)
@@ -455,11 +459,16 @@ class Daemon:
             log.info("jobs can be counted again")
         return number, config, holders
 
-    def _take_jobs(self, read: JobsRead | None) -> None:
+    def _take_jobs(self, read: JobsRead | None, *, partial: bool = False) -> None:
+        """Take in a count; ``partial``: of some scopes only (the others' stay)."""
         if read is None:
             return
         number, config, holders = read
-        if config is self.config and number > self.jobs_read:
+        if config is not self.config or number <= self.jobs_read:
+            return
+        if partial:
+            self._take_holders({**self.holders, **holders}, only=holders.keys())
+        else:
             self._take_holders(holders)
             self.jobs_read = number
 
@@ -603,23 +612,38 @@ class Daemon:
                 if scopes:
                     self._take_flags(await self._read_flags(self.config, scopes))
                     self._publish(scopes=scopes)
-                    self.jobs_dirty = True  # a new flag may start a drain
+                    # A new flag may start a drain: count the jobs of the scopes it
+                    # covers (default's covers all; a full count of 10,000 run locks
+                    # after every flip would compete with the next one).
+                    self._want_jobs(scopes)
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
-            if self.jobs_dirty:
+            if self.jobs_dirty or self.job_scopes:
                 self.jobs_wanted.set()
+
+    def _want_jobs(self, scopes: Collection[str]) -> None:
+        """Ask for these scopes' jobs to be counted (every scope's with ``default``)."""
+        if DEFAULT_SCOPE in scopes:
+            self.jobs_dirty = True
+        else:
+            self.job_scopes.update(scopes)
 
     async def _jobs_loop(self) -> None:
         """Recount jobs when asked (run-lock events, drains, new flags); coalesced."""
         while True:
             await self.jobs_wanted.wait()
             self.jobs_wanted.clear()
-            if not self.jobs_dirty:
+            full, self.jobs_dirty = self.jobs_dirty, False
+            some, self.job_scopes = self.job_scopes, set()
+            if not full and not some:
                 continue
-            self.jobs_dirty = False
             try:
                 old_jobs = self.jobs
-                self._take_jobs(await self._count_jobs(self.config))
+                if full:
+                    self._take_jobs(await self._count_jobs(self.config))
+                else:
+                    read = await self._count_jobs(self.config, some)
+                    self._take_jobs(read, partial=True)
                 self._publish(
                     scopes=[
                         scope
@@ -649,10 +673,21 @@ class Daemon:
             self.refresh_wanted.set()
         self._publish(force=True, scopes=())
 
-    def _take_holders(self, holders: dict[str, set[int]]) -> None:
-        """New run-lock holders: log each job that started or ended, update the counts."""
-        counts = {scope: len(pids) for scope, pids in holders.items()}
-        for verb, pid, scope in job_changes(self.holders, holders):
+    def _take_holders(
+        self, holders: dict[str, set[int]], *, only: Collection[str] | None = None
+    ) -> None:
+        """New run-lock holders: log each job that started or ended, update the counts.
+        ``only``: the scopes counted (never ``default``); the others are unchanged."""
+        if only is None:
+            counts = {scope: len(pids) for scope, pids in holders.items()}
+            changes = job_changes(self.holders, holders)
+        else:
+            counts = {**self.jobs, **{scope: len(holders[scope]) for scope in only}}
+            changes = job_changes(
+                {scope: self.holders.get(scope, set()) for scope in only},
+                {scope: holders[scope] for scope in only},
+            )
+        for verb, pid, scope in changes:
             log.info(
                 "job %s: pid %d, scope %s, jobs now %d", verb, pid, scope, counts.get(scope, 0)
             )
@@ -789,8 +824,9 @@ class Daemon:
         self._publish()
 
     def _drain_tick(self) -> None:
+        # Only a draining scope waits for a job's end that no file event reports.
         self.drain_timer = None
-        self.jobs_dirty = True
+        self._want_jobs([s.scope for s in self.busy.values() if s.state == "draining"])
         self.refresh_wanted.set()
 
     # ------------------------------------------------------------------ schedule
