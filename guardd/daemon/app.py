@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import os
 import signal
@@ -233,6 +234,11 @@ class Daemon:
             listener.update(self.snapshot())
         self._start_watchdog(loop)
         line = busy_summary(self.busy.values(), len(self.statuses))
+        # What start-up built (the config, every scope's state: at 10,000 scopes some
+        # half a million objects) lives as long as guardd: keep the collector from
+        # walking it on every full collection, which would stall a flip now and then.
+        gc.collect()
+        gc.freeze()
         self.notifier.ready(line)
         where = [f"control socket {self.config.control.socket}"]
         where += [listener.describe() for listener in self.listeners]
