@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from guardd.answers.http.parse import Kind, Persist, _Malformed, parse_head, prefers_json
+from guardd.answers.http.parse import Kind, Malformed, Persist, parse_head, prefers_json
 from tests.helpers import Guardd, free_port, wait_until
 from tests.httpclient import Connection, build_request, get, wait_for_state, write_flag
 
@@ -683,7 +683,7 @@ def test_parse_head_paths() -> None:
     assert parse_head(b"GET HTTPS://h.test HTTP/1.1").path == b"/"
     assert parse_head(b"GET http://h.test/x?y HTTP/1.1").path == b"/x"
     assert parse_head(b"HEAD / HTTP/1.1").head_only
-    with pytest.raises(_Malformed) as caught:
+    with pytest.raises(Malformed) as caught:
         parse_head(b"GET ftp://h.test/ HTTP/1.1")
     assert caught.value.kind is Kind.BAD_REQUEST
 

@@ -23,7 +23,7 @@ from guardd.core.paths import (
     is_scope_name,
     run_lock_path,
 )
-from guardd.core.runlock import lock_shared, open_run_lock
+from guardd.core.runlock import LOCK_FD_FLOOR, lock_shared, open_run_lock
 from guardd.errors import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -50,9 +50,6 @@ POLL_INTERVAL = 0.25
 # A drain holds a run lock exclusively only for an instant; longer means something
 # is wrong, and a stuck holder must not hang every cron job for ever.
 LOCK_TIMEOUT = 10.0
-# Lock descriptors are moved this high so that a job's own ``exec 3>file`` cannot
-# close them by accident (which would silently drop the lock mid-job).
-LOCK_FD_FLOOR = 200
 # Signals forwarded to the command's process group with --interrupt (SPEC).
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 MAX_REASON_CHARS = 200

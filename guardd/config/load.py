@@ -27,6 +27,7 @@ from guardd.config.model import (
     ListenAddress,
     RunConfig,
     ScopeConfig,
+    parse_endpoint,
 )
 from guardd.core.durations import check_duration, format_duration, parse_duration
 from guardd.core.paths import (
@@ -304,8 +305,6 @@ def _url_path(value: str) -> str | None:
 
 
 def _endpoint(value: str) -> str | None:
-    from guardd.fleet.etcd import parse_endpoint
-
     try:
         parse_endpoint(value)
     except ValueError:

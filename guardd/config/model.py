@@ -81,6 +81,22 @@ class RunConfig:
     skip_code: int = 0
 
 
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``http://127.0.0.1:2379``, ``127.0.0.1:2379``, ``[::1]:2379`` -> (host, port)."""
+    text = endpoint.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{endpoint!r} is not an etcd endpoint (http://HOST:PORT)")
+    return host, int(port)
+
+
 @dataclass(frozen=True)
 class FleetConfig:
     """Many hosts, one switch, on etcd."""

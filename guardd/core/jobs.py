@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from guardd.cli.run import LOCK_FD_FLOOR
 from guardd.core.durations import format_timestamp
 from guardd.core.paths import DEFAULT_SCOPE
-from guardd.core.runlock import parse_proc_locks, read_proc_locks
+from guardd.core.runlock import LOCK_FD_FLOOR, parse_proc_locks, read_proc_locks
 
 
 @dataclass(frozen=True)

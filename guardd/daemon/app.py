@@ -14,7 +14,6 @@ import signal
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
@@ -39,6 +38,7 @@ from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.listeners import StateListener, make_listeners
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
@@ -51,32 +51,6 @@ log = logging.getLogger("guardd")
 DRAIN_RECOUNT_INTERVAL = 0.25
 # Delay between a run lock's open/close event and the recount it triggers.
 JOB_EVENT_DELAY = 0.05
-
-
-class StateListener(Protocol):
-    """A part that answers from the state (HTTP responder, agent-check port)."""
-
-    async def start(self) -> None:
-        """Bind listeners."""
-
-    def update(self, snapshot: Snapshot) -> None:
-        """The state changed: rebuild prebuilt answers."""
-
-    async def reconfigure(self, config: Config) -> None:
-        """A reload brought a new valid config."""
-
-    async def close(self) -> None:
-        """Stop serving."""
-
-    def describe(self) -> str:
-        """One line for the startup log: what it serves where."""
-
-
-def build_listeners(config: Config) -> list[StateListener]:
-    """The HTTP responder and agent-check port (each says "off" without addresses)."""
-    from guardd.daemon.listeners import make_listeners
-
-    return make_listeners(config)
 
 
 class Daemon:
@@ -147,7 +121,7 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
-        self.listeners = build_listeners(self.config)
+        self.listeners = make_listeners(self.config)
         for listener in self.listeners:
             await listener.start()
             listener.update(self.snapshot())

@@ -1,9 +1,10 @@
 """Lifecycle of the load-balancer answers: bind, serve, follow the state, reload, close.
 
-The protocols live in http.py and agent.py; this module turns them into the
-daemon's ``StateListener``s. Sockets are bound (and listening) in ``start()`` but
-served only from the first ``update()``, so that no client is ever answered from a
-state that was not yet read: early connections wait in the kernel's backlog.
+The protocols live in guardd.answers (http/ and agent.py); this module defines the
+daemon's ``StateListener`` protocol and turns them into StateListeners. Sockets are
+bound (and listening) in ``start()`` but served only from the first ``update()``, so
+that no client is ever answered from a state that was not yet read: early
+connections wait in the kernel's backlog.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import errno
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from guardd.answers.agent import AgentConnection, AgentShared
 from guardd.answers.http.connection import HttpConnection
@@ -21,9 +22,6 @@ from guardd.answers.http.replies import HttpSettings, HttpShared
 from guardd.config.model import Config, ListenAddress
 from guardd.core.state import Snapshot
 from guardd.errors import GuardError
-
-if TYPE_CHECKING:
-    from guardd.daemon.app import StateListener
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,25 @@ BACKLOG = 1024
 MAX_TEMPLATE_BYTES = 1024 * 1024
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+class StateListener(Protocol):
+    """A part that answers from the state (HTTP responder, agent-check port)."""
+
+    async def start(self) -> None:
+        """Bind listeners."""
+
+    def update(self, snapshot: Snapshot) -> None:
+        """The state changed: rebuild prebuilt answers."""
+
+    async def reconfigure(self, config: Config) -> None:
+        """A reload brought a new valid config."""
+
+    async def close(self) -> None:
+        """Stop serving."""
+
+    def describe(self) -> str:
+        """One line for the startup log: what it serves where."""
 
 
 def bind_sockets(address: ListenAddress) -> list[socket.socket]:

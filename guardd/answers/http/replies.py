@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from guardd.answers.cache import BoundedCache
 from guardd.answers.gate import Gate, GateRules
 from guardd.answers.http.parse import (
     ACCEPT_CACHE_SIZE,
+    HEAD_CACHE_SIZE,
     HEALTH_JSON,
     HTML,
     JSON,
@@ -37,8 +39,12 @@ _CONNECTION_HEADER = {
     Persist.CLOSE: b"Connection: close\r\n",
 }
 
-if TYPE_CHECKING:
-    from guardd.answers.http.connection import HttpConnection
+
+class OpenConnection(Protocol):
+    """What the responder needs of a live connection (HttpConnection): to drop it."""
+
+    def drop(self) -> None:
+        """Close at once, whatever is pending."""
 
 
 @dataclass(frozen=True)
@@ -289,9 +295,9 @@ class HttpShared:
         self.settings = settings
         self.answers = Answers(view, settings)
         self.gate = Gate(settings.gate)
-        self.accept_cache: dict[bytes, bool] = {}
-        self.head_cache: dict[bytes, ParsedRequest] = {}
-        self.connections: set[HttpConnection] = set()
+        self.accept_cache: BoundedCache[bytes, bool] = BoundedCache(ACCEPT_CACHE_SIZE)
+        self.head_cache: BoundedCache[bytes, ParsedRequest] = BoundedCache(HEAD_CACHE_SIZE)
+        self.connections: set[OpenConnection] = set()
 
     def publish(self, settings: HttpSettings, view: ScopeView) -> None:
         """New settings or state: one assignment swaps every answer at once."""
@@ -304,9 +310,7 @@ class HttpShared:
         """prefers_json, remembered per distinct header value."""
         cached = self.accept_cache.get(accept)
         if cached is None:
-            if len(self.accept_cache) >= ACCEPT_CACHE_SIZE:
-                self.accept_cache.clear()
-            cached = self.accept_cache[accept] = prefers_json(accept)
+            cached = self.accept_cache.put(accept, prefers_json(accept))
         return cached
 
     def close_all(self) -> None:

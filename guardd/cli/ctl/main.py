@@ -13,7 +13,7 @@ from guardd import __version__
 from guardd.cli.client import ControlClient
 from guardd.cli.ctl.ops import (
     STATUS_TIMEOUT,
-    _actor,
+    actor,
     add_window,
     all_windows,
     get_status,
@@ -116,7 +116,7 @@ def _fleet_on(
         raise UsageError(
             "--then and --grace do not go with --fleet (other hosts' jobs are out of reach)"
         )
-    info = make_flag(reason=args.reason, until=until, by=_actor(), now=now)
+    info = make_flag(reason=args.reason, until=until, by=actor(), now=now)
     revision = fleetctl.fleet_on(config=config, scope=scope, info=info)
     out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
     out.flush()

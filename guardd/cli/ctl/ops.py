@@ -134,7 +134,8 @@ def remove_window(*, config: Config, window_id: str) -> Window:
     raise UsageError(f"no scheduled window {window_id!r} (see guardctl schedule --list)")
 
 
-def _actor() -> str:
+def actor() -> str:
+    """Who asks, for a flag's ``by``: ``user@host`` (the sudo caller, not root)."""
     user = os.environ.get("SUDO_USER") or getpass.getuser()
     return f"{user}@{socket.gethostname()}"
 
@@ -150,7 +151,7 @@ def turn_on(
     """Write the scope's flag atomically; returns its path. Keeps ``since`` if already on."""
     path = config.flag_path(scope)
     existing = read_flag(path)
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
+    info = make_flag(reason=reason, until=until, by=actor(), now=now)
     if existing is not None:
         info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
     try:
