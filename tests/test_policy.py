@@ -15,8 +15,8 @@ from guardd.answers.policy import (
     until_epoch,
     withdraws,
 )
-from guardd.config.model import Policy, WithdrawAs
-from guardd.core.state import ScopeStatus, State
+from guardd.core.choices import Policy, State, WithdrawAs
+from guardd.core.state import ScopeStatus
 
 
 def status(state: State, reason: str | None = "work", until: str | None = None) -> ScopeStatus:

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from guardd.config.model import Policy, WithdrawAs
+from guardd.core.choices import Policy, WithdrawAs
 from guardd.core.durations import parse_time
 from guardd.core.state import ScopeStatus
 

@@ -38,11 +38,11 @@ from guardd.errors import (
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from typing import Literal
 
-    WhenOn = Literal["skip", "wait", "fail"]
+    from guardd.core.choices import WhenOn
 
 PROG = "guard-run"
+# core.choices.WHEN_ON, written out: importing typing would cost guard-run its start.
 WHEN_ON: tuple[WhenOn, ...] = ("skip", "wait", "fail")
 DEFAULT_GRACE = 30.0
 # How often the flags are looked at while waiting or supervising: a few lstat calls.
@@ -277,8 +277,8 @@ def present_flag(paths: Sequence[str]) -> str | None:
 def flag_reason(path: str) -> str | None:
     """The reason a flag file gives (JSON ``reason`` or its first line), cleaned.
 
-    A small twin of guardd.flag's reading, which would cost guard-run dataclasses and
-    datetime; only used to say why a job was skipped. Never raises.
+    A small twin of guardd.core.flag's reading, which would cost guard-run dataclasses
+    and datetime; only used to say why a job was skipped. Never raises.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -306,8 +306,9 @@ def flag_reason(path: str) -> str | None:
         reason = text.split("\n", 1)[0]
     if not isinstance(reason, str):
         return None
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
-    return cleaned[:MAX_REASON_CHARS].strip() or None
+    from guardd.core.text import clean_text  # only when a job is skipped
+
+    return clean_text(reason, limit=MAX_REASON_CHARS)
 
 
 def _why(scope: str, flag: str) -> str:
@@ -678,15 +679,14 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
+    from guardd.core.procfs import PGRP, STATE, read_stat
+
+    group = str(pgid).encode()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
+        fields = read_stat(entry)
+        if fields and len(fields) > PGRP and fields[STATE] != b"Z" and fields[PGRP] == group:
             return True
     return False
 

@@ -1,22 +1,16 @@
-"""The configuration model: frozen, typed dataclasses and the allowed-value sets."""
+"""The configuration model: frozen, typed dataclasses (allowed values: core.choices)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
+from guardd.core.choices import Policy, WithdrawAs
 from guardd.core.paths import (
     DEFAULT_SCOPE,
     RunView,
     flag_path,
 )
-
-# Allowed values, defined once and used by config validation and the CLIs alike.
-Policy = Literal["withdraw", "stay", "fleet"]
-WithdrawAs = Literal["maint", "drain", "down"]
-POLICIES: tuple[str, ...] = get_args(Policy)
-WITHDRAW_AS: tuple[str, ...] = get_args(WithdrawAs)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from guardd.core.durations import format_timestamp
 from guardd.core.paths import DEFAULT_SCOPE
+from guardd.core.procfs import PPID, START_TIME, read_proc_file, read_stat, stat_fields
 from guardd.core.runlock import LOCK_FD_FLOOR, parse_proc_locks, read_proc_locks
 
 
@@ -128,11 +129,10 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
 
 
 def _parent(pid: int) -> int:
+    fields = read_stat(pid)
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
-            # The command name may hold spaces and parentheses: split after the last ')'.
-            return int(stream.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        return int(fields[PPID]) if fields else 0
+    except (ValueError, IndexError):
         return 0
 
 
@@ -199,37 +199,25 @@ def _split_cmdline(data: bytes) -> tuple[str, ...]:
     return tuple(os.fsdecode(arg) for arg in args)
 
 
-def _read_proc_file(path: str) -> bytes:
-    """A /proc file's content through raw system calls: half the cost of open() and a
-    buffered reader, which counts with two files per job."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
 def _process_details(
     pid: int, boot_time: float, ticks: int
 ) -> tuple[str | None, tuple[str, ...]] | None:
     """(start time, command line) of a live process; None when it is gone or a zombie
     (neither holds a lock); (None, ()) when its details are hidden from us."""
     try:
-        stat = _read_proc_file(f"/proc/{pid}/stat")
-        cmdline = _read_proc_file(f"/proc/{pid}/cmdline")
+        stat = read_proc_file(f"/proc/{pid}/stat")
+        cmdline = read_proc_file(f"/proc/{pid}/cmdline")
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError:
         return None, ()
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat.rsplit(b")", 1)[-1].split()
+    fields = stat_fields(stat)
     if fields[:1] == [b"Z"]:
         return None
     try:
-        started = format_timestamp(boot_time + int(fields[19]) / ticks) if boot_time else None
+        started = (
+            format_timestamp(boot_time + int(fields[START_TIME]) / ticks) if boot_time else None
+        )
     except (IndexError, ValueError):
         started = None
     return started, _split_cmdline(cmdline)

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 
+from guardd.core.choices import State
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
-
-State = Literal["off", "draining", "on"]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from guardd.answers.page import (
     uses_retry_after,
 )
 from guardd.answers.policy import health_answer, health_body, retry_after_seconds, until_epoch
-from guardd.config.model import Config, Policy
+from guardd.config.model import Config
+from guardd.core.choices import Policy
 from guardd.core.state import ScopeView
 
 _CONNECTION_HEADER = {

@@ -23,9 +23,10 @@ from guardd.cli.ctl.ops import (
     turn_on,
 )
 from guardd.cli.ctl.output import DrainView, format_jobs, format_status, format_windows
-from guardd.cli.drain import THEN_CHOICES, Then, drain
+from guardd.cli.drain import drain
 from guardd.config.load import load_config
 from guardd.config.model import Config
+from guardd.core.choices import THEN
 from guardd.core.durations import format_duration, parse_duration, parse_time
 from guardd.core.flag import make_flag, read_flag
 from guardd.core.jobs import list_jobs
@@ -346,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     on.add_argument(
         "--then",
-        choices=THEN_CHOICES,
+        choices=THEN,
         default=None,
         help="at --timeout: wait (exit 3), term (TERM then KILL), kill",
     )
@@ -410,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli("guardctl", lambda: run(argv, sys.stdout))
 
 
-__all__ = ["Then", "main"]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())
