@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from guardd.core.paths import is_scope_name
 from guardd.core.state import ScopeStatus
 
 MAX_LINE = 64 * 1024
 Op = Literal["ping", "status", "jobs", "watch"]
-OPS: frozenset[str] = frozenset({"ping", "status", "jobs", "watch"})
+OPS: frozenset[str] = frozenset(get_args(Op))
 ErrorCode = Literal["bad_request", "unknown_op", "too_long"]
 
 

@@ -145,16 +145,22 @@ class Endpoints:
 
     async def bind(self, addresses: tuple[ListenAddress, ...]) -> None:
         """Bind every address; a failure is one clear error naming the address."""
+        await self._bind_missing(addresses, strict=True)
+
+    async def _bind_missing(self, addresses: tuple[ListenAddress, ...], *, strict: bool) -> None:
+        """Bind the addresses not bound yet; a failure raises GuardError if ``strict``,
+        else is logged and skipped."""
         for index, address in enumerate(addresses):
             if address in self.servers:
                 continue
             try:
                 self.servers[address] = await self._bind(address)
             except OSError as err:
-                reason = err.strerror or str(err)
-                raise GuardError(
-                    f"{self.key}[{index}]: cannot listen on {address}: {reason}"
-                ) from None
+                problem = f"{self.key}[{index}]: cannot listen on {address}: "
+                problem += err.strerror or str(err)
+                if strict:
+                    raise GuardError(problem) from None
+                log.error("%s", problem)
 
     def start_serving(self) -> None:
         """Begin accepting (once the first state is known)."""
@@ -176,13 +182,7 @@ class Endpoints:
         for address in [a for a in self.servers if a not in addresses]:
             for server in self.servers.pop(address):
                 server.close()
-        for index, address in enumerate(addresses):
-            if address in self.servers:
-                continue
-            try:
-                self.servers[address] = await self._bind(address)
-            except OSError as err:
-                log.error("%s[%d]: cannot listen on %s: %s", self.key, index, address, err.strerror)
+        await self._bind_missing(addresses, strict=False)
 
     def stop(self) -> list[asyncio.Server]:
         """Stop accepting on every address; return the servers to wait for."""
@@ -199,16 +199,33 @@ class Endpoints:
         return [name for group in self.servers.values() for s in group for name in _sockname(s)]
 
 
-async def _close(endpoints: Endpoints, close_connections: Callable[[], None]) -> None:
-    """Stop accepting, cut open connections, then wait for the servers.
+class _Responder:
+    """What both responders share: their endpoints, closing, and the startup line."""
 
-    In that order: since Python 3.12 ``wait_closed()`` also waits for every open
-    connection, and an idle keep-alive would hold shutdown up until its timeout.
-    """
-    servers = endpoints.stop()
-    close_connections()
-    for server in servers:
-        await server.wait_closed()
+    off = "off"  # the startup line without addresses
+
+    def __init__(self, key: str, factory: ProtocolFactory, close_all: Callable[[], None]) -> None:
+        self.endpoints = Endpoints(key, factory)
+        self._close_all = close_all
+
+    async def close(self) -> None:
+        """Stop accepting, cut open connections, then wait for the servers.
+
+        In that order: since Python 3.12 ``wait_closed()`` also waits for every open
+        connection, and an idle keep-alive would hold shutdown up until its timeout.
+        """
+        servers = self.endpoints.stop()
+        self._close_all()
+        for server in servers:
+            await server.wait_closed()
+
+    def describe(self) -> str:
+        names = self.endpoints.names()
+        return self.serving(", ".join(names)) if names else self.off
+
+    def serving(self, where: str) -> str:
+        """The startup line while bound to ``where``."""
+        raise NotImplementedError
 
 
 async def read_template(path: str) -> str:
@@ -227,8 +244,10 @@ async def read_template(path: str) -> str:
         raise GuardError(f"http.page_template: cannot read {path}: {err.strerror}") from None
 
 
-class HttpListener:
+class HttpListener(_Responder):
     """The HTTP health responder and maintenance page, as a daemon StateListener."""
+
+    off = "HTTP responder off"
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -236,8 +255,10 @@ class HttpListener:
         settings = HttpSettings.from_config(config, None)
         self.shared = HttpShared(settings, self.snapshot.view(settings.scope))
         loop_getter = asyncio.get_running_loop
-        self.endpoints = Endpoints(
-            "http.listen", lambda: HttpConnection(self.shared, loop_getter())
+        super().__init__(
+            "http.listen",
+            lambda: HttpConnection(self.shared, loop_getter()),
+            self.shared.close_all,
         )
 
     async def _settings(self, config: Config, *, strict: bool) -> HttpSettings:
@@ -271,27 +292,25 @@ class HttpListener:
         self.shared.publish(settings, self.snapshot.view(settings.scope))
         await self.endpoints.rebind(config.http.listen)
 
-    async def close(self) -> None:
-        await _close(self.endpoints, self.shared.close_all)
-
-    def describe(self) -> str:
-        names = self.endpoints.names()
-        if not names:
-            return "HTTP responder off"
+    def serving(self, where: str) -> str:
         http = self.config.http
-        return f"HTTP on {', '.join(names)} (scope {http.scope}, policy {http.policy})"
+        return f"HTTP on {where} (scope {http.scope}, policy {http.policy})"
 
 
-class AgentListener:
+class AgentListener(_Responder):
     """The HAProxy agent-check port, as a daemon StateListener."""
+
+    off = "agent-check off"
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.snapshot = Snapshot(statuses={})
         self.shared = AgentShared()
         loop_getter = asyncio.get_running_loop
-        self.endpoints = Endpoints(
-            "agent.listen", lambda: AgentConnection(self.shared, loop_getter())
+        super().__init__(
+            "agent.listen",
+            lambda: AgentConnection(self.shared, loop_getter()),
+            self.shared.close_all,
         )
 
     def _publish(self) -> None:
@@ -313,15 +332,8 @@ class AgentListener:
         self._publish()
         await self.endpoints.rebind(config.agent.listen)
 
-    async def close(self) -> None:
-        await _close(self.endpoints, self.shared.close_all)
-
-    def describe(self) -> str:
-        names = self.endpoints.names()
-        if not names:
-            return "agent-check off"
+    def serving(self, where: str) -> str:
         agent = self.config.agent
-        where = ", ".join(names)
         return f"agent-check on {where} (scope {agent.scope}, maintenance: {agent.withdraw_as})"
 
 

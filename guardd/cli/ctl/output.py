@@ -8,16 +8,15 @@ from typing import Any, TextIO
 
 from guardd.core.durations import format_duration
 from guardd.core.jobs import Job
-from guardd.core.schedule import (
-    Window,
-)
+from guardd.core.schedule import Window
 
 
 def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
+def print_table(rows: list[list[str]], out: TextIO) -> None:
+    """The one table printer: a header row and rows, columns padded, the last one free."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
@@ -39,7 +38,7 @@ def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> 
                 _cell(fields.get("reason")),
             ]
         )
-    _table(rows, out)
+    print_table(rows, out)
     for window in reply.get("upcoming") or []:
         out.write(
             f"upcoming: {window.get('scope')} from {window.get('at')} to "
@@ -81,7 +80,7 @@ def format_windows(windows: Sequence[Window], now: datetime, out: TextIO) -> Non
                 _cell(w.reason),
             ]
         )
-    _table(rows, out)
+    print_table(rows, out)
 
 
 def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
@@ -93,7 +92,7 @@ def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
     rows += [
         [str(job.pid), job.scope, _cell(job.started), " ".join(job.cmd) or "?"] for job in jobs
     ]
-    _table(rows, out)
+    print_table(rows, out)
 
 
 class DrainView:
