@@ -19,20 +19,15 @@ from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core.durations import format_time
-from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
+from guardd.core.flag import FlagInfo, probe_flag
 from guardd.core.jobs import count_jobs, describe_jobs, find_holders
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
     Window,
-    due_steps,
-    locked,
-    mark,
     next_wakeup,
-    read_windows,
     schedule_path,
     upcoming,
-    write_windows,
 )
 from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
 from guardd.daemon.control import ControlServer
@@ -40,6 +35,7 @@ from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
 from guardd.daemon.listeners import StateListener, make_listeners
 from guardd.daemon.notify import Notifier, watchdog_interval
+from guardd.daemon.scheduler import run_schedule
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
 from guardd.protocol import status_reply
@@ -395,7 +391,7 @@ class Daemon:
         """Carry out due windows; a schedule that cannot be read (an unreadable lock
         directory, say) is logged and never holds up the flags read after it."""
         try:
-            self.windows = await asyncio.to_thread(self._run_schedule)
+            self.windows = await asyncio.to_thread(run_schedule, self.config)
         except OSError as err:
             log.error(
                 "cannot read the schedule in %s: %s", self.config.lock_dir, err.strerror or err
@@ -450,75 +446,6 @@ class Daemon:
         self.refresh_wanted.set()
 
     # ------------------------------------------------------------------ schedule
-
-    def _run_schedule(self) -> dict[str, list[Window]]:
-        """Carry out due windows (worker thread); return every scope's windows."""
-        now = datetime.now(UTC)
-        result: dict[str, list[Window]] = {scope: [] for scope in self.config.scopes}
-        if not os.path.isdir(self.config.lock_dir):
-            return result  # deleted: no schedule files, and no mutex to create there
-        with locked(self.config.lock_dir, create_dir=False):
-            for scope in self.config.scopes:
-                windows = read_windows(self.config.lock_dir, scope)
-                steps = due_steps(windows, now)
-                for step in steps:
-                    done = self._carry_out(step.action, step.window)
-                    windows = [done if w.id == done.id else w for w in windows]
-                if steps:
-                    write_windows(self.config.lock_dir, scope, windows)
-                result[scope] = windows
-        return result
-
-    def _carry_out(self, action: str, window: Window) -> Window:
-        path = self.config.flag_path(window.scope)
-        if action == "start":
-            if read_flag(path) is not None:
-                log.info(
-                    "window %s of %s starts; the flag is already there, left as is",
-                    window.id,
-                    window.scope,
-                )
-                return mark(window, started=True)
-            info = FlagInfo(
-                reason=window.reason, until=window.end, since=window.at, by=window.marker
-            )
-            write_flag(path, info)
-            log.info(
-                "window %s of %s started: maintenance on until %s",
-                window.id,
-                window.scope,
-                window.end,
-            )
-            return mark(window, started=True, wrote_flag=True)
-        if window.auto_off and window.wrote_flag:
-            current = read_flag(path)
-            if current is not None and current.by == window.marker:
-                remove_flag(path)
-                log.info(
-                    "window %s of %s ended: maintenance off (auto-off)", window.id, window.scope
-                )
-            else:
-                log.info(
-                    "window %s of %s ended; the flag was changed or removed by an "
-                    "operator, left as is",
-                    window.id,
-                    window.scope,
-                )
-        elif not window.started:
-            log.warning(
-                "window %s of %s was missed entirely (guardd was not running); "
-                "not entering maintenance after its end",
-                window.id,
-                window.scope,
-            )
-        else:
-            log.info(
-                "window %s of %s reached its end; maintenance stays on until an "
-                "operator ends it (no auto-off)",
-                window.id,
-                window.scope,
-            )
-        return mark(window, done=True)
 
     def _arm_schedule_timer(self) -> None:
         """Wake up at the next notice, start or end (at most an hour ahead: clocks move)."""
@@ -599,6 +526,3 @@ class Daemon:
         if scope is not None and scope != DEFAULT_SCOPE:
             jobs = [job for job in jobs if job.scope == scope]
         return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
-
-
-# --------------------------------------------------------------------------- logging
