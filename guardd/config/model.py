@@ -39,7 +39,7 @@ class ControlConfig:
     """The control socket: where, and who may connect."""
 
     socket: str
-    mode: int = 0o660
+    mode: int = field(default=0o660, metadata={"octal": True})  # shown as 0660
     group: str | None = None
 
 
