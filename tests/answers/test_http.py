@@ -372,7 +372,7 @@ def test_http_scope_follows_own_and_default_flag(serve: Callable[..., Served]) -
 
 def test_guardd_paths_are_404_and_gate_answers_without_bypass_config(served: Served) -> None:
     """Without a bypass section: /.guardd/bypass/... is a plain 404 (no secret configured),
-    and the gate path answers 403 with the marker while on (tests/test_gate.py has the rest)."""
+    and the gate path answers 403 with the marker while on (test_gate.py has the rest)."""
     served.on()
     bypass = served.get("/.guardd/bypass/some-secret-0123456789")
     assert bypass.status == 404
