@@ -3,7 +3,7 @@
 The protocol (SPEC, "The drain guarantee"): take the shared run locks, *then* read
 the flags; the command inherits the locks and holds them for its whole life. This
 module sits in front of every cron job, so the decision is made with os, fcntl and
-the lean guardd.paths/runlock/runcache helpers; everything else (signal handling,
+the lean guardd.core (paths, runlock) and cli.runcache helpers; everything else (signal handling,
 durations, syslog, JSON) is imported only on the paths that need it.
 """
 
