@@ -82,7 +82,7 @@ def test_wheel_has_the_page_assets_license_and_guard_run(dist: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = archive.read(f"guardd-{guardd.__version__}.dist-info/METADATA").decode()
-    for asset in ("maintenance.html", "outage.html", "page.css", "page.js"):
+    for asset in ("document.html", "maintenance.html", "outage.html", "page.css", "page.js"):
         assert f"guardd/answers/assets/{asset}" in names
     assert "guardd/py.typed" in names
     assert f"guardd-{guardd.__version__}.data/scripts/guard-run" in names

@@ -24,13 +24,20 @@ def _asset(name: str) -> str:
     return resources.files("guardd.answers").joinpath("assets", name).read_text(encoding="utf-8")
 
 
-# The built-in pages: HTML templates (string.Template, ``${name}``), their one style
-# sheet and the maintenance page's script, shipped as package data and read once.
-# Style and script are inlined (one self-contained document) and allowed by hash.
+# The built-in pages: one document shell and each page's body (string.Template,
+# ``${name}``), their one style sheet and the maintenance page's script, shipped as
+# package data and read once. Style and script are inlined (one self-contained
+# document) and allowed by hash.
 _STYLE = _asset("page.css")
 _SCRIPT = _asset("page.js")
+_DOCUMENT = Template(_asset("document.html"))
 _MAINTENANCE = Template(_asset("maintenance.html"))
-_OUTAGE = Template(_asset("outage.html"))
+_OUTAGE = _asset("outage.html")
+
+
+def _document(*, title: str, refresh: str, body: str) -> str:
+    return _DOCUMENT.substitute(title=title, refresh=refresh, style=_STYLE, body=body.rstrip())
+
 
 _PLACEHOLDER = re.compile(r"\{(reason|until|retry_after)\}")
 
@@ -80,9 +87,8 @@ def maintenance_page(*, reason: str | None, until: str | None, retry_after: int)
     expected end nears (between every 2 and every 15 seconds).
     """
     esc = html.escape
-    document = _MAINTENANCE.substitute(
-        refresh=min(max(retry_after, 30), 300),
-        style=_STYLE,
+    refresh = min(max(retry_after, 30), 300)  # without JavaScript: reload now and then
+    body = _MAINTENANCE.substitute(
         retry_after=int(retry_after),
         reason_hidden="" if reason else " hidden",
         reason=esc(reason or ""),
@@ -91,12 +97,21 @@ def maintenance_page(*, reason: str | None, until: str | None, retry_after: int)
         until_text=esc(readable_time(until)) if until else "",
         script=_SCRIPT,
     )
+    document = _document(
+        title="Down for maintenance",
+        refresh=f'<noscript><meta http-equiv="refresh" content="{refresh}"></noscript>',
+        body=body,
+    )
     return Page(html=document, csp=_csp(script=_SCRIPT))
 
 
 def outage_page() -> Page:
     """The honest page for a scope that is *not* in maintenance: no claim of planned work."""
-    document = _OUTAGE.substitute(style=_STYLE)
+    document = _document(
+        title="Temporarily unavailable",
+        refresh='<meta http-equiv="refresh" content="60">',
+        body=_OUTAGE,
+    )
     return Page(html=document, csp=_csp(script=None))
 
 
