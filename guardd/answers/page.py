@@ -80,15 +80,28 @@ def readable_time(until: str) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def maintenance_page(*, reason: str | None, until: str | None, retry_after: int) -> Page:
+def maintenance_page(
+    *, reason: str | None, until: str | None, retry_after: int, paused: str | None = None
+) -> Page:
     """The built-in maintenance page: reason, expected end, and the way back.
+
+    ``paused`` (partial maintenance: "Checkout is paused") replaces the headline:
+    the rest of the site works, and the page says so.
 
     ``retry_after`` is the configured fallback; the page polls faster as the
     expected end nears (between every 2 and every 15 seconds).
     """
     esc = html.escape
     refresh = min(max(retry_after, 30), 300)  # without JavaScript: reload now and then
+    title = paused or "Down for maintenance"
+    lead = (
+        "This part of the site is paused for planned maintenance; the rest works as usual."
+        if paused
+        else "This site is undergoing planned maintenance. Thank you for your patience."
+    )
     body = _MAINTENANCE.substitute(
+        title=esc(title),
+        lead=esc(lead),
         retry_after=int(retry_after),
         reason_hidden="" if reason else " hidden",
         reason=esc(reason or ""),
@@ -98,7 +111,7 @@ def maintenance_page(*, reason: str | None, until: str | None, retry_after: int)
         script=_SCRIPT,
     )
     document = _document(
-        title="Down for maintenance",
+        title=esc(title),
         refresh=f'<noscript><meta http-equiv="refresh" content="{refresh}"></noscript>',
         body=body,
     )

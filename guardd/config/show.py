@@ -9,6 +9,7 @@ Two field markers in config/model.py: ``repr=False`` means a secret (shown maske
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import fields, is_dataclass
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,17 @@ def describe(config: Config) -> dict[str, object]:
     """The effective config as plain data, secrets masked (for --check-config)."""
     shown = _fields(config)
     shown["source"] = config.source or "(built-in defaults)"
-    # The effective flag of each scope: its lock_file, else the one in lock_dir.
-    shown["scopes"] = {name: {"flag": config.flag_path(name)} for name in sorted(config.scopes)}
+    # Each scope's effective flag (its lock_file, else the one in lock_dir), then the
+    # rest of its settings.
+    shown["scopes"] = {
+        name: {"flag": config.flag_path(name)}
+        | {
+            key: value
+            for key, value in _fields(config.scopes[name]).items()
+            if key not in ("name", "lock_file")
+        }
+        for name in sorted(config.scopes)
+    }
     return shown
 
 
@@ -52,7 +62,7 @@ def _plain(value: object) -> object:
         return str(value)
     if isinstance(value, tuple | list):
         return [_plain(item) for item in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(key): _plain(item) for key, item in value.items()}
     if is_dataclass(value) and not isinstance(value, type):
         return _fields(value)

@@ -16,7 +16,7 @@ http: {listen: ["127.0.0.1:8089", "[::1]:8089"], header_timeout: 0.5}
 fleet: {lease_ttl: 90}
 bypass: {secret: "0123456789abcdef-long-enough", cookie_ttl: 1h30m}
 hooks: {on_enter: [["/bin/echo", "on"]]}
-scopes: {shop: {lock_file: /srv/shop/down}}
+scopes: {shop: {lock_file: /srv/shop/down, modes: {checkout: {paths: ["/checkout"]}}}}
 """
 
 
@@ -44,7 +44,19 @@ def test_values_are_shown_as_an_operator_writes_them() -> None:
     assert shown["bypass"]["secret"] == MASK
     assert shown["bypass"]["cookie_ttl"] == "1h30m"
     assert shown["hooks"]["on_enter"] == [["/bin/echo", "on"]]
-    assert shown["scopes"]["shop"] == {"flag": "/srv/shop/down"}
+    assert shown["scopes"]["shop"] == {
+        "flag": "/srv/shop/down",
+        "modes": {
+            "read-only": {"methods": ["POST", "PUT", "PATCH", "DELETE"], "paths": None},
+            "checkout": {"methods": None, "paths": ["/checkout"]},
+        },
+    }
+    assert shown["scopes"]["default"]["modes"]["read-only"]["methods"] == [
+        "POST",
+        "PUT",
+        "PATCH",
+        "DELETE",
+    ]
     assert "0123456789abcdef" not in repr(shown)
 
 
