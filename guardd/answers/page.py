@@ -80,8 +80,16 @@ def readable_time(until: str) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+OVERDUE_TEXT = "The work is taking longer than expected. We will be back as soon as possible."
+
+
 def maintenance_page(
-    *, reason: str | None, until: str | None, retry_after: int, paused: str | None = None
+    *,
+    reason: str | None,
+    until: str | None,
+    retry_after: int,
+    paused: str | None = None,
+    overdue: bool = False,
 ) -> Page:
     """The built-in maintenance page: reason, expected end, and the way back.
 
@@ -89,9 +97,11 @@ def maintenance_page(
     the rest of the site works, and the page says so.
 
     ``retry_after`` is the configured fallback; the page polls faster as the
-    expected end nears (between every 2 and every 15 seconds).
+    expected end nears (between every 2 and every 15 seconds). ``overdue``: the
+    expected end has passed; the page says the work takes longer instead of a past time.
     """
     esc = html.escape
+    until_text = OVERDUE_TEXT if overdue else (readable_time(until) if until else "")
     refresh = min(max(retry_after, 30), 300)  # without JavaScript: reload now and then
     title = paused or "Down for maintenance"
     lead = (
@@ -107,7 +117,8 @@ def maintenance_page(
         reason=esc(reason or ""),
         until_hidden="" if until else " hidden",
         until_datetime=f' datetime="{esc(until)}"' if until else "",
-        until_text=esc(readable_time(until)) if until else "",
+        until_text=esc(until_text),
+        overdue_attr=" data-overdue" if overdue else "",
         script=_SCRIPT,
     )
     document = _document(
@@ -129,16 +140,22 @@ def outage_page() -> Page:
 
 
 def render_template(
-    template: str, *, reason: str | None, until: str | None, retry_after: int
+    template: str,
+    *,
+    reason: str | None,
+    until: str | None,
+    retry_after: int,
+    overdue: bool = False,
 ) -> str:
     """``page_template`` with ``{reason}``, ``{until}`` and ``{retry_after}`` replaced.
 
     One pass, so a reason that reads ``{until}`` stays literal text; values are
-    HTML-escaped; every other brace (CSS, scripts) is left alone.
+    HTML-escaped; every other brace (CSS, scripts) is left alone. Once overdue,
+    ``{until}`` says the work takes longer than expected rather than a past time.
     """
     values = {
         "reason": html.escape(reason or ""),
-        "until": html.escape(until or ""),
+        "until": html.escape(OVERDUE_TEXT if overdue else until or ""),
         "retry_after": str(int(retry_after)),
     }
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)

@@ -25,6 +25,7 @@ from guardd.config.model import (
     HooksConfig,
     HttpConfig,
     ListenAddress,
+    MetricsConfig,
     ModeConfig,
     RunConfig,
     ScopeConfig,
@@ -118,6 +119,11 @@ def build_config(data: Mapping[str, object], *, source: str | None) -> Config:
     fleet = _fleet(top)
     bypass = _bypass(top)
     hooks = _hooks(top)
+    metrics_section = top.section("metrics")
+    metrics = MetricsConfig(
+        allow=metrics_section.string_list("allow", default=MetricsConfig.allow, item_check=_cidr)
+    )
+    metrics_section.finish()
     top.finish()
 
     if http.policy == "fleet" and not fleet.endpoints:
@@ -143,6 +149,7 @@ def build_config(data: Mapping[str, object], *, source: str | None) -> Config:
         fleet=fleet,
         bypass=bypass,
         hooks=hooks,
+        metrics=metrics,
     )
 
 

@@ -10,6 +10,7 @@
   var untilTime = document.getElementById("until-time");
   var fallback = Number(main.getAttribute("data-retry-after")) || 300;
   var untilMs = NaN;
+  var OVERDUE = "The work is taking longer than expected. We will be back as soon as possible.";
 
   function local(date) {
     try {
@@ -29,13 +30,15 @@
     if (hours < 48) { return words.format(hours, "hour"); }
     return words.format(Math.round(hours / 24), "day");
   }
-  function showUntil(iso) {
+  function showUntil(iso, overdue) {
     var date = iso ? new Date(iso) : null;
     if (!date || isNaN(date.getTime())) { untilBox.hidden = true; untilMs = NaN; return; }
     untilMs = date.getTime();
     untilTime.setAttribute("datetime", iso);
     var left = untilMs - Date.now();
-    untilTime.textContent = local(date) + (left > 0 ? " (" + relative(left) + ")" : "");
+    // Past the expected end: never show a time gone by as "expected back".
+    untilTime.textContent = (overdue || !(left > 0)) ? OVERDUE
+      : local(date) + " (" + relative(left) + ")";
     untilBox.hidden = false;
   }
   function showReason(text) {
@@ -63,7 +66,7 @@
         return response.json().then(function (data) {
           if (marked || data.maintenance === true) {
             showReason(data.reason);
-            showUntil(data.until);
+            showUntil(data.until, data.overdue === true);
             later();
           } else if (data.maintenance === false) {
             back(1000 + Math.random() * 2000);
@@ -76,6 +79,6 @@
       })
       .catch(later);
   }
-  showUntil(untilTime.getAttribute("datetime"));
+  showUntil(untilTime.getAttribute("datetime"), main.hasAttribute("data-overdue"));
   later();
 })();
