@@ -36,10 +36,10 @@ from guardd.answers.page import (
     render_template,
     uses_retry_after,
 )
-from guardd.answers.policy import health_answer, health_body, retry_after_seconds, until_epoch
+from guardd.answers.policy import health_answer, health_body, retry_after_seconds
 from guardd.config.model import Config
 from guardd.core.choices import Policy
-from guardd.core.state import ScopeView
+from guardd.core.state import ScopeView, until_epoch
 
 log = logging.getLogger(__name__)
 
