@@ -95,6 +95,12 @@ class Daemon:
         self.unknown_flags: dict[str, FlagInfo] = {}
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
+        # Job counts land in the order they were started (a slow count never overwrites a
+        # newer one), and carry the fleet flag revisions applied when they started: a
+        # node confirms a fleet flag only with a count taken after it saw the flag.
+        self.jobs_started = 0
+        self.jobs_landed = 0
+        self.jobs_revisions: dict[str, int] = {}
         self.statuses: dict[str, ScopeStatus] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
@@ -318,24 +324,44 @@ class Daemon:
         self.fleet = FleetAgent(
             config=self.config,
             statuses=lambda: self.statuses,
+            counted_revisions=lambda: self.jobs_revisions,
             mirror_written=self._mirror_written,
             view_changed=self._fleet_view_changed,
         )
         self.fleet.start()
 
     async def _mirror_written(self, scope: str) -> None:
-        """The fleet agent updated a mirror file: take it in before reporting it applied."""
+        """The fleet agent updated a mirror file: take it in, then count the jobs.
+
+        The count starts after the mirror is on disk, so a guard-run that has not
+        taken its run lock by then reads the flag and does not start; the node's
+        record shows the flag's revision only with this count (``jobs_revisions``).
+        """
         self._take_flags(await asyncio.to_thread(self._read_flags, [scope]))
         self._publish()
+        await self._count_jobs()
+        self._publish()
+
+    async def _count_jobs(self) -> bool:
+        """Count the jobs off the loop; take the count unless a newer one landed first."""
+        self.jobs_started += 1
+        started = self.jobs_started
+        revisions = dict(self.fleet.applied) if self.fleet is not None else {}
+        jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+        if started < self.jobs_landed:
+            return False  # a count started later has landed: this one is older news
+        self.jobs_landed = started
+        self.jobs = jobs
+        self.jobs_revisions = revisions
+        return True
 
     def _fleet_view_changed(self) -> None:
         self._update_listeners()
 
     async def _read_everything(self, *, publish: bool = False) -> None:
         flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
-        jobs = await asyncio.to_thread(count_jobs, self._run_locks())
         self.flags = flags
-        self.jobs = jobs
+        await self._count_jobs()
         if publish:
             self._publish()
         else:
@@ -412,7 +438,7 @@ class Daemon:
                     self._publish()
                     jobs_dirty = True  # a new flag may start a drain
                 if jobs_dirty:
-                    self.jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+                    await self._count_jobs()
                     self._publish()
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
@@ -445,6 +471,8 @@ class Daemon:
         self.published_flags = dict(self.flags)
         self._schedule_drain_recount()
         self.hooks.fire(calls)
+        if self.fleet is not None:
+            self.fleet.local_changed()  # a count may confirm a revision without a change
         if not changed:
             if force:
                 self._update_listeners()
@@ -460,8 +488,6 @@ class Daemon:
             self.control.broadcast(changed)
         self._update_listeners()
         self.notifier.status(summary(self.statuses))
-        if self.fleet is not None:
-            self.fleet.local_changed()
 
     def _schedule_drain_recount(self) -> None:
         """Recount jobs on a timer only while a scope drains: no idle wake-ups."""

@@ -45,12 +45,14 @@ class FleetAgent:
         *,
         config: Config,
         statuses: Callable[[], Mapping[str, ScopeStatus]],
+        counted_revisions: Callable[[], Mapping[str, int]],
         mirror_written: Callable[[str], Awaitable[None]],
         view_changed: Callable[[], None],
     ) -> None:
         self.config = config
         self.prefix = config.fleet.prefix.rstrip("/")
         self.statuses = statuses
+        self.counted_revisions = counted_revisions
         self.mirror_written = mirror_written
         self.view_changed = view_changed
         self.view = FleetView()
@@ -231,13 +233,17 @@ class FleetAgent:
         self.view.nodes[self.config.node] = record
 
     def record(self) -> NodeRecord:
-        """This node's record from the daemon's statuses and applied revisions."""
+        """This node's record from the daemon's statuses.
+
+        Each scope's revision is the fleet flag's revision that was applied (mirrored
+        and read) before the job count behind ``state`` and ``jobs`` began: a record
+        never claims a revision with a job count from before the flag arrived.
+        """
+        counted = self.counted_revisions()
         return NodeRecord(
             node=self.config.node,
             scopes={
-                scope: NodeScope(
-                    state=status.state, jobs=status.jobs, revision=self.applied.get(scope)
-                )
+                scope: NodeScope(state=status.state, jobs=status.jobs, revision=counted.get(scope))
                 for scope, status in self.statuses().items()
             },
         )
@@ -248,10 +254,9 @@ class FleetAgent:
         """Mirror a fleet flag into its file, let the daemon re-read it, note the revision."""
         self.fleet_flags[scope] = value
         await self._sync_mirror(scope)
+        self.applied[scope] = revision  # on disk now: job counts from here on see it
         await self.mirror_written(scope)
-        if self.applied.get(scope) != revision:
-            self.applied[scope] = revision
-            self.dirty.set()
+        self.dirty.set()
 
     async def _sync_mirror(self, scope: str) -> None:
         value = self.fleet_flags.get(scope)

@@ -130,6 +130,11 @@ def pending_nodes(nodes: Iterable[NodeRecord], scope: str, revision: int) -> lis
         status = record.scopes.get(scope)
         if status is None:
             continue  # the node does not have that scope: nothing to drain there
-        if status.state != "on" or status.revision is None or status.revision < revision:
+        if (
+            status.state != "on"
+            or status.jobs != 0
+            or status.revision is None
+            or status.revision < revision
+        ):
             pending.append(record.node)
     return sorted(pending)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -306,3 +310,58 @@ def test_fleet_policy_without_any_fleet_view_acts_as_withdraw(
     ).start()
     daemon.flag().touch()
     wait_until(lambda: health(port) == (503, "fail"), what="withdrawn without a fleet view")
+
+
+def node_records_after(cluster: EtcdCluster, revision: int, seconds: float) -> list[Any]:
+    """Every put to a node key from ``revision`` on, for ``seconds`` (a real etcd watch)."""
+    import aetcd
+
+    async def collect() -> list[Any]:
+        host, port = cluster.endpoints[0].removeprefix("http://").rsplit(":", 1)
+        records: list[Any] = []
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            watch = await client.watch_prefix(b"/t/nodes/", start_revision=revision)
+
+            async def drain() -> None:
+                async for event in watch:
+                    records.append(json.loads(bytes(event.kv.value) or b"null"))
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drain(), seconds)
+        return records
+
+    return asyncio.run(collect())
+
+
+def test_fleet_wait_needs_a_job_count_taken_after_the_flag(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A job whose flock raised no event yet is counted after the fleet flag: never `on`."""
+    daemon = node(make_guardd, etcd, "web-a").start()
+    wait_until(lambda: len(fleet_nodes(daemon)) == 1, what="node registered")
+    for _ in range(5):
+        # Open the run lock early (the open is the only event the daemon sees), let the
+        # recount it triggers find nothing, then take the lock: guardd's count is stale.
+        fd = os.open(daemon.runtime_dir / "shop.run", os.O_RDONLY)
+        try:
+            time.sleep(0.3)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            assert daemon.request({"op": "status"})["scopes"]["shop"]["jobs"] == 0  # stale
+            result = ctl(daemon, "on", "shop", "--fleet")
+            assert result.returncode == 0, result.stderr
+            revision = int(result.stdout.rsplit("revision ", 1)[1].split(")")[0])
+            records = node_records_after(etcd, revision, 1.0)
+            claims = [
+                r["scopes"]["shop"]
+                for r in records
+                if r
+                and r["scopes"]["shop"]["state"] == "on"
+                and (r["scopes"]["shop"]["revision"] or 0) >= revision
+            ]
+            assert not claims, f"drained claimed while a job holds the lock: {claims}"
+            wait_until(lambda: state(daemon) == "draining", what="job counted")
+        finally:
+            os.close(fd)
+        assert ctl(daemon, "on", "shop", "--fleet", "--wait", "--timeout", "20").returncode == 0
+        assert ctl(daemon, "off", "shop", "--fleet").returncode == 0
+        wait_until(lambda: state(daemon) == "off", what="back in service")
