@@ -12,8 +12,11 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from guardd.config.model import Config
@@ -65,6 +68,9 @@ class FleetAgent:
         self.lease: Any = None
         self.in_outage = False
         self.last_record: bytes | None = None
+        self.registered = False  # this session's record is in etcd under self.lease
+        self.instance = uuid.uuid4().hex[:16]
+        self.host = socket.gethostname()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -77,11 +83,18 @@ class FleetAgent:
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.etcd is not None and self.lease is not None:
+        if self.etcd is not None and self.lease is not None and self.registered:
             with contextlib.suppress(EtcdUnavailable, TimeoutError):
-                await asyncio.wait_for(self.etcd.revoke(self.lease), 2.0)
+                await asyncio.wait_for(self._leave(self.etcd), 2.0)
         if self.etcd is not None:
             await self.etcd.close()
+
+    async def _leave(self, etcd: Etcd) -> None:
+        """A last record saying ``left`` (so that a waiting ``on --fleet --wait``
+        tells a clean stop from an expired lease), then the lease goes, and the key."""
+        record = replace(self.record(), scopes={}, left=True)
+        await etcd.put(node_key(self.prefix, self.config.node), record.encode(), lease=self.lease)
+        await etcd.revoke(self.lease)
 
     def local_changed(self) -> None:
         """The daemon's statuses changed: republish this node's record."""
@@ -111,6 +124,8 @@ class FleetAgent:
             if self.etcd is not None:
                 await self.etcd.close()
             self.lease = None
+            self.registered = False
+            self.last_record = None
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_MAX)
             if self.view.connected:  # a session that got going resets the backoff
@@ -229,6 +244,7 @@ class FleetAgent:
         if data == self.last_record:
             return
         await self.etcd.put(node_key(self.prefix, self.config.node), data, lease=self.lease)
+        self.registered = True
         self.last_record = data
         self.view.nodes[self.config.node] = record
 
@@ -246,6 +262,9 @@ class FleetAgent:
                 scope: NodeScope(state=status.state, jobs=status.jobs, revision=counted.get(scope))
                 for scope, status in self.statuses().items()
             },
+            instance=self.instance,
+            host=self.host,
+            pid=os.getpid(),
         )
 
     # ------------------------------------------------------------------ mirror

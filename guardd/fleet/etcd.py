@@ -121,6 +121,40 @@ class Etcd:
             return revision
         return int(response.header.revision)
 
+    async def put_and_read(
+        self, key: bytes, value: bytes, prefix: bytes
+    ) -> tuple[int, list[KeyValue]]:
+        """Store ``value`` and read every key under ``prefix`` in one transaction: the
+        keys as they were at the write. Returns the write's revision and the keys."""
+        tx = self.aetcd.Transactions()
+        end = self.aetcd.utils.prefix_range_end(prefix)
+        _, responses = await self._call(
+            "transaction",
+            compare=[],
+            success=[tx.put(key, value), tx.get(prefix, end)],
+            failure=[],
+        )
+        revision = int(responses[0].response_put.header.revision)
+        kvs = [KeyValue(kv.key, kv.value, int(kv.mod_revision)) for _, kv in responses[1]]
+        return revision, kvs
+
+    async def create(self, key: bytes, value: bytes, *, lease: Any) -> KeyValue | None:
+        """Put ``value`` under ``lease`` only if ``key`` is absent. None when it was
+        created; else the key as it is (created by someone else)."""
+        tx = self.aetcd.Transactions()
+        succeeded, responses = await self._call(
+            "transaction",
+            compare=[tx.version(key) == 0],
+            success=[tx.put(key, value, lease=lease)],
+            failure=[tx.get(key)],
+        )
+        if succeeded:
+            return None
+        if not responses or not responses[0]:
+            return KeyValue(key, b"", 0)  # deleted in between: the caller tries again
+        _, kv = responses[0][0]
+        return KeyValue(kv.key, kv.value, int(kv.mod_revision))
+
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` and the store's revision at that read."""
         response = await self._call("get_prefix", prefix)

@@ -25,23 +25,41 @@ class NodeScope:
 
 @dataclass(frozen=True)
 class NodeRecord:
-    """What one guardd publishes about itself."""
+    """What one guardd publishes about itself.
+
+    ``instance`` tells one guardd process from another of the same name (a random id
+    per start); ``host`` and ``pid`` name the holder when a second guardd asks for
+    the same name. ``left``: the last record of a clean stop, put just before the
+    lease is revoked, so that a waiter tells a clean leave from an expired lease.
+    """
 
     node: str
     scopes: Mapping[str, NodeScope]
+    instance: str = ""
+    host: str = ""
+    pid: int = 0
+    left: bool = False
 
     def encode(self) -> bytes:
         """The JSON stored at the node's key."""
-        return json.dumps(
-            {
-                "node": self.node,
-                "scopes": {
-                    name: {"state": s.state, "jobs": s.jobs, "revision": s.revision}
-                    for name, s in sorted(self.scopes.items())
-                },
+        obj: dict[str, object] = {
+            "node": self.node,
+            "scopes": {
+                name: {"state": s.state, "jobs": s.jobs, "revision": s.revision}
+                for name, s in sorted(self.scopes.items())
             },
-            separators=(",", ":"),
-        ).encode()
+            "instance": self.instance,
+            "host": self.host,
+            "pid": self.pid,
+        }
+        if self.left:
+            obj["left"] = True
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def holder(self) -> str:
+        """Who holds this node's name, for an operator."""
+        where = f"pid {self.pid} on {self.host}" if self.host else "another guardd"
+        return f"{where} (instance {self.instance or 'unknown'})"
 
 
 def decode_node(name: str, data: bytes) -> NodeRecord | None:
@@ -69,7 +87,15 @@ def decode_node(name: str, data: bytes) -> NodeRecord | None:
             if isinstance(revision, int) and not isinstance(revision, bool)
             else None,
         )
-    return NodeRecord(node=name, scopes=scopes)
+    instance, host, pid = obj.get("instance"), obj.get("host"), obj.get("pid")
+    return NodeRecord(
+        node=name,
+        scopes=scopes,
+        instance=instance if isinstance(instance, str) else "",
+        host=host if isinstance(host, str) else "",
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
+        left=obj.get("left") is True,
+    )
 
 
 def node_key(prefix: str, node: str) -> bytes:
@@ -120,21 +146,70 @@ class FleetView:
         )
 
 
-def pending_nodes(nodes: Iterable[NodeRecord], scope: str, revision: int) -> list[str]:
-    """Nodes that have not yet reported ``scope`` on at ``revision`` or later.
+def confirmed(record: NodeRecord, scope: str, revision: int) -> bool:
+    """Has this node drained ``scope`` for the flag written at ``revision``?
 
-    ``guardctl on --fleet --wait`` waits for this list to be empty.
+    Yes when it does not have the scope, or reports it ``on`` with no job, counted
+    at that revision or later (a node sets a scope's revision only with a job count
+    started after it applied that flag).
     """
-    pending = []
-    for record in nodes:
-        status = record.scopes.get(scope)
-        if status is None:
-            continue  # the node does not have that scope: nothing to drain there
-        if (
-            status.state != "on"
-            or status.jobs != 0
-            or status.revision is None
-            or status.revision < revision
-        ):
-            pending.append(record.node)
-    return sorted(pending)
+    status = record.scopes.get(scope)
+    if status is None:
+        return True
+    return (
+        status.state == "on"
+        and status.jobs == 0
+        and status.revision is not None
+        and status.revision >= revision
+    )
+
+
+@dataclass
+class DrainWait:
+    """What ``guardctl on --fleet --wait`` knows, fed from a read at the flag's write
+    and every change to the node keys after it. Pure: the CLI feeds it from etcd.
+
+    Every node live when the flag was written is remembered, and so is every node
+    that joins later. A node is done once it confirmed (for good: it drained, and the
+    flag keeps it from starting jobs) or left cleanly (its last record said ``left``
+    before its key went). A node whose key went without that is lost: cut off from
+    etcd, it may still be starting jobs. A node that comes back is waited for again.
+    """
+
+    scope: str
+    revision: int
+    live: dict[str, NodeRecord] = field(default_factory=dict)
+    confirmed: set[str] = field(default_factory=set)
+    left: set[str] = field(default_factory=set)
+    lost: set[str] = field(default_factory=set)
+
+    def seed(self, records: Iterable[NodeRecord]) -> None:
+        """The nodes live when the flag was written."""
+        for record in records:
+            self.put(record)
+
+    def put(self, record: NodeRecord) -> None:
+        """A node's key was written."""
+        name = record.node
+        self.lost.discard(name)
+        if record.left:
+            self.live.pop(name, None)
+            self.left.add(name)
+            return
+        self.left.discard(name)
+        self.live[name] = record
+        if confirmed(record, self.scope, self.revision):
+            self.confirmed.add(name)
+
+    def delete(self, name: str) -> None:
+        """A node's key went; lost unless its last record announced a clean leave."""
+        if self.live.pop(name, None) is not None and name not in self.confirmed:
+            self.lost.add(name)
+
+    def pending(self) -> list[str]:
+        """Live nodes that have not confirmed yet."""
+        return sorted(name for name in self.live if name not in self.confirmed)
+
+    def finished(self) -> bool:
+        """Nothing more to learn: every node confirmed, left, or is lost."""
+        return not self.pending()

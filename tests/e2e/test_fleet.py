@@ -365,3 +365,62 @@ def test_fleet_wait_needs_a_job_count_taken_after_the_flag(
         assert ctl(daemon, "on", "shop", "--fleet", "--wait", "--timeout", "20").returncode == 0
         assert ctl(daemon, "off", "shop", "--fleet").returncode == 0
         wait_until(lambda: state(daemon) == "off", what="back in service")
+
+
+def test_fleet_wait_names_a_node_whose_lease_expired_as_lost(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A draining node killed mid-wait (lease expires): exit 3 naming it lost; a clean
+    stop mid-wait counts as a clean leave: 0."""
+    a = node(make_guardd, etcd, "web-a").start()
+    b = node(make_guardd, etcd, "web-b").start()
+    wait_until(lambda: len(fleet_nodes(a)) == 2, what="two nodes registered")
+    job = subprocess.Popen(
+        ["flock", "-s", str(b.runtime_dir / "shop.run"), "sleep", "60"], start_new_session=True
+    )
+    try:
+        wait_until(lambda: b.request({"op": "status"})["scopes"]["shop"]["jobs"] == 1, what="job")
+        waiter = subprocess.Popen(
+            [command("guardctl"), "on", "shop", "--fleet", "--wait", "--timeout", "30"],
+            env={**os.environ, "GUARDD_CONFIG": str(a.config_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: state(b) == "draining", what="b draining")
+        assert b.process is not None
+        b.process.kill()  # cut off as far as etcd can tell: its lease expires
+        b.process.wait()
+        out, err = waiter.communicate(timeout=LEASE_TTL * 10)
+        assert waiter.returncode == 3, out + err
+        assert "lost" in out and "web-b" in out.rsplit("lost", 1)[1]
+        # Now a clean stop while draining: it leaves cleanly, the wait returns 0.
+        assert ctl(a, "off", "shop", "--fleet").returncode == 0
+        c = node(make_guardd, etcd, "web-c").start()
+        c_job = subprocess.Popen(
+            ["flock", "-s", str(c.runtime_dir / "shop.run"), "sleep", "60"],
+            start_new_session=True,
+        )
+        try:
+            wait_until(lambda: "web-c" in fleet_nodes(a), what="c registered")
+            wait_until(
+                lambda: c.request({"op": "status"})["scopes"]["shop"]["jobs"] == 1, what="c job"
+            )
+            waiter = subprocess.Popen(
+                [command("guardctl"), "on", "shop", "--fleet", "--wait", "--timeout", "30"],
+                env={**os.environ, "GUARDD_CONFIG": str(a.config_path)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            wait_until(lambda: state(c) == "draining", what="c draining")
+            code, _ = c.stop()
+            assert code == 0
+            out, err = waiter.communicate(timeout=20)
+            assert waiter.returncode == 0, out + err
+        finally:
+            os.killpg(c_job.pid, signal.SIGKILL)
+            c_job.wait()
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()

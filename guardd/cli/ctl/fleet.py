@@ -6,13 +6,14 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
 from guardd.config.model import Config
 from guardd.core.flag import FlagInfo, parse_flag_content
 from guardd.errors import Unreachable, UsageError
-from guardd.fleet.etcd import Etcd, EtcdUnavailable
-from guardd.fleet.model import NodeRecord, decode_node, parse_key, pending_nodes, scope_key
+from guardd.fleet.etcd import Etcd, EtcdUnavailable, KeyValue
+from guardd.fleet.model import DrainWait, NodeRecord, decode_node, parse_key, scope_key
 
 POLL_INTERVAL = 0.1
 RETRY_FOR = 5.0  # seconds: longer than an etcd leader election, short for an operator
@@ -54,15 +55,34 @@ def _run(operation: Callable[[Etcd], Awaitable[T]], config: Config) -> T:
         raise Unreachable(f"etcd is not reachable: {err}") from None
 
 
-def fleet_on(*, config: Config, scope: str, info: FlagInfo) -> int:
-    """Write the fleet flag; returns the etcd revision of the write."""
+def fleet_on(*, config: Config, scope: str, info: FlagInfo) -> tuple[int, list[NodeRecord]]:
+    """Write the fleet flag; returns the etcd revision of the write and the nodes
+    that were live at that very revision (read in the same transaction)."""
     _require_fleet(config)
     value = json.dumps(info.to_json_obj(), ensure_ascii=False).encode()
 
-    async def op(etcd: Etcd) -> int:
-        return await etcd.put(scope_key(config.fleet.prefix, scope), value)
+    async def op(etcd: Etcd) -> tuple[int, list[NodeRecord]]:
+        revision, kvs = await etcd.put_and_read(
+            scope_key(config.fleet.prefix, scope), value, _nodes_prefix(config.fleet.prefix)
+        )
+        return revision, _records(config.fleet.prefix, kvs)
 
     return _run(op, config)
+
+
+def _nodes_prefix(prefix: str) -> bytes:
+    return (prefix.rstrip("/") + "/nodes/").encode()
+
+
+def _records(prefix: str, kvs: list[KeyValue]) -> list[NodeRecord]:
+    records = []
+    for kv in kvs:
+        parsed = parse_key(prefix, kv.key)
+        if parsed is not None and parsed[0] == "node":
+            record = decode_node(parsed[1], kv.value)
+            if record is not None:
+                records.append(record)
+    return records
 
 
 def fleet_off(*, config: Config, scope: str) -> bool:
@@ -97,36 +117,89 @@ async def _read_fleet(etcd: Etcd, prefix: str) -> tuple[dict[str, NodeRecord], d
     return nodes, flags
 
 
+@dataclass(frozen=True)
+class WaitResult:
+    """How ``on --fleet --wait`` ended: drained when both lists are empty."""
+
+    pending: list[str]  # live nodes that had not confirmed at the timeout
+    lost: list[str]  # nodes whose lease expired without confirming
+
+
 def fleet_wait(
     *,
     config: Config,
     scope: str,
     revision: int,
+    live: list[NodeRecord],
     timeout: float | None,
     on_progress: Callable[[list[str]], None],
-) -> list[str]:
-    """Wait until every live node reports ``scope`` on at ``revision`` or later.
+) -> WaitResult:
+    """Wait until every node live at ``revision`` (and every one joining later) has
+    reported ``scope`` on at that revision or later, or left cleanly.
 
-    Returns the nodes still pending at the timeout (empty: all drained).
+    Follows every change to the node keys from the flag's write on (an etcd watch,
+    resumed after the last revision seen when a connection breaks), so a node
+    whose lease expires in between is seen to go without a clean leave: lost. Ends
+    at once when only lost nodes are left (nothing more to learn), else at the
+    timeout.
     """
     _require_fleet(config)
+    wait = DrainWait(scope=scope, revision=revision)
+    wait.seed(live)
+    prefix = _nodes_prefix(config.fleet.prefix)
 
-    async def op(etcd: Etcd) -> list[str]:
+    async def body() -> WaitResult:
         deadline = None if timeout is None else time.monotonic() + timeout
         last: list[str] | None = None
-        while True:
-            nodes, _ = await _read_fleet(etcd, config.fleet.prefix)
-            pending = pending_nodes(nodes.values(), scope, revision)
+        seen = revision
+        etcd = Etcd(config.fleet.endpoints, timeout=3.0)
+        failing_since: float | None = None
+
+        def report() -> bool:
+            nonlocal last
+            pending = wait.pending()
             if pending != last:
                 on_progress(pending)
                 last = pending
-            if not pending:
-                return []
-            if deadline is not None and time.monotonic() >= deadline:
-                return pending
-            await asyncio.sleep(POLL_INTERVAL)
+            return wait.finished()
 
-    return _run(op, config)
+        try:
+            while not report():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(left):
+                        async for event in etcd.watch_prefix(prefix, start_revision=seen + 1):
+                            failing_since = None
+                            seen = max(seen, event.revision)
+                            parsed = parse_key(config.fleet.prefix, event.key)
+                            if parsed is None or parsed[0] != "node":
+                                continue
+                            if event.value is None:
+                                wait.delete(parsed[1])
+                            else:
+                                record = decode_node(parsed[1], event.value)
+                                if record is not None:
+                                    wait.put(record)
+                            if report():
+                                break
+                except TimeoutError:
+                    break
+                except EtcdUnavailable:
+                    now = time.monotonic()
+                    failing_since = failing_since if failing_since is not None else now
+                    if now - failing_since >= RETRY_FOR:
+                        raise
+                    await asyncio.sleep(0.2)
+        finally:
+            await etcd.close()
+        return WaitResult(pending=wait.pending(), lost=sorted(wait.lost))
+
+    try:
+        return asyncio.run(body())
+    except EtcdUnavailable as err:
+        raise Unreachable(f"etcd is not reachable: {err}") from None
 
 
 def fleet_status(*, config: Config) -> dict[str, Any]:

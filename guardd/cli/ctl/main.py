@@ -117,7 +117,7 @@ def _fleet_on(
             "--then and --grace do not go with --fleet (other hosts' jobs are out of reach)"
         )
     info = make_flag(reason=args.reason, until=until, by=_actor(), now=now)
-    revision = fleetctl.fleet_on(config=config, scope=scope, info=info)
+    revision, live = fleetctl.fleet_on(config=config, scope=scope, info=info)
     out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
     out.flush()
     if not args.wait:
@@ -128,16 +128,27 @@ def _fleet_on(
             out.write(f"draining {scope} on {len(pending)} node(s): {', '.join(pending)}\n")
             out.flush()
 
-    pending = fleetctl.fleet_wait(
-        config=config, scope=scope, revision=revision, timeout=args.timeout, on_progress=progress
+    result = fleetctl.fleet_wait(
+        config=config,
+        scope=scope,
+        revision=revision,
+        live=live,
+        timeout=args.timeout,
+        on_progress=progress,
     )
-    if not pending:
+    if not result.pending and not result.lost:
         out.write(f"{scope}: every live node reports it drained\n")
         return EXIT_OK
-    out.write(
-        f"{scope}: fleet drain timed out; maintenance stays on; still draining: "
-        f"{', '.join(pending)}\n"
-    )
+    parts = []
+    if result.pending:
+        parts.append(f"still draining: {', '.join(result.pending)}")
+    if result.lost:
+        parts.append(
+            f"lost (lease expired without confirming; cut off from etcd, it may still "
+            f"start jobs): {', '.join(result.lost)}"
+        )
+    what = "fleet drain timed out" if result.pending else "fleet drain not confirmed"
+    out.write(f"{scope}: {what}; maintenance stays on; {'; '.join(parts)}\n")
     return EXIT_DRAIN_TIMEOUT
 
 
