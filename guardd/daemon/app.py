@@ -153,6 +153,7 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
+        await self._fleet_claimed()
         self.listeners = build_listeners(self.config)
         for listener in self.listeners:
             await listener.start()
@@ -329,6 +330,26 @@ class Daemon:
             view_changed=self._fleet_view_changed,
         )
         self.fleet.start()
+
+    async def _fleet_claimed(self) -> None:
+        """At start: exit 1 when another live guardd holds this node's name.
+
+        Waits for the first etcd session to claim the name (at most one lease_ttl
+        for a dead holder's lease to expire, plus the connection's time); an etcd
+        that does not answer lets guardd start without it, as before.
+        """
+        if self.fleet is None or self.fleet.first_outcome is None:
+            return
+        bound = 2 * self.config.fleet.lease_ttl + 10.0
+        try:
+            holder = await asyncio.wait_for(asyncio.shield(self.fleet.first_outcome), bound)
+        except TimeoutError:
+            return
+        if holder is not None:
+            raise GuardError(
+                f"node {self.config.node} is held by another live guardd, {holder}: "
+                "refusing fleet mode (give this host its own node name)"
+            )
 
     async def _mirror_written(self, scope: str) -> None:
         """The fleet agent updated a mirror file: take it in, then count the jobs.

@@ -37,7 +37,30 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.25
 BACKOFF_MAX = 10.0
+CLAIM_POLL = 0.25  # while another holder's key is still there
 PUBLISH_MIN_INTERVAL = 0.05  # coalesce bursts of local changes into one put
+
+
+class NodeNameTaken(Exception):
+    """Another live guardd holds this node's name in etcd."""
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as stream:
+            return stream.read().strip()
+    except OSError:
+        return ""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: someone else's process, alive
+    return True
 
 
 class FleetAgent:
@@ -71,12 +94,24 @@ class FleetAgent:
         self.registered = False  # this session's record is in etcd under self.lease
         self.instance = uuid.uuid4().hex[:16]
         self.host = socket.gethostname()
+        self.boot = _boot_id()
+        # The first session's outcome, for the daemon's start: None once the node's
+        # name is ours (or etcd did not answer: guardd starts without it); else who
+        # holds the name.
+        self.first_outcome: asyncio.Future[str | None] | None = None
+        self.refused: str | None = None  # the holder while this node refuses fleet mode
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Begin connecting in the background (guardd is READY without etcd)."""
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self.first_outcome = loop.create_future()
+        self.task = loop.create_task(self._run())
+
+    def _first(self, outcome: str | None) -> None:
+        if self.first_outcome is not None and not self.first_outcome.done():
+            self.first_outcome.set_result(outcome)
 
     async def close(self) -> None:
         """Clean stop: delete this node's key at once (revoke its lease)."""
@@ -112,7 +147,21 @@ class FleetAgent:
         while True:
             try:
                 await self._session()
+            except NodeNameTaken as err:
+                self._first(str(err))
+                if self.refused != str(err):
+                    log.error(
+                        "node %s is held by another live guardd, %s: refusing fleet mode "
+                        "(retrying with backoff)",
+                        self.config.node,
+                        err,
+                    )
+                    self.refused = str(err)
+                if self.view.connected:
+                    self.view.connected = False
+                    self.view_changed()
             except EtcdUnavailable as err:
+                self._first(None)
                 if not self.in_outage:
                     log.error("etcd unreachable, keeping the last fleet view: %s", err)
                     self.in_outage = True
@@ -120,6 +169,7 @@ class FleetAgent:
                     self.view.connected = False
                     self.view_changed()
             except Exception:
+                self._first(None)
                 log.exception("fleet session failed; reconnecting")
             if self.etcd is not None:
                 await self.etcd.close()
@@ -138,6 +188,11 @@ class FleetAgent:
         await self.etcd.connect()
         ttl = max(2, round(self.config.fleet.lease_ttl))
         self.lease = await self.etcd.grant(ttl)
+        await self._claim()
+        if self.refused is not None:
+            log.info("node %s is this guardd's again: fleet mode on", self.config.node)
+            self.refused = None
+        self._first(None)
         kvs, revision = await self.etcd.get_prefix((self.prefix + "/").encode())
         await self._load(kvs, revision)
         await self._publish()
@@ -160,6 +215,61 @@ class FleetAgent:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _claim(self) -> None:
+        """Make this node's key ours: created only where absent, under our lease.
+
+        Held by this process's previous session: taken over. Held by a guardd that
+        died on this very host (same boot, its pid gone; a quick restart after
+        SIGKILL): its lease is revoked at once. Held otherwise: wait up to one
+        lease_ttl (plus a second) for a dead holder's lease to expire; a holder that
+        keeps its lease alive is live, and this guardd refuses fleet mode.
+        """
+        assert self.etcd is not None
+        key = node_key(self.prefix, self.config.node)
+        deadline: float | None = None
+        for _ in range(10_000):  # bounded: ends by the deadline long before
+            data = self.record().encode()
+            held = await self.etcd.create(key, data, lease=self.lease)
+            if held is None:
+                self.registered = True
+                self.last_record = data
+                return
+            holder = decode_node(self.config.node, held.value) or NodeRecord(self.config.node, {})
+            if holder.instance == self.instance:
+                await self.etcd.put(key, data, lease=self.lease)
+                self.registered = True
+                self.last_record = data
+                return
+            if (
+                held.lease
+                and holder.host == self.host
+                and holder.boot
+                and holder.boot == self.boot
+                and holder.pid > 0
+                and not _pid_alive(holder.pid)
+            ):
+                log.info(
+                    "node %s was held by pid %d, gone: taking the name over",
+                    self.config.node,
+                    holder.pid,
+                )
+                await self.etcd.revoke_id(held.lease)
+                continue
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.config.fleet.lease_ttl + 1.0
+                log.warning(
+                    "node %s is held by %s: waiting up to %.0fs for its lease to expire",
+                    self.config.node,
+                    holder.holder(),
+                    deadline - now,
+                )
+            if now >= deadline:
+                raise NodeNameTaken(holder.holder())
+            await asyncio.sleep(CLAIM_POLL)
+            await self.etcd.refresh(self.lease)
+        raise NodeNameTaken(holder.holder())
 
     async def _load(self, kvs: list[KeyValue], revision: int) -> None:
         """Apply a full read: fleet flags of our scopes, and every node's record."""
@@ -264,6 +374,7 @@ class FleetAgent:
             },
             instance=self.instance,
             host=self.host,
+            boot=self.boot,
             pid=os.getpid(),
         )
 

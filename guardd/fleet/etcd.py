@@ -26,6 +26,7 @@ class KeyValue:
     key: bytes
     value: bytes
     mod_revision: int
+    lease: int = 0  # the id of the lease the key is attached to (0: none)
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ class Etcd:
         if not responses or not responses[0]:
             return KeyValue(key, b"", 0)  # deleted in between: the caller tries again
         _, kv = responses[0][0]
-        return KeyValue(kv.key, kv.value, int(kv.mod_revision))
+        return KeyValue(kv.key, kv.value, int(kv.mod_revision), int(kv.lease))
 
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` and the store's revision at that read."""
@@ -164,6 +165,10 @@ class Etcd:
     async def grant(self, ttl: int) -> Any:
         """A new lease of ``ttl`` seconds."""
         return await self._call("lease", ttl)
+
+    async def revoke_id(self, lease_id: int) -> None:
+        """End another process's lease by its id (its keys go with it)."""
+        await self._call("revoke_lease", lease_id)
 
     async def refresh(self, lease: Any) -> None:
         """Keep the lease alive."""

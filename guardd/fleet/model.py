@@ -37,6 +37,7 @@ class NodeRecord:
     scopes: Mapping[str, NodeScope]
     instance: str = ""
     host: str = ""
+    boot: str = ""  # the host's boot id: a pid means something only within one boot
     pid: int = 0
     left: bool = False
 
@@ -50,6 +51,7 @@ class NodeRecord:
             },
             "instance": self.instance,
             "host": self.host,
+            "boot": self.boot,
             "pid": self.pid,
         }
         if self.left:
@@ -87,12 +89,18 @@ def decode_node(name: str, data: bytes) -> NodeRecord | None:
             if isinstance(revision, int) and not isinstance(revision, bool)
             else None,
         )
-    instance, host, pid = obj.get("instance"), obj.get("host"), obj.get("pid")
+    instance, host, pid, boot = (
+        obj.get("instance"),
+        obj.get("host"),
+        obj.get("pid"),
+        obj.get("boot"),
+    )
     return NodeRecord(
         node=name,
         scopes=scopes,
         instance=instance if isinstance(instance, str) else "",
         host=host if isinstance(host, str) else "",
+        boot=boot if isinstance(boot, str) else "",
         pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else 0,
         left=obj.get("left") is True,
     )

@@ -424,3 +424,57 @@ def test_fleet_wait_names_a_node_whose_lease_expired_as_lost(
     finally:
         os.killpg(job.pid, signal.SIGKILL)
         job.wait()
+
+
+def test_duplicate_node_name_is_refused_and_a_quick_restart_is_not(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A second live guardd with the same node: exit 1 naming the holder; the first
+    keeps the name; the same node SIGKILLed and restarted at once takes it back."""
+    a = node(make_guardd, etcd, "web-a").start()
+    wait_until(lambda: "web-a" in fleet_nodes(a), what="a registered")
+    twin = node(make_guardd, etcd, "web-a").start(wait_ready=False)
+    assert twin.process is not None
+    assert twin.process.wait(timeout=LEASE_TTL * 5 + 15) == 1
+    log = twin.log()
+    assert "node web-a is held by another live guardd" in log, log
+    assert f"pid {a.process.pid if a.process else 0}" in log
+    assert "Traceback" not in log
+    assert not (twin.lock_dir / "shop.fleet.lock").exists()
+    assert ctl(a, "on", "shop", "--fleet").returncode == 0
+    wait_until(lambda: state(a) == "on", what="a still follows the fleet")
+    assert ctl(a, "off", "shop", "--fleet").returncode == 0
+    wait_until(lambda: state(a) == "off", what="a back in service")
+    assert "held by" not in a.log()  # the twin never disturbed a's key
+    # A quick restart after SIGKILL (the old lease still alive): takes the name back
+    # at once, because the holder is this host's guardd and its pid is gone.
+    assert a.process is not None
+    a.process.kill()
+    a.process.wait()
+    started = time.monotonic()
+    a.start()
+    assert time.monotonic() - started < LEASE_TTL
+    assert "taking the name over" in a.log()
+    wait_until(lambda: "web-a" in fleet_nodes(a), what="a registered again")
+
+
+def test_name_held_by_a_dead_holder_elsewhere_is_taken_once_its_lease_expires(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A node key left by a guardd on another host whose lease is not renewed: the new
+    guardd waits for the lease to expire (at most lease_ttl), then takes the name."""
+    import aetcd
+
+    async def plant() -> None:
+        host, port = etcd.endpoints[0].removeprefix("http://").rsplit(":", 1)
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            lease = await client.lease(LEASE_TTL)
+            value = json.dumps({"scopes": {}, "instance": "x", "host": "elsewhere", "pid": 1})
+            await client.put(b"/t/nodes/web-a", value.encode(), lease=lease)
+
+    asyncio.run(plant())
+    started = time.monotonic()
+    a = node(make_guardd, etcd, "web-a").start()
+    assert time.monotonic() - started > 0.5  # it waited for the lease
+    assert "held by pid 1 on elsewhere" in a.log()
+    wait_until(lambda: fleet_nodes(a).get("web-a", {}).get("shop"), what="a registered")
