@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from guardd.fleet.model import DrainWait, NodeRecord, NodeScope, confirmed, decode_node
+from guardd.fleet.model import (
+    DrainWait,
+    FleetView,
+    NodeRecord,
+    NodeScope,
+    confirmed,
+    decode_node,
+)
 
 
 def rec(
@@ -69,3 +76,17 @@ def test_drain_wait_confirmation_is_kept_and_joiners_are_waited_for() -> None:
     assert wait.finished() and not wait.lost
     wait.put(rec("d", "draining", 2, 10))
     assert wait.pending() == ["d"]
+
+
+def test_a_node_that_has_not_applied_the_fleet_flag_yet_does_not_count_as_serving() -> None:
+    """During a fleet flip, another node still `off` at an older revision is on its way
+    into maintenance: it does not make this node withdraw (no dark fleet)."""
+    view = FleetView(ever_connected=True, connected=True)
+    view.nodes = {"a": rec("a", "on", 0, 20), "b": rec("b", "off", 0, 12)}
+    assert view.others_serving("shop", "a") is True  # a local flag: b serves
+    assert view.others_serving("shop", "a", {"shop": 20}) is False  # b is flipping too
+    view.nodes["b"] = rec("b", "off", 0, 20)  # b applied it and is still off (say, a
+    assert view.others_serving("shop", "a", {"shop": 20}) is True  # local override)
+    view.nodes["c"] = NodeRecord("c", {"shop": NodeScope("off", 0, 3)})
+    assert view.others_serving("shop", "a", {"default": 25}) is True  # c has no default
+    assert FleetView().others_serving("shop", "a", {"shop": 1}) is None

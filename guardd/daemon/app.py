@@ -625,7 +625,9 @@ class Daemon:
             degraded = not view.connected
             if view.ever_connected:
                 others = {
-                    scope: bool(view.others_serving(scope, self.config.node))
+                    scope: bool(
+                        view.others_serving(scope, self.config.node, self.fleet.flipping(scope))
+                    )
                     for scope in self.config.scopes
                 }
         return Snapshot(

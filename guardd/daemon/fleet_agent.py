@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 BACKOFF_START = 0.25
 BACKOFF_MAX = 10.0
+FLIP_GRACE = 1.0  # a node that has not applied a fleet flag yet is still flipping
 CLAIM_POLL = 0.25  # while another holder's key is still there
 PUBLISH_MIN_INTERVAL = 0.05  # coalesce bursts of local changes into one put
 
@@ -84,6 +85,8 @@ class FleetAgent:
         self.view = FleetView()
         self.fleet_flags: dict[str, bytes | None] = {}  # scope -> value (None: absent)
         self.applied: dict[str, int] = {}  # scope -> fleet flag revision applied locally
+        self.flag_revisions: dict[str, int] = {}  # scope -> revision of fleet_flags[scope]
+        self.flag_seen: dict[str, float] = {}  # scope -> monotonic time that revision came
         self.grace: dict[str, float] = {}  # node -> monotonic time it may be dropped
         self.dirty = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -130,6 +133,21 @@ class FleetAgent:
         record = replace(self.record(), scopes={}, left=True)
         await etcd.put(node_key(self.prefix, self.config.node), record.encode(), lease=self.lease)
         await etcd.revoke(self.lease)
+
+    def flipping(self, scope: str) -> dict[str, int]:
+        """The fleet flags on here that put ``scope`` in maintenance (its own and
+        ``default``'s) and arrived within FLIP_GRACE, with their revisions: every node
+        is flipping to them, so one that has not applied them yet is no reason to
+        withdraw. After FLIP_GRACE such a node counts as serving again (cut off from
+        etcd, it does serve): the grace bounds the time the page may hide it."""
+        now = time.monotonic()
+        return {
+            key: self.flag_revisions[key]
+            for key in (scope, "default")
+            if self.fleet_flags.get(key) is not None
+            and key in self.flag_revisions
+            and now - self.flag_seen.get(key, 0.0) <= FLIP_GRACE
+        }
 
     def local_changed(self) -> None:
         """The daemon's statuses changed: republish this node's record."""
@@ -383,6 +401,10 @@ class FleetAgent:
     async def _apply_flag(self, scope: str, value: bytes | None, revision: int) -> None:
         """Mirror a fleet flag into its file, let the daemon re-read it, note the revision."""
         self.fleet_flags[scope] = value
+        if self.flag_revisions.get(scope) != revision:
+            self.flag_revisions[scope] = revision  # known (not yet applied: see flipping)
+            self.flag_seen[scope] = time.monotonic()
+            asyncio.get_running_loop().call_later(FLIP_GRACE + 0.01, self.view_changed)
         await self._sync_mirror(scope)
         self.applied[scope] = revision  # on disk now: job counts from here on see it
         await self.mirror_written(scope)

@@ -143,15 +143,33 @@ class FleetView:
     connected: bool = False
     ever_connected: bool = False
 
-    def others_serving(self, scope: str, me: str) -> bool | None:
-        """Does another live node report ``scope`` off? None without any fleet view."""
+    def others_serving(
+        self, scope: str, me: str, flipping: Mapping[str, int] | None = None
+    ) -> bool | None:
+        """Does another live node report ``scope`` off? None without any fleet view.
+
+        ``flipping``: the fleet flags (scope -> revision) that put ``scope`` in
+        maintenance here. A node that reports ``scope`` off but has not yet applied
+        one of those flags is on its way into maintenance too: it does not count as
+        serving. Else, when every node flips at once, each would withdraw because
+        of the others' records from just before their flip, and none would serve
+        (dark) until the records caught up.
+        """
         if not self.ever_connected:
             return None
-        return any(
-            name != me and record.scopes.get(scope, NodeScope("off", 0, None)).state == "off"
-            for name, record in self.nodes.items()
-            if scope in record.scopes
-        )
+        for name, record in self.nodes.items():
+            status = record.scopes.get(scope)
+            if name == me or status is None or status.state != "off":
+                continue
+            if flipping and any(
+                other is not None and (other.revision or 0) < revision
+                for other, revision in (
+                    (record.scopes.get(key), revision) for key, revision in flipping.items()
+                )
+            ):
+                continue
+            return True
+        return False
 
 
 def confirmed(record: NodeRecord, scope: str, revision: int) -> bool:
