@@ -90,3 +90,13 @@ def test_a_node_that_has_not_applied_the_fleet_flag_yet_does_not_count_as_servin
     view.nodes["c"] = NodeRecord("c", {"shop": NodeScope("off", 0, 3)})
     assert view.others_serving("shop", "a", {"default": 25}) is True  # c has no default
     assert FleetView().others_serving("shop", "a", {"shop": 1}) is None
+
+
+def test_a_member_without_a_live_key_is_lost_from_the_start() -> None:
+    """A node that joined and never left cleanly but has no live key at the write is
+    lost at once; if it comes back it must confirm."""
+    wait = DrainWait("shop", 10)
+    wait.seed([rec("a")], members=["a", "b"])
+    assert wait.finished() and wait.lost == {"b"}
+    wait.put(rec("b", "draining", 1, 11))
+    assert wait.pending() == ["b"] and not wait.lost

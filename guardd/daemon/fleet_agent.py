@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -29,6 +30,7 @@ from guardd.fleet.model import (
     NodeRecord,
     NodeScope,
     decode_node,
+    member_key,
     node_key,
     parse_key,
 )
@@ -132,6 +134,7 @@ class FleetAgent:
         tells a clean stop from an expired lease), then the lease goes, and the key."""
         record = replace(self.record(), scopes={}, left=True)
         await etcd.put(node_key(self.prefix, self.config.node), record.encode(), lease=self.lease)
+        await etcd.delete(member_key(self.prefix, self.config.node))
         await etcd.revoke(self.lease)
 
     def flipping(self, scope: str) -> dict[str, int]:
@@ -207,6 +210,10 @@ class FleetAgent:
         ttl = max(2, round(self.config.fleet.lease_ttl))
         self.lease = await self.etcd.grant(ttl)
         await self._claim()
+        await self.etcd.put(
+            member_key(self.prefix, self.config.node),
+            json.dumps({"instance": self.instance, "host": self.host}).encode(),
+        )
         if self.refused is not None:
             log.info("node %s is this guardd's again: fleet mode on", self.config.node)
             self.refused = None
@@ -340,6 +347,8 @@ class FleetAgent:
             if kind == "scope":
                 if name in self.config.scopes:
                     await self._apply_flag(name, event.value, event.revision)
+                continue
+            if kind != "node":
                 continue
             self.grace.pop(name, None)
             if event.value is None:

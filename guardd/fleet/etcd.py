@@ -123,20 +123,21 @@ class Etcd:
         return int(response.header.revision)
 
     async def put_and_read(
-        self, key: bytes, value: bytes, prefix: bytes
+        self, key: bytes, value: bytes, prefixes: Sequence[bytes]
     ) -> tuple[int, list[KeyValue]]:
-        """Store ``value`` and read every key under ``prefix`` in one transaction: the
-        keys as they were at the write. Returns the write's revision and the keys."""
+        """Store ``value`` and read every key under ``prefixes`` in one transaction:
+        the keys as they were at the write. Returns the write's revision and the keys."""
         tx = self.aetcd.Transactions()
-        end = self.aetcd.utils.prefix_range_end(prefix)
+        reads = [tx.get(p, self.aetcd.utils.prefix_range_end(p)) for p in prefixes]
         _, responses = await self._call(
-            "transaction",
-            compare=[],
-            success=[tx.put(key, value), tx.get(prefix, end)],
-            failure=[],
+            "transaction", compare=[], success=[tx.put(key, value), *reads], failure=[]
         )
         revision = int(responses[0].response_put.header.revision)
-        kvs = [KeyValue(kv.key, kv.value, int(kv.mod_revision)) for _, kv in responses[1]]
+        kvs = [
+            KeyValue(kv.key, kv.value, int(kv.mod_revision))
+            for response in responses[1:]
+            for _, kv in response
+        ]
         return revision, kvs
 
     async def create(self, key: bytes, value: bytes, *, lease: Any) -> KeyValue | None:

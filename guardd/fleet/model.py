@@ -1,7 +1,9 @@
 """The fleet's data on etcd: keys, node records, and the pure questions asked of them.
 
-Keys under ``<prefix>``: ``/nodes/<node>`` (each guardd's record, under a lease) and
-``/scopes/<scope>`` (a fleet flag, the same JSON as a flag file). No etcd client
+Keys under ``<prefix>``: ``/nodes/<node>`` (each guardd's record, under a lease),
+``/members/<node>`` (no lease: the node has joined and not cleanly left, so a node
+whose lease expired is still known) and ``/scopes/<scope>`` (a fleet flag, the
+same JSON as a flag file). No etcd client
 here: this module is pure, so the policy and the drain logic are tested without I/O.
 """
 
@@ -111,13 +113,18 @@ def node_key(prefix: str, node: str) -> bytes:
     return f"{prefix.rstrip('/')}/nodes/{node}".encode()
 
 
+def member_key(prefix: str, node: str) -> bytes:
+    """Where a node notes that it belongs to the fleet (until a clean leave)."""
+    return f"{prefix.rstrip('/')}/members/{node}".encode()
+
+
 def scope_key(prefix: str, scope: str) -> bytes:
     """Where a scope's fleet flag lives."""
     return f"{prefix.rstrip('/')}/scopes/{scope}".encode()
 
 
 def parse_key(prefix: str, key: bytes) -> tuple[str, str] | None:
-    """("node", name) or ("scope", name) for a key under ``prefix``; None otherwise."""
+    """("node" | "member" | "scope", name) for a key under ``prefix``; None otherwise."""
     try:
         text = key.decode("utf-8")
     except UnicodeDecodeError:
@@ -130,6 +137,8 @@ def parse_key(prefix: str, key: bytes) -> tuple[str, str] | None:
         return None
     if kind == "nodes":
         return ("node", name)
+    if kind == "members":
+        return ("member", name)
     if kind == "scopes" and is_scope_name(name):
         return ("scope", name)
     return None
@@ -209,10 +218,15 @@ class DrainWait:
     left: set[str] = field(default_factory=set)
     lost: set[str] = field(default_factory=set)
 
-    def seed(self, records: Iterable[NodeRecord]) -> None:
-        """The nodes live when the flag was written."""
+    def seed(self, records: Iterable[NodeRecord], members: Iterable[str] = ()) -> None:
+        """The nodes live when the flag was written, and the members (nodes that
+        joined and never left cleanly): a member without a live key is lost from the
+        start (its lease expired: cut off, it may be starting jobs)."""
         for record in records:
             self.put(record)
+        for name in members:
+            if name not in self.live:
+                self.lost.add(name)
 
     def put(self, record: NodeRecord) -> None:
         """A node's key was written."""

@@ -396,6 +396,7 @@ def test_fleet_wait_names_a_node_whose_lease_expired_as_lost(
         assert "lost" in out and "web-b" in out.rsplit("lost", 1)[1]
         # Now a clean stop while draining: it leaves cleanly, the wait returns 0.
         assert ctl(a, "off", "shop", "--fleet").returncode == 0
+        assert ctl(a, "forget", "web-b").returncode == 0  # b is dead for good
         c = node(make_guardd, etcd, "web-c").start()
         c_job = subprocess.Popen(
             ["flock", "-s", str(c.runtime_dir / "shop.run"), "sleep", "60"],
@@ -478,3 +479,30 @@ def test_name_held_by_a_dead_holder_elsewhere_is_taken_once_its_lease_expires(
     assert time.monotonic() - started > 0.5  # it waited for the lease
     assert "held by pid 1 on elsewhere" in a.log()
     wait_until(lambda: fleet_nodes(a).get("web-a", {}).get("shop"), what="a registered")
+
+
+def test_fleet_wait_counts_a_member_whose_lease_expired_before_the_flag_as_lost(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A node cut off (here killed) before the flag is written is still a member: the
+    wait names it lost (exit 3) instead of 0; `guardctl forget` drops a dead node."""
+    a = node(make_guardd, etcd, "web-a").start()
+    b = node(make_guardd, etcd, "web-b").start()
+    wait_until(lambda: len(fleet_nodes(a)) == 2, what="two nodes registered")
+    assert b.process is not None
+    b.process.kill()
+    b.process.wait()
+    wait_until(lambda: "web-b" not in fleet_nodes(a), timeout=LEASE_TTL * 5, what="b expired")
+    result = ctl(a, "status", "--fleet")
+    assert "lost" in result.stdout and "web-b" in result.stdout, result.stdout
+    result = ctl(a, "on", "shop", "--fleet", "--wait", "--timeout", "20")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "lost" in result.stdout and "web-b" in result.stdout.rsplit("lost", 1)[1]
+    result = ctl(a, "forget", "web-a")
+    assert result.returncode == 1 and "is live" in result.stderr
+    assert ctl(a, "forget", "web-b").returncode == 0
+    result = ctl(a, "on", "shop", "--fleet", "--wait", "--timeout", "20")
+    assert result.returncode == 0, result.stdout + result.stderr
+    code, _ = a.stop()  # a clean stop leaves the membership too
+    assert code == 0
+    assert ctl(a, "on", "shop", "--fleet", "--wait", "--timeout", "5").returncode == 0

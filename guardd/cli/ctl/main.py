@@ -42,6 +42,16 @@ from guardd.errors import (
 )
 
 
+def cmd_forget(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from guardd.cli.ctl import fleet as fleetctl
+
+    if fleetctl.fleet_forget(config=config, node=args.node):
+        out.write(f"node {args.node}: forgotten (no longer waited for by on --fleet --wait)\n")
+    else:
+        out.write(f"node {args.node}: was not a member of the fleet\n")
+    return EXIT_OK
+
+
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     if args.fleet:
         from guardd.cli.ctl import fleet as fleetctl
@@ -117,8 +127,8 @@ def _fleet_on(
             "--then and --grace do not go with --fleet (other hosts' jobs are out of reach)"
         )
     info = make_flag(reason=args.reason, until=until, by=_actor(), now=now)
-    revision, live = fleetctl.fleet_on(config=config, scope=scope, info=info)
-    out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
+    written = fleetctl.fleet_on(config=config, scope=scope, info=info)
+    out.write(f"{scope}: fleet maintenance on (etcd revision {written.revision})\n")
     out.flush()
     if not args.wait:
         return EXIT_OK
@@ -131,8 +141,7 @@ def _fleet_on(
     result = fleetctl.fleet_wait(
         config=config,
         scope=scope,
-        revision=revision,
-        live=live,
+        written=written,
         timeout=args.timeout,
         on_progress=progress,
     )
@@ -401,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     unschedule = sub.add_parser("unschedule", parents=[common], help="remove a window")
     unschedule.add_argument("id", metavar="ID")
     unschedule.set_defaults(func=cmd_unschedule)
+
+    forget = sub.add_parser(
+        "forget", parents=[common], help="drop a decommissioned fleet node that never left"
+    )
+    forget.add_argument("node", metavar="NODE")
+    forget.set_defaults(func=cmd_forget)
 
     watch = sub.add_parser("watch", parents=[common], help="stream state changes from guardd")
     watch.add_argument("--json", action="store_true")
