@@ -184,7 +184,7 @@ def time_wait(config: Path) -> tuple[float, float, int]:
 
 
 def run_size(
-    procs: Processes, root: Path, port: int, etcd_pid: int, count: int, flips: int
+    procs: Processes, root: Path, port: int, etcd_pid: int, *, count: int, flips: int
 ) -> dict[str, Any]:
     nodes = []
     env_base = clean_env()
@@ -318,7 +318,7 @@ def main() -> int:
 
         asyncio.run(ready())
         for count in (int(x) for x in args.nodes.split(",")):
-            result = run_size(procs, root, port, etcd.pid, count, args.flips)
+            result = run_size(procs, root, port, etcd.pid, count=count, flips=args.flips)
             results.append(result)
             print(json.dumps(result), flush=True)
     except BenchError as err:
