@@ -97,6 +97,11 @@ class FleetAgent:
         self.in_outage = False
         self.last_record: bytes | None = None
         self.registered = False  # this session's record is in etcd under self.lease
+        # Other nodes' records matter only to the `fleet` policy: without it the watch
+        # covers the fleet flags alone, so a flip costs each node O(1), not O(nodes).
+        self.follow_nodes = config.http.policy == "fleet"
+        self.applying = 0  # flags being applied: their records go out once, counted
+        self.view_update: asyncio.Handle | None = None
         self.instance = uuid.uuid4().hex[:16]
         self.host = socket.gethostname()
         self.boot = _boot_id()
@@ -153,8 +158,10 @@ class FleetAgent:
         }
 
     def local_changed(self) -> None:
-        """The daemon's statuses changed: republish this node's record."""
-        self.dirty.set()
+        """The daemon's statuses changed: republish this node's record (after the
+        flag being applied, if any, has been counted: one put per flip)."""
+        if not self.applying:
+            self.dirty.set()
 
     def mirror_touched(self, scope: str) -> None:
         """The mirror file changed on disk: restore it if it no longer matches etcd."""
@@ -307,7 +314,7 @@ class FleetAgent:
             kind, name = parsed
             if kind == "scope" and name in flags:
                 flags[name] = kv.value
-            elif kind == "node":
+            elif kind == "node" and (self.follow_nodes or name == self.config.node):
                 record = decode_node(name, kv.value)
                 if record is not None:
                     nodes[name] = record
@@ -337,9 +344,8 @@ class FleetAgent:
 
     async def _watch(self, start_revision: int) -> None:
         assert self.etcd is not None
-        async for event in self.etcd.watch_prefix(
-            (self.prefix + "/").encode(), start_revision=start_revision
-        ):
+        watched = self.prefix + ("/" if self.follow_nodes else "/scopes/")
+        async for event in self.etcd.watch_prefix(watched.encode(), start_revision=start_revision):
             parsed = parse_key(self.prefix, event.key)
             if parsed is None:
                 continue
@@ -353,12 +359,22 @@ class FleetAgent:
             self.grace.pop(name, None)
             if event.value is None:
                 if self.view.nodes.pop(name, None) is not None:
-                    self.view_changed()
+                    self._view_changed_soon()
             else:
                 record = decode_node(name, event.value)
                 if record is not None and self.view.nodes.get(name) != record:
                     self.view.nodes[name] = record
-                    self.view_changed()
+                    self._view_changed_soon()
+
+    def _view_changed_soon(self) -> None:
+        """Tell the daemon once per burst of node events (a flip of N nodes brings N
+        records to each node: one snapshot for them all, not one per record)."""
+        if self.view_update is None:
+            self.view_update = asyncio.get_running_loop().call_soon(self._view_changed_now)
+
+    def _view_changed_now(self) -> None:
+        self.view_update = None
+        self.view_changed()
 
     async def _keepalive(self, ttl: int) -> None:
         assert self.etcd is not None
@@ -416,7 +432,11 @@ class FleetAgent:
             asyncio.get_running_loop().call_later(FLIP_GRACE + 0.01, self.view_changed)
         await self._sync_mirror(scope)
         self.applied[scope] = revision  # on disk now: job counts from here on see it
-        await self.mirror_written(scope)
+        self.applying += 1
+        try:
+            await self.mirror_written(scope)
+        finally:
+            self.applying -= 1
         self.dirty.set()
 
     async def _sync_mirror(self, scope: str) -> None:
