@@ -3,7 +3,8 @@
     .venv/bin/python bench/fleet_scale.py                 # 10, 50, 100 nodes
     .venv/bin/python bench/fleet_scale.py --nodes 10,20 --flips 3
 
-Each node is a full guardd (one scope, no HTTP listener) with its own directories.
+Each node is a full guardd (one scope, no HTTP listener, `http.policy` withdraw,
+then fleet) with its own directories.
 Per node count it measures: the time from the fleet flag's write (the same put
 `guardctl on --fleet` makes, done in-process so Python's start is not counted) to
 each node's flip (the mtime of the node's mirror file, which guardd reads within a
@@ -72,7 +73,7 @@ def start_etcd(procs: Processes, root: Path) -> tuple[subprocess.Popen[bytes], i
     return proc, client
 
 
-def node_config(root: Path, name: str, port: int) -> Path:
+def node_config(root: Path, name: str, port: int, policy: str) -> Path:
     (root / "lock").mkdir(parents=True)
     config = root / "config.yaml"
     config.write_text(
@@ -82,7 +83,7 @@ def node_config(root: Path, name: str, port: int) -> Path:
                 "lock_dir": str(root / "lock"),
                 "runtime_dir": str(root / "run"),
                 "scopes": {"shop": None},
-                "http": {"listen": []},
+                "http": {"listen": [], "policy": policy},
                 "control": {"socket": str(root / "run" / "guardd.sock")},
                 "fleet": {
                     "endpoints": [f"http://127.0.0.1:{port}"],
@@ -184,14 +185,21 @@ def time_wait(config: Path) -> tuple[float, float, int]:
 
 
 def run_size(
-    procs: Processes, root: Path, port: int, etcd_pid: int, *, count: int, flips: int
+    procs: Processes,
+    root: Path,
+    port: int,
+    etcd_pid: int,
+    *,
+    count: int,
+    flips: int,
+    policy: str,
 ) -> dict[str, Any]:
     nodes = []
     env_base = clean_env()
     started = time.monotonic()
     for i in range(count):
-        node_root = root / f"n{count}-{i}"
-        config = node_config(node_root, f"n{i:03d}", port)
+        node_root = root / f"n{count}-{policy}-{i}"
+        config = node_config(node_root, f"n{i:03d}", port, policy)
         proc = procs.start(
             [venv_command("guardd"), "--config", str(config)],
             env={**env_base, "GUARDD_CONFIG": str(config)},
@@ -236,6 +244,7 @@ def run_size(
     confirm_all_s = [x for r in rounds for x in r["confirm"]]
     return {
         "nodes": count,
+        "policy": policy,
         "startup_s": round(startup, 2),
         "flip": summary_ms(flip_all_s),
         "flip_last_per_round_ms": [round(max(r["flip"] or [0]) * 1000, 1) for r in rounds],
@@ -274,14 +283,15 @@ def _rss_kb(pid: int) -> int:
 
 def render(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| nodes | flip p50 / p99 / max ms | confirmed p50 / p99 ms | missed | "
+        "| nodes | policy | flip p50 / p99 / max ms | confirmed p50 / p99 ms | missed | "
         "`on --fleet --wait` wall p50 (after start) ms | CPU per flip: nodes / etcd s | "
         "idle CPU: nodes / etcd % | start s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(
-            f"| {r['nodes']} | {r['flip']['p50_ms']:.0f} / {r['flip']['p99_ms']:.0f} / "
+            f"| {r['nodes']} | {r['policy']} | {r['flip']['p50_ms']:.0f} / "
+            f"{r['flip']['p99_ms']:.0f} / "
             f"{r['flip']['max_ms']:.0f} | {r['confirm']['p50_ms']:.0f} / "
             f"{r['confirm']['p99_ms']:.0f} | {r['missed']} | {r['wait_wall']['p50_ms']:.0f} "
             f"({r['wait_after_start']['p50_ms']:.0f}) | {r['node_cpu_per_flip_s']} / "
@@ -291,13 +301,24 @@ def render(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", default="10,50,100")
     parser.add_argument("--flips", type=int, default=5)
+    parser.add_argument(
+        "--policy",
+        default="withdraw,fleet",
+        help="http.policy of the nodes, one run per value (fleet: every node follows "
+        "every other node's record)",
+    )
     parser.add_argument("--out", default=str(BENCH / "fleet_results.json"))
     args = parser.parse_args()
     raise_nofile()
+    signal.signal(signal.SIGTERM, _terminate)  # so that `finally` stops every node
     procs = Processes()
     root = make_tmp("gdfs-")
     results = []
@@ -317,10 +338,13 @@ def main() -> int:
                     await asyncio.sleep(0.2)
 
         asyncio.run(ready())
-        for count in (int(x) for x in args.nodes.split(",")):
-            result = run_size(procs, root, port, etcd.pid, count=count, flips=args.flips)
-            results.append(result)
-            print(json.dumps(result), flush=True)
+        for policy in args.policy.split(","):
+            for count in (int(x) for x in args.nodes.split(",")):
+                result = run_size(
+                    procs, root, port, etcd.pid, count=count, flips=args.flips, policy=policy
+                )
+                results.append(result)
+                print(json.dumps(result), flush=True)
     except BenchError as err:
         print(f"fleet_scale: {err}", file=sys.stderr)
         return 2
