@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 BACKOFF_START = 0.25
 BACKOFF_MAX = 10.0
 FLIP_GRACE = 1.0  # a node that has not applied a fleet flag yet is still flipping
+FOLLOW_DELAY = 0.8 * FLIP_GRACE  # entering maintenance by a fleet flag: read then
 CLAIM_POLL = 0.25  # while another holder's key is still there
 PUBLISH_MIN_INTERVAL = 0.05  # coalesce bursts of local changes into one put
 
@@ -97,9 +98,12 @@ class FleetAgent:
         self.in_outage = False
         self.last_record: bytes | None = None
         self.registered = False  # this session's record is in etcd under self.lease
-        # Other nodes' records matter only to the `fleet` policy: without it the watch
-        # covers the fleet flags alone, so a flip costs each node O(1), not O(nodes).
+        # Other nodes' records matter only to the `fleet` policy, and to it only while
+        # this node is in maintenance (in service it answers "up" whoever else
+        # serves). Without that the watch covers the fleet flags alone, so a flip
+        # costs each node O(1), not O(nodes): see _follower.
         self.follow_nodes = config.http.policy == "fleet"
+        self.need_nodes = asyncio.Event()
         self.applying = 0  # flags being applied: their records go out once, counted
         self.view_update: asyncio.Handle | None = None
         self.instance = uuid.uuid4().hex[:16]
@@ -160,6 +164,8 @@ class FleetAgent:
     def local_changed(self) -> None:
         """The daemon's statuses changed: republish this node's record (after the
         flag being applied, if any, has been counted: one put per flip)."""
+        if self.follow_nodes:
+            self.need_nodes.set()
         if not self.applying:
             self.dirty.set()
 
@@ -239,6 +245,8 @@ class FleetAgent:
             asyncio.create_task(self._watch(revision + 1)),
             asyncio.create_task(self._publisher()),
         ]
+        if self.follow_nodes:
+            tasks.append(asyncio.create_task(self._follower(revision)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -344,18 +352,84 @@ class FleetAgent:
 
     async def _watch(self, start_revision: int) -> None:
         assert self.etcd is not None
-        watched = self.prefix + ("/" if self.follow_nodes else "/scopes/")
+        watched = self.prefix + "/scopes/"
         async for event in self.etcd.watch_prefix(watched.encode(), start_revision=start_revision):
             parsed = parse_key(self.prefix, event.key)
-            if parsed is None:
+            if parsed is not None and parsed[0] == "scope" and parsed[1] in self.config.scopes:
+                await self._apply_flag(parsed[1], event.value, event.revision)
+
+    def _in_maintenance(self) -> bool:
+        return any(status.in_maintenance for status in self.statuses().values())
+
+    async def _follower(self, revision: int) -> None:
+        """Follow the other nodes' records while this node is in maintenance (the
+        `fleet` policy): a read of them all, then a watch from that read on.
+
+        Entering maintenance by a fleet flag, the read waits FOLLOW_DELAY (within
+        FLIP_GRACE, while every node counts as flipping anyway), so that it finds
+        the fleet's records already flipped: one read of N records instead of N
+        events, per node. Back in service the watch stops.
+        """
+        assert self.etcd is not None
+        following: asyncio.Task[None] | None = None
+        read_at = revision  # the session's first read filled the view
+        try:
+            while True:
+                wanted = self._in_maintenance()
+                if wanted and following is None:
+                    if any(self.flipping(scope) for scope in self.config.scopes):
+                        await asyncio.sleep(FOLLOW_DELAY)
+                    if read_at < 0:
+                        read_at = await self._read_nodes()
+                    following = asyncio.create_task(self._watch_nodes(read_at + 1))
+                elif not wanted and following is not None:
+                    following.cancel()
+                    await asyncio.gather(following, return_exceptions=True)
+                    following = None
+                if not wanted:
+                    read_at = -1  # the view goes stale: read again when it is wanted
+                self.need_nodes.clear()
+                need: asyncio.Future[Any] = asyncio.ensure_future(self.need_nodes.wait())
+                waiters: set[asyncio.Future[Any]] = {need}
+                if following is not None:
+                    waiters.add(following)
+                try:
+                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    need.cancel()
+                if following is not None and following.done():
+                    following.result()  # the watch ended: so does the session
+        finally:
+            if following is not None:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+
+    async def _read_nodes(self) -> int:
+        """Every node's record now; returns the read's revision."""
+        assert self.etcd is not None
+        kvs, revision = await self.etcd.get_prefix((self.prefix + "/nodes/").encode())
+        nodes: dict[str, NodeRecord] = {}
+        for kv in kvs:
+            parsed = parse_key(self.prefix, kv.key)
+            if parsed is not None and parsed[0] == "node":
+                record = decode_node(parsed[1], kv.value)
+                if record is not None:
+                    nodes[parsed[1]] = record
+        for name in self.grace:  # kept after an outage until their grace ends
+            if name not in nodes and name in self.view.nodes:
+                nodes[name] = self.view.nodes[name]
+        self.view.nodes = nodes
+        self._view_changed_soon()
+        return revision
+
+    async def _watch_nodes(self, start_revision: int) -> None:
+        assert self.etcd is not None
+        watched = (self.prefix + "/nodes/").encode()
+        async for event in self.etcd.watch_prefix(watched, start_revision=start_revision):
+            parsed = parse_key(self.prefix, event.key)
+            if parsed is None or parsed[0] != "node":
                 continue
-            kind, name = parsed
-            if kind == "scope":
-                if name in self.config.scopes:
-                    await self._apply_flag(name, event.value, event.revision)
-                continue
-            if kind != "node":
-                continue
+            name = parsed[1]
             self.grace.pop(name, None)
             if event.value is None:
                 if self.view.nodes.pop(name, None) is not None:

@@ -7,6 +7,7 @@ imported here, lazily, so guard-run and the non-fleet paths never load gRPC.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -199,6 +200,11 @@ class Etcd:
         except Exception as err:
             await self.close()
             raise EtcdUnavailable(f"etcd watch ended: {type(err).__name__}") from None
+        finally:
+            # Left early (a cancelled task, a loop that broke out): stop the server's
+            # watch, or its events keep coming into a queue nobody reads.
+            with contextlib.suppress(Exception):
+                await watch.cancel()
         await self.close()
         raise EtcdUnavailable("etcd watch ended")
 
