@@ -14,7 +14,7 @@ import signal
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
@@ -51,6 +51,9 @@ log = logging.getLogger("guardd")
 DRAIN_RECOUNT_INTERVAL = 0.25
 # Delay between a run lock's open/close event and the recount it triggers.
 JOB_EVENT_DELAY = 0.05
+CLAIM_CONNECT_WAIT = (
+    3.0  # at start: how long etcd may take to answer before guardd starts without it
+)
 
 
 class StateListener(Protocol):
@@ -335,17 +338,31 @@ class Daemon:
     async def _fleet_claimed(self) -> None:
         """At start: exit 1 when another live guardd holds this node's name.
 
-        Waits for the first etcd session to claim the name (at most one lease_ttl
-        for a dead holder's lease to expire, plus the connection's time); an etcd
-        that does not answer lets guardd start without it, as before.
+        Waits for the first etcd session to claim the name: at most
+        CLAIM_CONNECT_WAIT for etcd to answer at all (an etcd that does not lets
+        guardd start without it, as before), then at most one lease_ttl (plus a
+        few seconds) for a dead holder's lease to expire.
         """
         if self.fleet is None or self.fleet.first_outcome is None:
             return
-        bound = 2 * self.config.fleet.lease_ttl + 10.0
+        outcome: asyncio.Future[str | None] = asyncio.shield(self.fleet.first_outcome)
+        connected: asyncio.Future[Any] = asyncio.ensure_future(self.fleet.connected_once.wait())
+        waiting: list[asyncio.Future[Any]] = [outcome, connected]
         try:
-            holder = await asyncio.wait_for(asyncio.shield(self.fleet.first_outcome), bound)
-        except TimeoutError:
-            return
+            await asyncio.wait(waiting, timeout=CLAIM_CONNECT_WAIT)
+        finally:
+            connected.cancel()
+        if not outcome.done():
+            if not self.fleet.connected_once.is_set():
+                log.warning(
+                    "etcd did not answer within %ss: starting without it", CLAIM_CONNECT_WAIT
+                )
+                return
+            try:
+                await asyncio.wait_for(outcome, self.config.fleet.lease_ttl + 5.0)
+            except TimeoutError:
+                return
+        holder = outcome.result()
         if holder is not None:
             raise GuardError(
                 f"node {self.config.node} is held by another live guardd, {holder}: "

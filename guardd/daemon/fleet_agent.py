@@ -114,6 +114,7 @@ class FleetAgent:
         # holds the name.
         self.first_outcome: asyncio.Future[str | None] | None = None
         self.refused: str | None = None  # the holder while this node refuses fleet mode
+        self.connected_once = asyncio.Event()  # etcd answered (a lease was granted)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -222,6 +223,7 @@ class FleetAgent:
         await self.etcd.connect()
         ttl = max(2, round(self.config.fleet.lease_ttl))
         self.lease = await self.etcd.grant(ttl)
+        self.connected_once.set()
         await self._claim()
         await self.etcd.put(
             member_key(self.prefix, self.config.node),
