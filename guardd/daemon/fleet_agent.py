@@ -104,6 +104,7 @@ class FleetAgent:
         # costs each node O(1), not O(nodes): see _follower.
         self.follow_nodes = config.http.policy == "fleet"
         self.need_nodes = asyncio.Event()
+        self.nodes_fresh = False  # following the other nodes' records right now
         self.applying = 0  # flags being applied: their records go out once, counted
         self.view_update: asyncio.Handle | None = None
         self.instance = uuid.uuid4().hex[:16]
@@ -154,13 +155,25 @@ class FleetAgent:
         withdraw. After FLIP_GRACE such a node counts as serving again (cut off from
         etcd, it does serve): the grace bounds the time the page may hide it."""
         now = time.monotonic()
+        # Under the fleet policy the grace lasts until this node follows the other
+        # nodes' records again (its read may be slow: an etcd election): until then
+        # what it holds of them is from before the flip, and trusting that after
+        # the grace would make every node withdraw at once.
+        stale = self.follow_nodes and not self.nodes_fresh
         return {
             key: self.flag_revisions[key]
             for key in (scope, "default")
             if self.fleet_flags.get(key) is not None
             and key in self.flag_revisions
-            and now - self.flag_seen.get(key, 0.0) <= FLIP_GRACE
+            and (stale or now - self.flag_seen.get(key, 0.0) <= FLIP_GRACE)
         }
+
+    def _flag_just_came(self) -> bool:
+        now = time.monotonic()
+        return any(
+            self.fleet_flags.get(key) is not None and now - seen <= FLIP_GRACE
+            for key, seen in self.flag_seen.items()
+        )
 
     def local_changed(self) -> None:
         """The daemon's statuses changed: republish this node's record (after the
@@ -375,19 +388,23 @@ class FleetAgent:
         assert self.etcd is not None
         following: asyncio.Task[None] | None = None
         read_at = revision  # the session's first read filled the view
+        self.nodes_fresh = False
         try:
             while True:
                 wanted = self._in_maintenance()
                 if wanted and following is None:
-                    if any(self.flipping(scope) for scope in self.config.scopes):
+                    if self._flag_just_came():
                         await asyncio.sleep(FOLLOW_DELAY)
                     if read_at < 0:
                         read_at = await self._read_nodes()
                     following = asyncio.create_task(self._watch_nodes(read_at + 1))
+                    self.nodes_fresh = True
+                    self._view_changed_soon()
                 elif not wanted and following is not None:
                     following.cancel()
                     await asyncio.gather(following, return_exceptions=True)
                     following = None
+                    self.nodes_fresh = False
                 if not wanted:
                     read_at = -1  # the view goes stale: read again when it is wanted
                 self.need_nodes.clear()
@@ -396,12 +413,21 @@ class FleetAgent:
                 if following is not None:
                     waiters.add(following)
                 try:
-                    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                    # In service, a read every lease_ttl keeps the view no staler than
+                    # the leases it rests on (it is what an etcd outage freezes).
+                    done, _ = await asyncio.wait(
+                        waiters,
+                        timeout=None if following is not None else self.config.fleet.lease_ttl,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
                 finally:
                     need.cancel()
                 if following is not None and following.done():
                     following.result()  # the watch ended: so does the session
+                if not done and following is None:
+                    await self._read_nodes()
         finally:
+            self.nodes_fresh = False
             if following is not None:
                 following.cancel()
                 await asyncio.gather(following, return_exceptions=True)
