@@ -260,8 +260,7 @@ class FleetAgent:
             asyncio.create_task(self._watch(revision + 1)),
             asyncio.create_task(self._publisher()),
         ]
-        if self.follow_nodes:
-            tasks.append(asyncio.create_task(self._follower(revision)))
+        tasks.append(asyncio.create_task(self._follower(revision)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -337,7 +336,7 @@ class FleetAgent:
             kind, name = parsed
             if kind == "scope" and name in flags:
                 flags[name] = kv.value
-            elif kind == "node" and (self.follow_nodes or name == self.config.node):
+            elif kind == "node":
                 record = decode_node(name, kv.value)
                 if record is not None:
                     nodes[name] = record
@@ -374,7 +373,12 @@ class FleetAgent:
                 await self._apply_flag(parsed[1], event.value, event.revision)
 
     def _in_maintenance(self) -> bool:
-        return any(status.in_maintenance for status in self.statuses().values())
+        """Whether to follow the other nodes' records now (fleet policy only; every
+        node re-reads them each lease_ttl all the same, for /metrics and the view
+        an outage freezes)."""
+        return self.follow_nodes and any(
+            status.in_maintenance for status in self.statuses().values()
+        )
 
     async def _follower(self, revision: int) -> None:
         """Follow the other nodes' records while this node is in maintenance (the
