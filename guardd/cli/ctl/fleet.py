@@ -251,7 +251,8 @@ def fleet_status(*, config: Config) -> dict[str, Any]:
 def fleet_forget(*, config: Config, node: str) -> bool:
     """Drop a member whose key is gone (a decommissioned node that never left
     cleanly); True if it was a member. A live node is refused."""
-    _require_fleet(config)
+    if not config.fleet.endpoints:
+        raise UsageError("forget needs fleet.endpoints in the config (the etcd cluster)")
 
     async def op(etcd: Etcd) -> bool:
         nodes, members, _ = await _read_fleet(etcd, config.fleet.prefix)
