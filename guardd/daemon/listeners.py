@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import resource
 import socket
 from collections.abc import Callable
 from typing import Protocol
@@ -43,14 +45,37 @@ class StateListener(Protocol):
     def update(self, snapshot: Snapshot) -> None:
         """The state changed: rebuild prebuilt answers."""
 
-    async def reconfigure(self, config: Config) -> None:
-        """A reload brought a new valid config."""
+    async def prepare(self, config: Config) -> None:
+        """A reload brings a new valid config: read what answering from it needs
+        (nothing is answered from it yet)."""
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Answer from the prepared config and ``snapshot`` from now on (synchronous:
+        every answer is from the old config and state or from the new ones)."""
+
+    async def rebind(self) -> None:
+        """Bind the applied config's new addresses; close the ones it dropped."""
 
     async def close(self) -> None:
         """Stop serving."""
 
     def describe(self) -> str:
         """One line for the startup log: what it serves where."""
+
+
+def connection_budget() -> int:
+    """How many HTTP connections may be open at once: the open-files limit, less
+    the descriptors open now (listeners, inotify, logs), less a reserve for what
+    comes and goes (flag and /proc reads, hook pipes, control and agent clients)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    reserve = 64 + soft // 64
+    return max(soft - in_use - reserve, 16)
 
 
 def bind_sockets(address: ListenAddress) -> list[socket.socket]:
@@ -265,6 +290,7 @@ class HttpListener(_Responder):
             counts=counts,
             render_metrics=render_metrics,
         )
+        self.pending: tuple[Config, HttpSettings] | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
         super().__init__(
             "http.listen",
@@ -288,6 +314,7 @@ class HttpListener(_Responder):
         settings = await self._settings(self.config, strict=True)
         self.shared.publish(settings, self.snapshot.view(settings.scope))
         await self.endpoints.bind(self.config.http.listen)
+        self.shared.max_connections = connection_budget()
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -297,11 +324,18 @@ class HttpListener(_Responder):
             self.shared.publish(settings, view)
         self.endpoints.start_serving()
 
-    async def reconfigure(self, config: Config) -> None:
-        settings = await self._settings(config, strict=False)
-        self.config = config
-        self.shared.publish(settings, self.snapshot.view(settings.scope))
-        await self.endpoints.rebind(config.http.listen)
+    async def prepare(self, config: Config) -> None:
+        self.pending = (config, await self._settings(config, strict=False))
+
+    def apply(self, snapshot: Snapshot) -> None:
+        assert self.pending is not None
+        self.config, settings = self.pending
+        self.pending = None
+        self.snapshot = snapshot
+        self.shared.publish(settings, snapshot.view(settings.scope))
+
+    async def rebind(self) -> None:
+        await self.endpoints.rebind(self.config.http.listen)
 
     def serving(self, where: str) -> str:
         http = self.config.http
@@ -317,6 +351,7 @@ class AgentListener(_Responder):
         self.config = config
         self.snapshot = Snapshot(statuses={})
         self.shared = AgentShared()
+        self.pending: Config | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
         super().__init__(
             "agent.listen",
@@ -338,10 +373,17 @@ class AgentListener(_Responder):
         self._publish()
         self.endpoints.start_serving()
 
-    async def reconfigure(self, config: Config) -> None:
-        self.config = config
+    async def prepare(self, config: Config) -> None:
+        self.pending = config
+
+    def apply(self, snapshot: Snapshot) -> None:
+        assert self.pending is not None
+        self.config, self.pending = self.pending, None
+        self.snapshot = snapshot
         self._publish()
-        await self.endpoints.rebind(config.agent.listen)
+
+    async def rebind(self) -> None:
+        await self.endpoints.rebind(self.config.agent.listen)
 
     def serving(self, where: str) -> str:
         agent = self.config.agent

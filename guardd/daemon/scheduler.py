@@ -18,15 +18,17 @@ from guardd.core.schedule import Window, due_steps, locked, mark, read_windows, 
 log = logging.getLogger("guardd")
 
 
-def run_schedule(config: Config) -> dict[str, list[Window]]:
-    """Carry out due windows (worker thread); return every scope's windows.
+def run_schedule(config: Config) -> tuple[dict[str, list[Window]], set[str]]:
+    """Carry out due windows (worker thread); return every scope's windows, and the
+    scopes whose windows had steps carried out.
 
     Under the schedule mutex, so that guardctl's edits and this never interleave.
     """
     now = datetime.now(UTC)
     result: dict[str, list[Window]] = {scope: [] for scope in config.scopes}
+    acted: set[str] = set()
     if not os.path.isdir(config.lock_dir):
-        return result  # deleted: no schedule files, and no mutex to create there
+        return result, acted  # deleted: no schedule files, and no mutex to create there
     with locked(config.lock_dir, create_dir=False):
         for scope in config.scopes:
             windows = read_windows(config.lock_dir, scope)
@@ -36,8 +38,9 @@ def run_schedule(config: Config) -> dict[str, list[Window]]:
                 windows = [done if w.id == done.id else w for w in windows]
             if steps:
                 write_windows(config.lock_dir, scope, windows)
+                acted.add(scope)
             result[scope] = windows
-    return result
+    return result, acted
 
 
 def carry_out(config: Config, action: str, window: Window) -> Window:

@@ -13,7 +13,6 @@ from guardd.fleet.model import (
     decode_node,
     node_key,
     parse_key,
-    pending_nodes,
     scope_key,
 )
 
@@ -77,19 +76,6 @@ def test_any_bytes_decode_or_none(data: bytes) -> None:
     """decode_node never raises."""
     result = decode_node("n", data)
     assert result is None or isinstance(result, NodeRecord)
-
-
-def test_pending_nodes_waits_for_on_at_the_revision() -> None:
-    """A node is pending until it reports the scope on at (or after) the flag's revision."""
-    nodes = [
-        record("done", shop=("on", 0, 10)),
-        record("later", shop=("on", 0, 12)),
-        record("old-revision", shop=("on", 0, 9)),
-        record("draining", shop=("draining", 2, 10)),
-        record("unapplied", shop=("on", 0, None)),
-        record("no-such-scope", default=("off", 0, None)),
-    ]
-    assert pending_nodes(nodes, "shop", 10) == ["draining", "old-revision", "unapplied"]
 
 
 def test_others_serving() -> None:
