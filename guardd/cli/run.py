@@ -515,15 +515,23 @@ def _exec_error(program: str, err: OSError) -> GuardError:
 def exec_in_place(command: Sequence[str], fds: Sequence[int]) -> None:
     """Become ``command``, keeping the lock descriptors open across exec.
 
-    The command, and every child it forks, then holds the locks for its whole life:
-    nothing of guard-run is left to die or to linger.
+    The command, and every child it forks, then holds the locks for its whole life;
+    a keeper (guardd.cli.keeper) holds them on until no process of the job's process
+    group is left, for children that close their inherited descriptors.
     """
     # The C module behind ``signal``: the latter imports enum (~3 ms at start-up),
     # for names this path does not need.
     import _signal
 
+    from guardd.cli.keeper import job_group, start_keeper
+
     for fd in fds:
         os.set_inheritable(fd, True)
+    # The job is its process group: a keeper holds the locks until the group is gone,
+    # so children that close their inherited descriptors still count (SPEC).
+    group = job_group()
+    if group is not None and fds:
+        start_keeper(fds, group)
     # Python ignores these at start-up; an exec'd program must get the defaults
     # (``guard-run -- yes | head`` must end on SIGPIPE).
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
@@ -577,6 +585,7 @@ def supervise(
     killed = False
     next_poll = time.monotonic() + POLL_INTERVAL
     flag_error_shown = False
+    status: int | None = None  # the command's, once it has exited
     while True:
         info = signal.sigtimedwait(watched, max(next_poll - time.monotonic(), 0.0))
         if info is not None and info.si_signo != signal.SIGCHLD:
@@ -584,8 +593,13 @@ def supervise(
             # twice (KillMode=mixed avoids that; see docs/guard-run.md).
             _signal_group(pid, info.si_signo)
             continue
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
+        if status is None:
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = wait_status
+        # The job is the command's process group: children that closed their
+        # inherited lock descriptors keep it (and our locks) alive (SPEC).
+        if status is not None and (kill_at is not None or not _group_alive(pid)):
             break
         now = time.monotonic()
         if now < next_poll:
