@@ -1,6 +1,7 @@
 """A guarded job is its whole process tree (SPEC, guard-run): children that close the
 inherited lock descriptors (Python's subprocess, Java) still count for ``jobs``,
-``draining`` and the drain, until they exit. Real guard-run, guardctl and guardd."""
+``draining`` and the drain, until they exit; and job command lines are shown safely.
+Real guard-run, guardctl and guardd."""
 
 from __future__ import annotations
 
@@ -135,3 +136,22 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_control_characters_in_a_command_line_are_escaped(tmp_short: Path) -> None:
+    """``guardctl jobs`` and the drain's list show a job's ESC and CR as escapes: a
+    command line cannot clear the operator's screen or overwrite a line."""
+    site = Site(tmp_short)
+    proc = site.popen("--scope", "shop", "--", "sh", "-c", "sleep 30", "x\x1b[2Jy\rz")
+    try:
+        wait_until(lambda: site.holders("shop"), what="the job")
+        listing = site.ctl("jobs")
+        drain = site.ctl("on", "shop", "--wait", "--timeout", "0.5")
+        assert drain.returncode == 3
+        for out in (listing.stdout, drain.stdout):
+            assert "\x1b" not in out and "\r" not in out
+            assert "sleep 30 x\\x1b[2Jy\\rz" in out
+        raw = json.loads(site.ctl("jobs", "--json").stdout)["jobs"][0]["cmd"]
+        assert raw == ["sh", "-c", "sleep 30", "x\x1b[2Jy\rz"]
+    finally:
+        kill_session(proc)

@@ -17,6 +17,20 @@ def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control and other invisible characters (ESC, CR,
+    bidi overrides, ...) become escapes such as ``\\x1b``, so a job's command line
+    cannot move the cursor, clear the screen or hide itself."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def command_line(cmd: Sequence[str]) -> str:
+    """A job's argv for human output: joined by spaces, each argument made safe."""
+    return " ".join(shown(arg) for arg in cmd)
+
+
 def _table(rows: list[list[str]], out: TextIO) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
@@ -91,7 +105,7 @@ def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
         return
     rows = [["PID", "SCOPE", "STARTED", "COMMAND"]]
     rows += [
-        [str(job.pid), job.scope, _cell(job.started), " ".join(job.cmd) or "?"] for job in jobs
+        [str(job.pid), job.scope, _cell(job.started), command_line(job.cmd) or "?"] for job in jobs
     ]
     _table(rows, out)
 
@@ -110,7 +124,7 @@ class DrainView:
         if self.live and self.lines_shown:
             self.out.write(f"\x1b[{self.lines_shown}F\x1b[J")  # up N lines, clear below
         lines = [f"draining {self.scope}: {len(jobs)} job(s) still running"]
-        lines += [f"  {job.pid:>7}  {job.scope}  {' '.join(job.cmd)[:100]}" for job in jobs]
+        lines += [f"  {job.pid:>7}  {job.scope}  {command_line(job.cmd)[:100]}" for job in jobs]
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self.lines_shown = len(lines)
