@@ -463,9 +463,10 @@ def run_guarded(
         if flag is None:
             # No flag, yet a run lock stays exclusively locked: not a drain as we
             # know it. Running would break the protocol; waiting for ever hangs cron.
+            # Any user who can open the lock can do this: name who, so one can act.
             raise GuardError(
-                f"run lock {busy} stayed exclusively locked for {lock_timeout:g}s; "
-                f"not running {_shown(command)}",
+                f"run lock {busy} stayed exclusively locked for {lock_timeout:g}s"
+                f"{_lock_holders(busy)}; not running {_shown(command)}",
                 exit_code=EXIT_TEMPFAIL,
             )
         if when_on == "skip":
@@ -490,6 +491,18 @@ def run_guarded(
         return supervise(command, fds, scope=scope, flags=flags, grace=grace, verbose=verbose)
     exec_in_place(command, fds)
     raise AssertionError("exec_in_place returned")  # pragma: no cover
+
+
+def _lock_holders(path: str | None) -> str:
+    """`` by pid N (user U: COMMAND)`` for whoever holds ``path`` exclusively, or ""."""
+    from guardd.core.runlock import describe_process, exclusive_holders, read_proc_locks
+
+    try:
+        inode = os.stat(path).st_ino if path else -1
+    except OSError:
+        return ""
+    pids = exclusive_holders(read_proc_locks(), inode)
+    return " by " + ", ".join(describe_process(pid) for pid in pids) if pids else ""
 
 
 def wait_until_off(flags: Sequence[str], *, deadline: float | None) -> bool:

@@ -54,18 +54,22 @@ class _OpenFiles:
     locks each), so this is the loop that has to be cheap.
     """
 
-    __slots__ = ("pending", "pid", "seen", "tried")
+    __slots__ = ("hidden", "pending", "pid", "seen", "tried")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.seen: set[tuple[int, int]] = set()
         self.tried: set[int] = set()
         self.pending: list[int] | None = None  # descriptors not looked at yet, once listed
+        self.hidden = False  # its descriptors are not ours to look at (another user's)
 
     def _look(self, fd: int) -> tuple[int, int] | None:
         self.tried.add(fd)
         try:
             info = os.stat(f"/proc/{self.pid}/fd/{fd}")
+        except PermissionError:
+            self.hidden = True
+            return None
         except OSError:
             return None  # no such descriptor, or the process is gone
         found = (info.st_dev, info.st_ino)
@@ -82,8 +86,11 @@ class _OpenFiles:
         if self.pending is None:
             try:
                 names = os.listdir(f"/proc/{self.pid}/fd")
+            except PermissionError:
+                self.hidden = True
+                names = []
             except OSError:
-                names = []  # gone, or not ours to look at: holds nothing we can prove
+                names = []  # gone
             self.pending = sorted(int(n) for n in names if n.isdigit() and int(n) not in self.tried)
         while self.pending:
             if self._look(self.pending.pop()) == target:
@@ -131,6 +138,11 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
     return found
 
 
+def _alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[1] not in ("Z", "X", "x")
+
+
 def _parent(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
@@ -159,7 +171,10 @@ def find_holders(run_locks: dict[str, str]) -> dict[str, set[int]]:
         files = open_files.get(pid)
         if files is None:
             files = open_files[pid] = _OpenFiles(pid)
-        if files.has(target):
+        if files.has(target) or (files.hidden and _alive(pid)):
+            # Another user's process we may not look into: /proc/locks says it took
+            # the lock, and it lives, so it is shown (an unlisted holder would leave
+            # a hanging drain unexplained).
             holders[scope].add(pid)
         else:
             # The owner is gone (or its pid reused): whoever inherited the lock holds it.
