@@ -691,6 +691,12 @@ def _spawn_in_own_group(
             os._exit(EXIT_NOT_FOUND)
     os.close(status_write)
     try:
+        # Both sides set the group, as shells do: whoever looks at the child (our
+        # signals, a listing) finds it in its own group from now on.
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # it has exec'd already (EACCES), having set it itself
+    try:
         report = b""
         while chunk := os.read(status_read, 64):
             report += chunk
