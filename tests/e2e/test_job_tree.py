@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import Guardd, wait_until
-from tests.run_helpers import Site, kill_session
+from tests.run_helpers import GUARD_RUN, Site, kill_session
 
 # A job that starts a worker the way most programs do (close_fds=True: the worker
 # holds no lock descriptor) and exits at once.
@@ -155,3 +156,30 @@ def test_control_characters_in_a_command_line_are_escaped(tmp_short: Path) -> No
         assert raw == ["sh", "-c", "sleep 30", "x\x1b[2Jy\rz"]
     finally:
         kill_session(proc)
+
+
+def test_job_in_a_terminals_foreground_keeps_ctrl_c(tmp_short: Path) -> None:
+    """Started by a script in the foreground of a terminal, guard-run leaves the job in
+    that process group: Ctrl-C still reaches it (no group of its own, no keeper)."""
+    site = Site(tmp_short)
+    script = f"{GUARD_RUN} -- sh -c 'echo started $$; exec sleep 30'; echo after"
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover -- the child: a session on the new terminal
+        os.execve("/bin/sh", ["sh", "-c", script], site.env())
+    job = 0
+    try:
+        seen = b""
+        while b"started" not in seen or not seen.rstrip().split(b"started ")[-1].isdigit():
+            seen += os.read(fd, 1024)
+        job = int(seen.split(b"started ")[-1].split()[0])
+        assert os.getpgid(job) == os.getpgid(pid)
+        os.write(fd, b"\x03")
+        wait_until(lambda: _state(job) in ("gone", "Z"), what="Ctrl-C to end the job")
+    finally:
+        for victim in (pid, job) if job else (pid,):
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os.waitpid(pid, 0)
+        os.close(fd)
