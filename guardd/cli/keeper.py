@@ -87,19 +87,15 @@ def start_keeper(lock_fds: Sequence[int], group: int) -> None:
     if watch >= 0:
         os.close(watch)
     if middle > 0:
-        while True:
-            try:
-                os.waitpid(middle, 0)
-                break
-            except ChildProcessError:
-                break
-            except InterruptedError:  # pragma: no cover -- PEP 475 retries it
-                continue
+        try:
+            os.waitpid(middle, 0)  # it exits at once; the command must not inherit it
+        except ChildProcessError:  # pragma: no cover -- reaped by a SIGCHLD handler
+            pass
 
 
 def _keep(lock_fds: Sequence[int], watch: int, job: int, group: int) -> None:  # pragma: no cover
-    """The keeper's life (never returns): quiet, detached from the job's stdio and
-    directory, holding only the locks, until its group has no other live process."""
+    """The keeper's life: quiet, detached from the job's stdio and directory, holding
+    only the locks; returns (and its caller exits) once the job's group is empty."""
     import _signal
 
     for name in _IGNORED:
