@@ -46,6 +46,8 @@ def test_guard_run_job_listed_under_its_scope(site: Site) -> None:
     command line and start time."""
     proc = site.popen("--scope", "shop", "--", "sleep", "30")
     try:
+        # The locks are taken before the exec (and the keeper's fork): wait for it.
+        wait_until(lambda: Path(f"/proc/{proc.pid}/comm").read_text() == "sleep\n", what="exec")
         holders = wait_until(
             lambda: (h := find_holders(_locks(site)))["shop"] and h, what="the job's locks"
         )
@@ -82,7 +84,11 @@ def test_job_killed_mid_run_leaves_no_holder(site: Site) -> None:
     wait_until(lambda: find_holders(_locks(site))["shop"] == {proc.pid}, what="job running")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert find_holders(_locks(site)) == {"default": set(), "shop": set()}
+    # Its keeper lets go as soon as it sees the job's group empty (milliseconds).
+    wait_until(
+        lambda: find_holders(_locks(site)) == {"default": set(), "shop": set()},
+        what="no holder once the job is gone",
+    )
 
 
 def test_supervisor_sigkilled_leaves_lock_with_live_job_only(site: Site) -> None:

@@ -80,6 +80,7 @@ def start_keeper(lock_fds: Sequence[int], group: int) -> None:
         middle = -1
     if middle == 0:  # pragma: no cover -- seen from outside: the keeper's effects
         try:
+            _name_self()  # before the fork: the keeper is never seen unnamed
             if os.fork() == 0:
                 _keep(lock_fds, watch, job, group)
         finally:
@@ -117,8 +118,6 @@ def _keep(lock_fds: Sequence[int], watch: int, job: int, group: int) -> None:  #
             _close(fd)
     try:
         os.chdir("/")  # keep no file system busy
-        with open("/proc/self/comm", "w", encoding="ascii") as stream:
-            stream.write(KEEPER_COMM)
     except OSError:
         pass
     me = os.getpid()
@@ -151,6 +150,20 @@ def _group_gone(group: int) -> bool:
     except OSError:
         return False  # EPERM: someone else's process is in it
     return False
+
+
+def _name_self() -> None:  # pragma: no cover
+    """Call this process KEEPER_COMM (/proc/<pid>/comm, which a fork inherits)."""
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, KEEPER_COMM.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _wait_for_one(members: list[int], group: int) -> None:  # pragma: no cover
