@@ -137,8 +137,18 @@ def _keep(lock_fds: Sequence[int], watch: int, job: int, group: int) -> None:  #
         if _group_gone(group):
             return
         _sleep(pause)
-    while not _group_gone(group) and (members := group_members({group}, exclude=me)):
-        _wait_for_one(sorted(members), group)
+    while not _group_gone(group):
+        try:
+            members = group_members({group}, exclude=me)
+        except OSError:  # out of descriptors: cannot tell, so keep holding
+            _sleep(1.0)
+            continue
+        if not members:
+            return
+        try:
+            _wait_for_one(sorted(members), group)
+        except OSError:
+            _sleep(1.0)
 
 
 def _group_gone(group: int) -> bool:

@@ -11,6 +11,7 @@ process group lives: it stands for the processes of its group.
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -89,7 +90,9 @@ class _OpenFiles:
             except PermissionError:
                 self.hidden = True
                 names = []
-            except OSError:
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE):
+                    raise  # out of descriptors: proves nothing either way
                 names = []  # gone
             self.pending = sorted(int(n) for n in names if n.isdigit() and int(n) not in self.tried)
         while self.pending:
@@ -113,7 +116,9 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
         fd_dir = f"/proc/{pid}/fd"
         try:
             names = os.listdir(fd_dir)
-        except OSError:
+        except OSError as err:
+            if err.errno in (errno.EMFILE, errno.ENFILE):
+                raise
             continue
         for name in names:
             try:
@@ -127,7 +132,9 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
                     f"/proc/{pid}/fdinfo/{name}", encoding="ascii", errors="replace"
                 ) as stream:
                     info = stream.read()
-            except OSError:
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE):
+                    raise
                 continue
             lock_lines = "\n".join(
                 line[len("lock:") :] for line in info.splitlines() if line.startswith("lock:")

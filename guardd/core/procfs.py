@@ -6,6 +6,7 @@ Shared by the keeper (which waits for a job's process group) and job discovery
 
 from __future__ import annotations
 
+import errno
 import os
 
 # What a keeper calls itself (/proc/<pid>/comm, at most 15 bytes): job listings show
@@ -15,10 +16,13 @@ KEEPER_COMM = "guard-run-keep"
 
 def stat_fields(pid: int) -> tuple[str, str, int, int] | None:
     """(command name, state, parent pid, process group) of ``pid`` from
-    /proc/<pid>/stat; None when it is gone or unreadable."""
+    /proc/<pid>/stat; None when it is gone or unreadable. Out of descriptors
+    (EMFILE, ENFILE) raises: that proves nothing either way."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE):
+            raise
         return None
     try:
         data = os.read(fd, 4096)
