@@ -784,13 +784,14 @@ class Daemon:
             return result, acted  # deleted: no schedule files, and no mutex to create there
         with locked(self.config.lock_dir, create_dir=False):
             for scope in self.config.scopes:
-                windows = read_windows(self.config.lock_dir, scope)
+                skipped: list[object] = []  # bad windows: logged once, kept in the file
+                windows = read_windows(self.config.lock_dir, scope, skipped=skipped)
                 steps = due_steps(windows, now)
                 for step in steps:
                     done = self._carry_out(step.action, step.window)
                     windows = [done if w.id == done.id else w for w in windows]
                 if steps:
-                    write_windows(self.config.lock_dir, scope, windows)
+                    write_windows(self.config.lock_dir, scope, windows, kept=skipped)
                     acted.add(scope)
                 result[scope] = windows
         return result, acted
