@@ -31,13 +31,14 @@ def run_schedule(config: Config) -> tuple[dict[str, list[Window]], set[str]]:
         return result, acted  # deleted: no schedule files, and no mutex to create there
     with locked(config.lock_dir, create_dir=False):
         for scope in config.scopes:
-            windows = read_windows(config.lock_dir, scope)
+            skipped: list[object] = []  # bad windows: logged once, kept in the file
+            windows = read_windows(config.lock_dir, scope, skipped=skipped)
             steps = due_steps(windows, now)
             for step in steps:
                 done = carry_out(config, step.action, step.window)
                 windows = [done if w.id == done.id else w for w in windows]
             if steps:
-                write_windows(config.lock_dir, scope, windows)
+                write_windows(config.lock_dir, scope, windows, kept=skipped)
                 acted.add(scope)
             result[scope] = windows
     return result, acted

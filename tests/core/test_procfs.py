@@ -6,15 +6,16 @@ import os
 import subprocess
 import sys
 
-from guardd.core.procfs import PGRP, PPID, START_TIME, STATE, read_stat, stat_fields
+from guardd.core.procfs import START_TIME, group_members, in_group, split_stat, stat_fields
 
 
 def test_fields_after_a_hostile_command_name() -> None:
     """A name holding spaces and ')' does not shift the fields (split at the last ')')."""
-    line = b"1234 (evil) R 1 2 (x) S 77 88 99 0 0 0 0 0 0 0 0 0 0 0 0 0 0 4242 0 0\n"
-    fields = stat_fields(line)
-    assert fields[STATE] == b"S" and fields[PPID] == b"77" and fields[PGRP] == b"88"
-    assert stat_fields(b"garbage without a parenthesis") == []
+    line = b"1234 (evil) R 1 2 (x) S 77 88 99 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 4242 0 0\n"
+    fields = split_stat(line)
+    assert fields[:3] == [b"S", b"77", b"88"]
+    assert fields[START_TIME] == b"4242"
+    assert split_stat(b"garbage without a parenthesis") == []
 
 
 RENAMED = """
@@ -27,7 +28,8 @@ sys.stdin.read()
 
 
 def test_a_real_process_with_spaces_and_parens_in_its_name() -> None:
-    """For a live process renamed 'a) (b c': state, parent and group are read right."""
+    """For a live process renamed 'a) (b c': name, state, parent and group are read right,
+    and it is found as the one member of its own process group."""
     child = subprocess.Popen(
         [sys.executable, "-c", RENAMED],
         stdin=subprocess.PIPE,
@@ -37,14 +39,15 @@ def test_a_real_process_with_spaces_and_parens_in_its_name() -> None:
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == b"renamed\n"
-        with open(f"/proc/{child.pid}/comm", "rb") as comm:
-            assert comm.read() == b"a) (b c\n"
-        fields = read_stat(child.pid)
+        fields = stat_fields(child.pid)
         assert fields is not None
-        assert int(fields[PPID]) == os.getpid()
-        assert int(fields[PGRP]) == child.pid  # its own session and group
-        assert fields[STATE] in (b"S", b"R")
-        assert int(fields[START_TIME]) > 0
+        name, state, parent, group = fields
+        assert name == "a) (b c"
+        assert state in ("S", "R")
+        assert parent == os.getpid()
+        assert group == child.pid  # its own session and group
+        assert in_group(child.pid, child.pid)
+        assert list(group_members({child.pid})) == [child.pid]
     finally:
         assert child.stdin is not None
         child.stdin.close()
@@ -57,4 +60,5 @@ def test_a_gone_process_is_none() -> None:
     """A pid that does not exist reads as None, not an error."""
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(timeout=10)
-    assert read_stat(child.pid) is None
+    assert stat_fields(child.pid) is None
+    assert not in_group(child.pid, child.pid)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -757,6 +758,8 @@ def run(argv: Sequence[str] | None, out: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
+    # Warnings from shared code (a schedule window skipped) as one "guardctl:" line.
+    logging.basicConfig(format="guardctl: %(message)s", level=logging.WARNING)
     return run_cli("guardctl", lambda: run(argv, sys.stdout))
 
 
