@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from tests.system import machine
 pytestmark = [pytest.mark.system, pytest.mark.heavy]
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 BOOT_TIMEOUT = 300.0
 SCENARIO_UNIT = """\
 [Unit]
@@ -85,25 +83,8 @@ def _parse(path: Path, results: Results, boot: int) -> None:
     results.checks[boot] = checks
 
 
-def _build_deb() -> Path:
-    """The package under test: $GUARDD_DEB when CI built it already, else build now."""
-    given = os.environ.get("GUARDD_DEB")
-    if given:
-        return Path(given)
-    for tool in ("dpkg-buildpackage", "dh", "dh_python3", "help2man"):
-        require_tool(tool)
-    out = subprocess.run(
-        [str(REPO / "packaging" / "build-deb")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    ).stdout
-    return REPO / out.split()[0]
-
-
 @pytest.fixture(scope="module")
-def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
+def booted(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     """Build the package, boot the container twice, collect what the scenarios found."""
     if os.geteuid() != 0:
         if os.environ.get("GUARDD_REQUIRE_TOOLS") == "1":
@@ -112,7 +93,6 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     mmdebstrap = require_tool("mmdebstrap")
     nspawn = require_tool("systemd-nspawn")
     started = time.monotonic()
-    deb = _build_deb()
     work = tmp_path_factory.mktemp("system")
     results = Results(logs=work / "results")
     results.logs.mkdir()
