@@ -200,6 +200,8 @@ EOF
     check member_status sh -c 'runuser -u ops -- guardctl status shop | grep shop'
     check member_jobs as ops guardctl jobs
     check member_off as ops guardctl off shop
+    check member_on_wait as ops guardctl on shop --wait --timeout 10s
+    as ops guardctl off shop >/dev/null 2>&1
     local err rc
     err=$(as intruder guardctl on shop 2>&1 >/dev/null)
     rc=$?

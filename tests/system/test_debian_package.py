@@ -218,6 +218,7 @@ def test_group_members_switch_without_sudo(booted: Results) -> None:
         "member_status",
         "member_jobs",
         "member_off",
+        "member_on_wait",
         "outsider_refused",
         "outsider_one_line",
         "outsider_no_flag",
