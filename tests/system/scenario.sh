@@ -66,6 +66,7 @@ http:
 hooks:
   on_enter:
     - ["/bin/sh", "-c", "echo \"\$GUARD_SCOPE\" >> /srv/hooks/entered; if touch /srv/outside/x 2>/dev/null; then echo wrote >> /srv/hooks/outside; else echo denied >> /srv/hooks/outside; fi"]
+    - ["/bin/systemctl", "start", "hook-probe.service"]
 EOF
 }
 
@@ -103,6 +104,12 @@ boot1() {
     mkdir -p /srv/hooks /srv/outside /srv/out
     chown www-data:www-data /srv/out
     write_config ""
+    # What a hook can still do from inside the sandbox: ask systemd to start a unit.
+    cat >/etc/systemd/system/hook-probe.service <<'EOF'
+[Service]
+Type=oneshot
+ExecStart=/bin/sh -c 'echo started >> /srv/outside/probe'
+EOF
     mkdir -p /etc/systemd/system/guardd.service.d
     sed 's#^ReadWritePaths=.*#ReadWritePaths=/srv/hooks#' \
         /usr/share/doc/guardd/examples/guardd.service.d/hooks.conf \
@@ -123,6 +130,7 @@ EOF
     guardctl on shop --reason hooks >/dev/null
     wait_for 10 grep -qx shop /srv/hooks/entered
     check hook_writes_dropin_path grep -qx shop /srv/hooks/entered
+    check hook_runs_systemctl wait_for 10 test -s /srv/outside/probe
     # Every hook run so far (nightly's too) was refused outside the drop-in's paths.
     check hook_sandboxed_elsewhere sh -c 'grep -x denied /srv/hooks/outside && ! grep wrote /srv/hooks/outside'
     guardctl off shop >/dev/null
@@ -141,7 +149,7 @@ EOF
     check invalid_reload_same_pid same "$(systemctl show -P MainPID guardd)" "$pid"
     check invalid_reload_logged sh -c 'journalctl -b -u guardd --no-pager | grep "reload failed, keeping the running configuration"'
     check reload_logged sh -c 'journalctl -b -u guardd --no-pager | grep "configuration reloaded from /etc/guardd/config.yaml"'
-    check invalid_reload_old_config_in_use python3 /root/guardd-test/status_has_scope.py late
+    check invalid_reload_old_config_in_use python3 /root/guardd-test/guardd_query.py scope late
 
     # ---------------------------------------------- a config error at start: no loop
     systemctl restart guardd
@@ -219,6 +227,8 @@ EOF
     check cron_skipped_not_run test ! -e /srv/out/cron-a
     check cron_skip_in_journal sh -c 'journalctl -b --no-pager -t guard-run | grep nightly | grep skipped'
     check cron_job_listed sh -c 'guardctl jobs batch | grep release-b'
+    # guardd itself (sandboxed: ProtectProc=invisible, CAP_SYS_PTRACE) sees www-data's job.
+    check guardd_sees_cron_job python3 /root/guardd-test/guardd_query.py job batch
     drain_while_running batch /srv/out/release-b /srv/out/b cron
     local cpid
     cpid=$(head -n 1 /srv/out/c)
@@ -248,6 +258,7 @@ boot2() {
     check guardd_still_not_started same "$(systemctl is-active guardd)" inactive
     systemctl start guardd
     check jobs_sees_early_job sh -c 'guardctl jobs nightly | grep release-d'
+    check guardd_sees_early_job python3 /root/guardd-test/guardd_query.py job nightly
     drain_while_running nightly /srv/out/release-d /srv/out/d early
 
     # ---------------------------------------------- upgrade (reinstall), then purge

@@ -102,7 +102,7 @@ def booted(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resu
         test_dir = root / "root" / "guardd-test"
         test_dir.mkdir()
         shutil.copy(deb, test_dir / "guardd.deb")
-        for name in ("scenario.sh", "status_has_scope.py"):
+        for name in ("scenario.sh", "guardd_query.py"):
             shutil.copy(HERE / name, test_dir / name)
         unit = root / "etc" / "systemd" / "system" / "guardd-scenario.service"
         unit.write_text(SCENARIO_UNIT)
@@ -167,8 +167,10 @@ def test_unit_hardening_score_and_verify(booted: Results) -> None:
 
 def test_hooks_write_what_the_dropin_allows(booted: Results) -> None:
     """A hook writes where the example drop-in's ReadWritePaths= allows, and nowhere
-    else (the sandbox still holds)."""
-    booted.assert_passed(1, "hook_writes_dropin_path", "hook_sandboxed_elsewhere")
+    else (the sandbox still holds); it can still have systemd start a unit."""
+    booted.assert_passed(
+        1, "hook_writes_dropin_path", "hook_sandboxed_elsewhere", "hook_runs_systemctl"
+    )
 
 
 def test_reload(booted: Results) -> None:
@@ -236,6 +238,7 @@ def test_real_cron_runs_jobs_through_guard_run(booted: Results) -> None:
         "cron_skipped_not_run",
         "cron_skip_in_journal",
         "cron_job_listed",
+        "guardd_sees_cron_job",
         "drain_cron_waits",
         "drain_cron_returns_0",
         "drain_cron_job_finished",
@@ -261,6 +264,7 @@ def test_reboot_keeps_flags_and_guards_jobs_before_guardd(booted: Results) -> No
         "cron_job_before_guardd",
         "guardd_still_not_started",
         "jobs_sees_early_job",
+        "guardd_sees_early_job",
         "drain_early_waits",
         "drain_early_returns_0",
         "drain_early_job_finished",
