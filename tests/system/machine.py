@@ -9,6 +9,7 @@ cleans /tmp and more on the file system it runs on).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SUITE = "bookworm"
@@ -100,6 +102,27 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+@contextlib.contextmanager
+def one_container_at_a_time(*, timeout: float = 900.0) -> Iterator[None]:
+    """Hold a machine-wide lock while a container runs.
+
+    Booted with --register=no --keep-unit on a host without systemd, a container's
+    systemd manages the cgroup tree it finds; two at once would manage the same one.
+    """
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / "boot.lock").open("w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("another system test kept its container running") from None
+                time.sleep(1)
+        yield
+
+
 def boot(nspawn: str, root: Path, results: Path, *, timeout: float) -> float:
     """Boot ``root`` until it powers itself off; returns the wall time in seconds.
 
@@ -110,7 +133,7 @@ def boot(nspawn: str, root: Path, results: Path, *, timeout: float) -> float:
     assert root.resolve() != Path("/"), "never boot the host's own root"
     log = (results / f"nspawn-{time.time_ns()}.log").open("wb")
     started = time.monotonic()
-    with log:
+    with log, one_container_at_a_time():
         process = subprocess.Popen(
             [
                 nspawn,
