@@ -18,6 +18,9 @@ from guardd.core.durations import format_time, format_timestamp, parse_time
 MAX_FLAG_BYTES = 64 * 1024
 MAX_REASON_CHARS = 1000
 MAX_PLAIN_REASON_CHARS = 200
+MAX_MODE_CHARS = 64
+# A "mode" that is not text names no mode: full maintenance, as for an unknown one.
+INVALID_MODE = "(invalid)"
 
 
 @dataclass(frozen=True)
@@ -28,10 +31,15 @@ class FlagInfo:
     until: str | None
     since: str
     by: str | None
+    # Partial maintenance (SPEC "modes"): the mode's name; None is full maintenance.
+    mode: str | None = None
 
     def to_json_obj(self) -> dict[str, str | None]:
         """The JSON object written to a flag file."""
-        return {"reason": self.reason, "until": self.until, "since": self.since, "by": self.by}
+        obj = {"reason": self.reason, "until": self.until, "since": self.since, "by": self.by}
+        if self.mode is not None:
+            obj["mode"] = self.mode
+        return obj
 
 
 def clean_text(text: str, *, limit: int) -> str | None:
@@ -66,6 +74,7 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
         if isinstance(obj, dict):
             reason = obj.get("reason")
             by = obj.get("by")
+            mode = obj.get("mode")
             return FlagInfo(
                 reason=clean_text(reason, limit=MAX_REASON_CHARS)
                 if isinstance(reason, str)
@@ -73,6 +82,11 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
                 until=_json_time(obj.get("until")),
                 since=_json_time(obj.get("since")) or format_timestamp(mtime),
                 by=clean_text(by, limit=200) if isinstance(by, str) else None,
+                # Any non-empty value counts: a mode the config lacks is full
+                # maintenance (fail safe), decided where the config is known.
+                mode=clean_text(mode, limit=MAX_MODE_CHARS)
+                if isinstance(mode, str)
+                else (None if mode is None else INVALID_MODE),
             )
     first_line = stripped.split("\n", 1)[0] if stripped else ""
     if "\x00" in first_line:
@@ -140,7 +154,12 @@ def flag_exists(path: str) -> bool:
 
 
 def make_flag(
-    *, reason: str | None, until: datetime | None, by: str | None, now: datetime
+    *,
+    reason: str | None,
+    until: datetime | None,
+    by: str | None,
+    now: datetime,
+    mode: str | None = None,
 ) -> FlagInfo:
     """A new flag's content, cleaned the same way as one read from disk."""
     return FlagInfo(
@@ -148,6 +167,7 @@ def make_flag(
         until=format_time(until) if until else None,
         since=format_time(now),
         by=by,
+        mode=mode,
     )
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,11 +22,24 @@ class ScopeStatus:
     until: str | None
     reason: str | None
     jobs: int
+    # Partial maintenance in force (SPEC "modes"): the modes' names; empty while
+    # off or in full maintenance (which beats any mode).
+    modes: tuple[str, ...] = ()
 
     @property
     def in_maintenance(self) -> bool:
         """Draining counts: the flag is present, users must see the page."""
         return self.state != "off"
+
+    @property
+    def mode(self) -> str | None:
+        """The mode in force as one name ("read-only", or "a+b" for two), None for full."""
+        return "+".join(self.modes) if self.modes else None
+
+    @property
+    def partial(self) -> bool:
+        """In maintenance for some requests only: health stays 200 (warn)."""
+        return bool(self.modes)
 
     def fields(self) -> dict[str, object]:
         """The five fields of the status reply, in the SPEC's order."""
@@ -36,7 +49,25 @@ class ScopeStatus:
             "until": self.until,
             "reason": self.reason,
             "jobs": self.jobs,
+            "mode": self.mode,
         }
+
+
+def modes_in_force(flags: Iterable[FlagInfo | None], known: Collection[str]) -> tuple[str, ...]:
+    """The partial modes the present ``flags`` put in force; () is full maintenance.
+
+    Each flag in force applies: a flag without a mode, or naming a mode the scope
+    does not know (fail safe), is full maintenance and beats any mode; two modes
+    block what either matches.
+    """
+    modes: set[str] = set()
+    for flag in flags:
+        if flag is None:
+            continue
+        if flag.mode is None or flag.mode not in known:
+            return ()
+        modes.add(flag.mode)
+    return tuple(sorted(modes))
 
 
 def scope_status(
@@ -45,6 +76,7 @@ def scope_status(
     own_flag: FlagInfo | None,
     default_flag: FlagInfo | None,
     jobs: int,
+    known_modes: Collection[str] = (),
 ) -> ScopeStatus:
     """One scope's status. ``default``'s flag puts every scope on; the scope's own
     flag, when present, is the one whose reason and times are shown."""
@@ -58,13 +90,17 @@ def scope_status(
         until=flag.until,
         reason=flag.reason,
         jobs=jobs,
+        modes=modes_in_force((own_flag, default_flag), known_modes),
     )
 
 
 def all_statuses(
-    flags: Mapping[str, FlagInfo | None], jobs: Mapping[str, int]
+    flags: Mapping[str, FlagInfo | None],
+    jobs: Mapping[str, int],
+    known_modes: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, ScopeStatus]:
-    """Every scope's status from its flag (None: absent) and its job count."""
+    """Every scope's status from its flag (None: absent), its job count and the
+    names of its modes (none known: every mode is full maintenance)."""
     default_flag = flags.get(DEFAULT_SCOPE)
     return {
         scope: scope_status(
@@ -72,6 +108,7 @@ def all_statuses(
             own_flag=flag,
             default_flag=default_flag if scope != DEFAULT_SCOPE else None,
             jobs=jobs.get(scope, 0),
+            known_modes=(known_modes or {}).get(scope, ()),
         )
         for scope, flag in sorted(flags.items())
     }
@@ -85,6 +122,8 @@ def summary(statuses: Mapping[str, ScopeStatus]) -> str:
     parts = []
     for status in busy:
         text = f"{status.scope} {status.state}"
+        if status.mode is not None:
+            text += f" ({status.mode})"
         if status.state == "draining":
             text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
         parts.append(text)

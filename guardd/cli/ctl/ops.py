@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -51,7 +52,7 @@ def run_locks(config: Config) -> dict[str, str]:
 def local_status(config: Config) -> dict[str, ScopeStatus]:
     """Every scope's status from the files themselves (no daemon needed)."""
     flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
-    return all_statuses(flags, count_jobs(run_locks(config)))
+    return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes())
 
 
 def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
@@ -146,13 +147,17 @@ def turn_on(
     reason: str | None,
     until: datetime | None,
     now: datetime,
+    mode: str | None = None,
 ) -> str:
-    """Write the scope's flag atomically; returns its path. Keeps ``since`` if already on."""
+    """Write the scope's flag atomically; returns its path. Keeps ``since`` if already
+    on, and the mode unless one is given."""
+    if mode is not None:
+        check_mode(config, scope, mode)
     path = config.flag_path(scope)
     existing = read_flag(path)
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
+    info = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode)
     if existing is not None:
-        info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
+        info = replace(info, since=existing.since, mode=mode if mode is not None else existing.mode)
     try:
         ensure_run_locks(config.runtime_dir, config.scopes)
     except OSError as err:
@@ -164,6 +169,14 @@ def turn_on(
     except OSError as err:
         raise GuardError(f"cannot write {path}: {err.strerror}") from None
     return path
+
+
+def check_mode(config: Config, scope: str, mode: str) -> None:
+    """A usage error (exit 2) unless ``scope`` has a mode named ``mode``."""
+    modes = config.scopes[scope].modes
+    if mode not in modes:
+        known = ", ".join(sorted(modes))
+        raise UsageError(f"scope {scope} has no mode {mode!r} (its modes: {known})")
 
 
 def turn_off(*, config: Config, scope: str) -> bool:
