@@ -1,12 +1,15 @@
-"""guardd --prepare-runtime: what guardd-runtime.service runs at boot, before cron."""
+"""guardd --prepare-runtime (what guardd-runtime.service runs at boot, before cron), and
+what a user outside the operators' group is told."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.helpers import command
@@ -58,3 +61,38 @@ def test_prepare_runtime_config_error_exits_2(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert not runtime.exists()
+
+
+def test_outsider_is_told_who_may_switch(tmp_short: Path) -> None:
+    """A user who may not write the flag directory: exit 1 and one line that names the
+    path, the error and the group whose members may switch maintenance."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run guardctl as nobody")
+    tmp_short.chmod(0o755)
+    lock_dir = tmp_short / "flags"
+    lock_dir.mkdir(mode=0o755)
+    path = _config(
+        tmp_short,
+        lock_dir=str(lock_dir),
+        runtime_dir=str(tmp_short / "run"),
+        scopes={"shop": {}},
+        control={"group": "guardd-operators"},
+        http={"listen": []},
+    )
+    path.chmod(0o644)
+    prepare = [command("guardd"), "--config", str(path), "--prepare-runtime"]
+    subprocess.run(prepare, check=True, timeout=30)
+    as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    result = subprocess.run(
+        [*as_nobody, command("guardctl"), "--config", str(path), "on", "shop"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == (
+        f"guardctl: cannot write {lock_dir}/shop.lock: Permission denied "
+        "(root and members of the group guardd-operators may switch maintenance)\n"
+    )
+    assert not (lock_dir / "shop.lock").exists()

@@ -215,6 +215,7 @@ EOF
     rc=$?
     check outsider_refused same "$rc" 1
     check outsider_one_line same "$(printf '%s\n' "$err" | wc -l)" 1
+    check outsider_told_who_may sh -c "printf '%s' \"\$1\" | grep -q 'members of the group guardd may switch maintenance'" _ "$err"
     info outsider_message "$err"
     check outsider_no_flag test ! -e /var/lib/guardd/shop.lock
     check outsider_no_traceback sh -c "! printf '%s' \"\$1\" | grep -q Traceback" _ "$err"

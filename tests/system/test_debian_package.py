@@ -223,6 +223,7 @@ def test_group_members_switch_without_sudo(booted: Results) -> None:
         "member_on_wait",
         "outsider_refused",
         "outsider_one_line",
+        "outsider_told_who_may",
         "outsider_no_flag",
         "outsider_no_traceback",
     )
