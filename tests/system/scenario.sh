@@ -239,6 +239,9 @@ EOF
     check cron_runs_after_off wait_for 70 test -s /srv/out/cron-a
     check cron_no_mail sh -c '! journalctl -b --no-pager -u cron | grep -i "MTA"'
 
+    # The sandbox (MemoryDenyWriteExecute, the call filter) left inotify working.
+    check sandbox_keeps_inotify sh -c '! journalctl -b -u guardd --no-pager | grep -E "inotify unavailable|polling /"'
+
     # ------------------------------------------------------- before the reboot
     guardctl on keep --reason "kept over a reboot" >/dev/null
     # guardd must not start in the next boot before the cron job does.
