@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
+from guardd.core.durations import parse_time
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
 
 State = Literal["off", "draining", "on"]
+# Why a scope is on when its own flag is absent: host-wide maintenance.
+Via = Literal["default"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,13 @@ class ScopeStatus:
     # Partial maintenance in force (SPEC "modes"): the modes' names; empty while
     # off or in full maintenance (which beats any mode).
     modes: tuple[str, ...] = ()
+    # ``until`` has passed and the flag is still there.
+    overdue: bool = False
+    # "default": on only because ``default`` is (the scope's own flag is absent).
+    via: Via | None = None
+    # Who wrote the flag in force, and the operators' internal note (never public).
+    by: str | None = None
+    note: str | None = None
 
     @property
     def in_maintenance(self) -> bool:
@@ -42,7 +53,10 @@ class ScopeStatus:
         return bool(self.modes)
 
     def fields(self) -> dict[str, object]:
-        """The five fields of the status reply, in the SPEC's order."""
+        """The status reply's fields: the SPEC's five, then mode, overdue, via, by, note.
+
+        For the control socket only (status, watch): ``note`` is internal text.
+        """
         return {
             "state": self.state,
             "since": self.since,
@@ -50,7 +64,30 @@ class ScopeStatus:
             "reason": self.reason,
             "jobs": self.jobs,
             "mode": self.mode,
+            "overdue": self.overdue,
+            "via": self.via,
+            "by": self.by,
+            "note": self.note,
         }
+
+
+@lru_cache(maxsize=4096)
+def until_epoch(until: str | None) -> float | None:
+    """The Unix time of an RFC 3339 ``until``, or None when absent or unreadable.
+
+    Cached: every publish asks again for every scope in maintenance."""
+    if until is None:
+        return None
+    try:
+        return parse_time(until).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def is_overdue(until: str | None, now: float) -> bool:
+    """True once the expected end ``until`` has passed."""
+    end = until_epoch(until)
+    return end is not None and end <= now
 
 
 def modes_in_force(flags: Iterable[FlagInfo | None], known: Collection[str]) -> tuple[str, ...]:
@@ -77,9 +114,13 @@ def scope_status(
     default_flag: FlagInfo | None,
     jobs: int,
     known_modes: Collection[str] = (),
+    now: float = 0.0,
 ) -> ScopeStatus:
     """One scope's status. ``default``'s flag puts every scope on; the scope's own
-    flag, when present, is the one whose reason and times are shown."""
+    flag, when present, is the one whose reason and times are shown.
+
+    ``now`` (Unix time) decides ``overdue``; 0 never makes a scope overdue.
+    """
     flag = own_flag if own_flag is not None else default_flag
     if flag is None:
         return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=jobs)
@@ -91,6 +132,10 @@ def scope_status(
         reason=flag.reason,
         jobs=jobs,
         modes=modes_in_force((own_flag, default_flag), known_modes),
+        overdue=now > 0 and is_overdue(flag.until, now),
+        via="default" if own_flag is None else None,
+        by=flag.by,
+        note=flag.note,
     )
 
 
@@ -98,9 +143,14 @@ def all_statuses(
     flags: Mapping[str, FlagInfo | None],
     jobs: Mapping[str, int],
     known_modes: Mapping[str, Collection[str]] | None = None,
+    *,
+    now: float = 0.0,
 ) -> dict[str, ScopeStatus]:
     """Every scope's status from its flag (None: absent), its job count and the
-    names of its modes (none known: every mode is full maintenance)."""
+    names of its modes (none known: every mode is full maintenance).
+
+    ``now`` (Unix time) decides which scopes are overdue (0: none is).
+    """
     default_flag = flags.get(DEFAULT_SCOPE)
     return {
         scope: scope_status(
@@ -109,9 +159,23 @@ def all_statuses(
             default_flag=default_flag if scope != DEFAULT_SCOPE else None,
             jobs=jobs.get(scope, 0),
             known_modes=(known_modes or {}).get(scope, ()),
+            now=now,
         )
         for scope, flag in sorted(flags.items())
     }
+
+
+def next_overdue(statuses: Mapping[str, ScopeStatus], now: float) -> float | None:
+    """The earliest ``until`` after ``now`` among scopes in maintenance (when the next
+    scope turns overdue), or None."""
+    ends = [
+        end
+        for status in statuses.values()
+        if status.in_maintenance and not status.overdue
+        for end in [until_epoch(status.until)]
+        if end is not None and end > now
+    ]
+    return min(ends, default=None)
 
 
 def summary(statuses: Mapping[str, ScopeStatus]) -> str:
@@ -126,6 +190,8 @@ def summary(statuses: Mapping[str, ScopeStatus]) -> str:
             text += f" ({status.mode})"
         if status.state == "draining":
             text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
+        if status.overdue:
+            text += " OVERDUE"
         parts.append(text)
     return "maintenance: " + ", ".join(parts)
 

@@ -33,6 +33,7 @@ PACKAGES = (
     "python3",
     "python3-yaml",
     "python3-uvloop",
+    "python3-prometheus-client",
     "procps",
     "util-linux",
     "adduser",

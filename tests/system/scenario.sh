@@ -239,6 +239,12 @@ EOF
     check cron_runs_after_off wait_for 70 test -s /srv/out/cron-a
     check cron_no_mail sh -c '! journalctl -b --no-pager -u cron | grep -i "MTA"'
 
+    # /metrics (python3-prometheus-client from Debian), asked from loopback.
+    check metrics_served sh -c 'python3 -c "
+import urllib.request
+body = urllib.request.urlopen(\"http://127.0.0.1:8089/metrics\", timeout=5).read().decode()
+assert \"guardd_scope_maintenance\" in body and \"process_\" in body, body[:300]
+"'
     # The sandbox (MemoryDenyWriteExecute, the call filter) left inotify working.
     check sandbox_keeps_inotify sh -c '! journalctl -b -u guardd --no-pager | grep -E "inotify unavailable|polling /"'
 

@@ -161,9 +161,14 @@ def test_install_enables_and_starts_under_type_notify(booted: Results) -> None:
 def test_unit_hardening_score_and_verify(booted: Results) -> None:
     """`systemd-analyze security` rates guardd.service 2.0 or less inside Debian 12, and
     `systemd-analyze verify` is silent for both units and with the example drop-in; the
-    sandbox leaves guardd its inotify watches."""
+    sandbox leaves guardd its inotify watches and /metrics (Debian's prometheus-client)."""
     booted.assert_passed(
-        1, "security_at_most_2", "verify_units", "verify_with_dropin", "sandbox_keeps_inotify"
+        1,
+        "security_at_most_2",
+        "verify_units",
+        "verify_with_dropin",
+        "sandbox_keeps_inotify",
+        "metrics_served",
     )
     assert float(booted.info["security_exposure"]) <= 2.0
 

@@ -9,7 +9,7 @@ import errno
 import getpass
 import os
 import socket
-from dataclasses import replace
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -17,7 +17,7 @@ from guardd import __version__
 from guardd.cli.client import ControlClient
 from guardd.config.model import Config
 from guardd.core.durations import format_time
-from guardd.core.flag import make_flag, read_flag, remove_flag, write_flag
+from guardd.core.flag import make_flag, read_flag, remove_flag, renew_flag, write_flag
 from guardd.core.jobs import count_jobs
 from guardd.core.paths import run_lock_path
 from guardd.core.runlock import ensure_run_locks
@@ -53,7 +53,7 @@ def run_locks(config: Config) -> dict[str, str]:
 def local_status(config: Config) -> dict[str, ScopeStatus]:
     """Every scope's status from the files themselves (no daemon needed)."""
     flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
-    return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes())
+    return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes(), now=time.time())
 
 
 def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
@@ -137,6 +137,7 @@ def remove_window(*, config: Config, window_id: str) -> Window:
 
 
 def _actor() -> str:
+    """Who is asking: the user behind sudo when there is one, at this host."""
     user = os.environ.get("SUDO_USER") or getpass.getuser()
     return f"{user}@{socket.gethostname()}"
 
@@ -149,16 +150,19 @@ def turn_on(
     until: datetime | None,
     now: datetime,
     mode: str | None = None,
+    note: str | None = None,
 ) -> str:
-    """Write the scope's flag atomically; returns its path. Keeps ``since`` if already
-    on, and the mode unless one is given."""
+    """Write the scope's flag atomically; returns its path.
+
+    Over a flag that is already there: keeps ``since``, and ``reason``, ``until``,
+    ``mode`` and ``note`` unless given again (``by`` is whoever asked last).
+    """
     if mode is not None:
         check_mode(config, scope, mode)
     path = config.flag_path(scope)
     existing = read_flag(path)
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode)
-    if existing is not None:
-        info = replace(info, since=existing.since, mode=mode if mode is not None else existing.mode)
+    new = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode, note=note)
+    info = renew_flag(existing, new)
     try:
         ensure_run_locks(config.runtime_dir, config.scopes)
     except OSError as err:
@@ -178,6 +182,52 @@ def _who_may(config: Config, err: OSError) -> str:
     if err.errno not in (errno.EACCES, errno.EPERM) or not config.control.group:
         return ""
     return f" (root and members of the group {config.control.group} may switch maintenance)"
+
+
+def guardd_absent_warning(config: Config) -> str | None:
+    """A warning for ``on``/``off`` when guardd is configured to answer load balancers
+    (HTTP or agent listeners) but is not running: the flag changed, yet nothing will
+    tell the load balancers. None when guardd answers, or has nothing to answer."""
+    listeners = [
+        key
+        for key, addresses in (
+            ("http.listen", config.http.listen),
+            ("agent.listen", config.agent.listen),
+        )
+        if addresses
+    ]
+    if not listeners:
+        return None
+    try:
+        with ControlClient(config.control.socket, timeout=STATUS_TIMEOUT) as client:
+            if client.request({"op": "ping"}).get("ok") is True:
+                return None
+    except Unreachable:
+        pass
+    return (
+        f"warning: guardd is not running (no answer on {config.control.socket}), "
+        f"but {' and '.join(listeners)} {'is' if len(listeners) == 1 else 'are'} "
+        "configured: load balancers will not see "
+        "this change until guardd runs (systemctl start guardd)"
+    )
+
+
+def audit(action: str, *, scope: str, by: str, note: str | None, reason: str | None) -> None:
+    """Record who switched what in the journal or syslog (never on stderr)."""
+    from guardd.cli.trace import LOG_NOTICE, record
+
+    message = f"{scope}: maintenance {action} by {by}"
+    if reason:
+        message += f" (reason: {reason})"
+    if note:
+        message += f" (note: {note})"
+    record(
+        "guardctl",
+        message,
+        {"GUARD_SCOPE": scope, "GUARD_ACTION": action, "GUARD_BY": by, "GUARD_NOTE": note or ""},
+        priority=LOG_NOTICE,
+        stderr_fallback=False,
+    )
 
 
 def check_mode(config: Config, scope: str, mode: str) -> None:
