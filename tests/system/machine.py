@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,6 +80,10 @@ def cached_rootfs(mmdebstrap: str) -> Path:
         os.replace(partial, target)  # whole or absent: a killed build leaves no cache
     finally:
         partial.unlink(missing_ok=True)
+    # Keep one root file system (about 250 MB): those of older package lists go.
+    for old in CACHE_DIR.glob(f"rootfs-{SUITE}-*.tar"):
+        if old != target and re.fullmatch(rf"rootfs-{SUITE}-[0-9a-f]{{16}}\.tar", old.name):
+            old.unlink(missing_ok=True)
     return target
 
 
