@@ -227,6 +227,8 @@ EOF
     sleep 1
     check cron_skipped_not_run test ! -e /srv/out/cron-a
     check cron_skip_in_journal sh -c 'journalctl -b --no-pager -t guard-run | grep nightly | grep skipped'
+    # One minute has passed for cron: one line for the one skipped run.
+    check cron_skip_one_line same "$(journalctl -b --no-pager -t guard-run | grep nightly | grep -c skipped)" 1
     check cron_job_listed sh -c 'guardctl jobs batch | grep release-b'
     # guardd itself (sandboxed: ProtectProc=invisible, CAP_SYS_PTRACE) sees www-data's job.
     check guardd_sees_cron_job python3 /root/guardd-test/guardd_query.py job batch

@@ -246,6 +246,7 @@ def test_real_cron_runs_jobs_through_guard_run(booted: Results) -> None:
         "cron_started_jobs",
         "cron_skipped_not_run",
         "cron_skip_in_journal",
+        "cron_skip_one_line",
         "cron_job_listed",
         "guardd_sees_cron_job",
         "drain_cron_waits",
