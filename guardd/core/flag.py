@@ -7,6 +7,7 @@ agent lines); ``note`` is for operators only (status, watch, logs).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -17,6 +18,8 @@ from guardd.core.durations import format_time, format_timestamp, parse_time
 
 # Read no more than this: a flag is a few hundred bytes, a huge file is garbage.
 MAX_FLAG_BYTES = 64 * 1024
+# Errors that say nothing about the file, only that no descriptor was to be had.
+NO_DESCRIPTOR = frozenset({errno.EMFILE, errno.ENFILE})
 MAX_REASON_CHARS = 1000
 MAX_PLAIN_REASON_CHARS = 200
 MAX_NOTE_CHARS = 1000
@@ -128,7 +131,9 @@ def probe_flag(path: str) -> FlagInfo | None:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except OSError:
+    except OSError as err:
+        if err.errno in NO_DESCRIPTOR:
+            raise  # out of descriptors: its content cannot be known now, only guessed
         # Symlink (O_NOFOLLOW), FIFO, permissions...: fall back to whether it exists.
         try:
             info = os.stat(path)

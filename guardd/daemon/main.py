@@ -48,6 +48,28 @@ def setup_logging() -> None:
     root.setLevel(logging.DEBUG if os.environ.get("GUARDD_DEBUG") else logging.INFO)
 
 
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every connection is a descriptor, and
+    the 1,024 a shell or cron hands down is soon reached (systemd's unit sets its own)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as stream:
+                wanted = int(stream.read())
+        except (OSError, ValueError):
+            wanted = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as err:
+            logging.getLogger("guardd").warning(
+                "cannot raise the open-files limit from %d to %d: %s", soft, wanted, err
+            )
+
+
 # --------------------------------------------------------------------------- CLI
 
 HELP_EPILOG = """\
@@ -73,12 +95,17 @@ def run(*, config_path: str | None, check_config: bool, prepare_runtime: bool = 
         prepare_runtime_dir(load_config(config_path))
         return 0
     config = resolve_secrets(load_config(config_path))
+    if config.fleet.endpoints:
+        from guardd.fleet.etcd import require_client
+
+        require_client()
     if check_config:
         import yaml
 
         sys.stdout.write(yaml.safe_dump(describe(config), sort_keys=False))
         return 0
     setup_logging()
+    raise_open_files_limit()
     daemon = Daemon(config=config, config_path=config_path)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(daemon.serve())
