@@ -249,6 +249,8 @@ assert \"guardd_scope_maintenance\" in body and \"process_\" in body, body[:300]
 "'
     # The sandbox (MemoryDenyWriteExecute, the call filter) left inotify working.
     check sandbox_keeps_inotify sh -c '! journalctl -b -u guardd --no-pager | grep -E "inotify unavailable|polling /"'
+    # ... and let guardd raise its open-files limit (setrlimit is in @resources).
+    check sandbox_keeps_nofile sh -c '! journalctl -b -u guardd --no-pager | grep "cannot raise the open-files limit"'
 
     # ------------------------------------------------------- before the reboot
     guardctl on keep --reason "kept over a reboot" >/dev/null

@@ -168,6 +168,7 @@ def test_unit_hardening_score_and_verify(booted: Results) -> None:
         "verify_units",
         "verify_with_dropin",
         "sandbox_keeps_inotify",
+        "sandbox_keeps_nofile",
         "metrics_served",
     )
     assert float(booted.info["security_exposure"]) <= 2.0
