@@ -17,7 +17,8 @@ import yaml
 from guardd.answers.http.parse import Kind, Persist
 from guardd.answers.http.replies import Answers, HttpSettings, HttpShared
 from guardd.config.load import parse_config_text
-from guardd.core.state import ScopeStatus, Snapshot, State
+from guardd.core.choices import State
+from guardd.core.state import ScopeStatus, Snapshot
 from guardd.errors import ConfigError
 from tests.helpers import Guardd, free_port, wait_until
 from tests.httpclient import Connection, Response, get, write_flag

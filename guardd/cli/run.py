@@ -3,8 +3,9 @@
 The protocol (SPEC, "The drain guarantee"): take the shared run locks, *then* read
 the flags; the command inherits the locks and holds them for its whole life. This
 module sits in front of every cron job, so the decision is made with os, fcntl and
-the lean guardd.paths/runlock/runcache helpers; everything else (signal handling,
-durations, the journal/syslog trace, JSON) is imported only on the paths that need it.
+the lean guardd.core (paths, runlock) and cli.runcache helpers; everything else (signal
+handling, durations, the journal/syslog trace, JSON) is imported only on the paths that
+need it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from guardd.core.paths import (
     is_scope_name,
     run_lock_path,
 )
-from guardd.core.runlock import lock_shared, open_run_lock
+from guardd.core.runlock import LOCK_FD_FLOOR, lock_shared, open_run_lock
 from guardd.errors import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -38,11 +39,11 @@ from guardd.errors import (
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from typing import Literal
 
-    WhenOn = Literal["skip", "wait", "fail"]
+    from guardd.core.choices import WhenOn
 
 PROG = "guard-run"
+# core.choices.WHEN_ON, written out: importing typing would cost guard-run its start.
 WHEN_ON: tuple[WhenOn, ...] = ("skip", "wait", "fail")
 DEFAULT_GRACE = 30.0
 # How often the flags are looked at while waiting or supervising: a few lstat calls.
@@ -50,9 +51,6 @@ POLL_INTERVAL = 0.25
 # A drain holds a run lock exclusively only for an instant; longer means something
 # is wrong, and a stuck holder must not hang every cron job for ever.
 LOCK_TIMEOUT = 10.0
-# Lock descriptors are moved this high so that a job's own ``exec 3>file`` cannot
-# close them by accident (which would silently drop the lock mid-job).
-LOCK_FD_FLOOR = 200
 # Signals forwarded to the command's process group with --interrupt (SPEC).
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 MAX_REASON_CHARS = 200
@@ -298,8 +296,8 @@ def present_flag(paths: Sequence[str]) -> str | None:
 def flag_reason(path: str) -> str | None:
     """The reason a flag file gives (JSON ``reason`` or its first line), cleaned.
 
-    A small twin of guardd.flag's reading, which would cost guard-run dataclasses and
-    datetime; only used to say why a job was skipped. Never raises.
+    A small twin of guardd.core.flag's reading, which would cost guard-run dataclasses
+    and datetime; only used to say why a job was skipped. Never raises.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -327,8 +325,9 @@ def flag_reason(path: str) -> str | None:
         reason = text.split("\n", 1)[0]
     if not isinstance(reason, str):
         return None
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
-    return cleaned[:MAX_REASON_CHARS].strip() or None
+    from guardd.core.text import clean_text  # only when a job is skipped
+
+    return clean_text(reason, limit=MAX_REASON_CHARS)
 
 
 def _why(scope: str, flag: str) -> str:
@@ -482,9 +481,10 @@ def run_guarded(
         if flag is None:
             # No flag, yet a run lock stays exclusively locked: not a drain as we
             # know it. Running would break the protocol; waiting for ever hangs cron.
+            # Any user who can open the lock can do this: name who, so one can act.
             raise GuardError(
-                f"run lock {busy} stayed exclusively locked for {lock_timeout:g}s; "
-                f"not running {_shown(command)}",
+                f"run lock {busy} stayed exclusively locked for {lock_timeout:g}s"
+                f"{_lock_holders(busy)}; not running {_shown(command)}",
                 exit_code=EXIT_TEMPFAIL,
             )
         if when_on == "skip":
@@ -513,6 +513,18 @@ def run_guarded(
     raise AssertionError("exec_in_place returned")  # pragma: no cover
 
 
+def _lock_holders(path: str | None) -> str:
+    """`` by pid N (user U: COMMAND)`` for whoever holds ``path`` exclusively, or ""."""
+    from guardd.core.runlock import describe_process, exclusive_holders, read_proc_locks
+
+    try:
+        inode = os.stat(path).st_ino if path else -1
+    except OSError:
+        return ""
+    pids = exclusive_holders(read_proc_locks(), inode)
+    return " by " + ", ".join(describe_process(pid) for pid in pids) if pids else ""
+
+
 def wait_until_off(flags: Sequence[str], *, deadline: float | None) -> bool:
     """Poll until no flag is present; False when ``deadline`` (monotonic) passes first."""
     while present_flag(flags) is not None:
@@ -536,15 +548,23 @@ def _exec_error(program: str, err: OSError) -> GuardError:
 def exec_in_place(command: Sequence[str], fds: Sequence[int]) -> None:
     """Become ``command``, keeping the lock descriptors open across exec.
 
-    The command, and every child it forks, then holds the locks for its whole life:
-    nothing of guard-run is left to die or to linger.
+    The command, and every child it forks, then holds the locks for its whole life;
+    a keeper (guardd.cli.keeper) holds them on until no process of the job's process
+    group is left, for children that close their inherited descriptors.
     """
     # The C module behind ``signal``: the latter imports enum (~3 ms at start-up),
     # for names this path does not need.
     import _signal
 
+    from guardd.cli.keeper import job_group, start_keeper
+
     for fd in fds:
         os.set_inheritable(fd, True)
+    # The job is its process group: a keeper holds the locks until the group is gone,
+    # so children that close their inherited descriptors still count (SPEC).
+    group = job_group()
+    if group is not None and fds:
+        start_keeper(fds, group)
     # Python ignores these at start-up; an exec'd program must get the defaults
     # (``guard-run -- yes | head`` must end on SIGPIPE).
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
@@ -598,6 +618,7 @@ def supervise(
     killed = False
     next_poll = time.monotonic() + POLL_INTERVAL
     flag_error_shown = False
+    status: int | None = None  # the command's, once it has exited
     while True:
         info = signal.sigtimedwait(watched, max(next_poll - time.monotonic(), 0.0))
         if info is not None and info.si_signo != signal.SIGCHLD:
@@ -605,8 +626,13 @@ def supervise(
             # twice (KillMode=mixed avoids that; see docs/guard-run.md).
             _signal_group(pid, info.si_signo)
             continue
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
+        if status is None:
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = wait_status
+        # The job is the command's process group: children that closed their
+        # inherited lock descriptors keep it (and our locks) alive (SPEC).
+        if status is not None and (kill_at is not None or not _group_alive(pid)):
             break
         now = time.monotonic()
         if now < next_poll:
@@ -664,6 +690,12 @@ def _spawn_in_own_group(
             os._exit(EXIT_NOT_FOUND)
     os.close(status_write)
     try:
+        # Both sides set the group, as shells do: whoever looks at the child (our
+        # signals, a listing) finds it in its own group from now on.
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # it has exec'd already (EACCES), having set it itself
+    try:
         report = b""
         while chunk := os.read(status_read, 64):
             report += chunk
@@ -702,17 +734,12 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
-            return True
-    return False
+    from guardd.core.procfs import group_members
+
+    try:
+        return bool(group_members({pgid}))
+    except OSError:
+        return True  # out of descriptors: cannot tell, so not gone (SIGKILL comes at kill_at)
 
 
 def _exit_status(status: int) -> int:

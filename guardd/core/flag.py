@@ -15,6 +15,7 @@ from datetime import datetime
 
 from guardd.core.atomic import fsync_dir, write_atomic
 from guardd.core.durations import format_time, format_timestamp, parse_time
+from guardd.core.text import clean_text
 
 # Read no more than this: a flag is a few hundred bytes, a huge file is garbage.
 MAX_FLAG_BYTES = 64 * 1024
@@ -49,17 +50,6 @@ class FlagInfo:
         if self.note is not None:
             obj["note"] = self.note
         return obj
-
-
-def clean_text(text: str, *, limit: int) -> str | None:
-    """One line of printable text: control characters (CR, LF, NUL, ...) become spaces.
-
-    Reasons end up in headers, agent lines and pages; nothing in them may break a
-    line or a header, whatever the flag file held.
-    """
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    cleaned = " ".join(cleaned.split())[:limit].strip()
-    return cleaned or None
 
 
 def _json_time(value: object) -> str | None:

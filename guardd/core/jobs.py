@@ -4,7 +4,9 @@
 a child that inherited the descriptor still holds it (a job that forked and exited),
 and its pid may since have been reused. So each holder is verified through its file
 descriptors, and an orphaned lock is traced to the live processes whose descriptors
-carry it (their fdinfo ``lock:`` lines name the lock's original owner).
+carry it (their fdinfo ``lock:`` lines name the lock's original owner). One of those
+may be guard-run's keeper (guardd.cli.keeper), which holds the locks while the job's
+process group lives: it stands for the processes of its group.
 """
 
 from __future__ import annotations
@@ -13,10 +15,17 @@ import errno
 import os
 from dataclasses import dataclass
 
-from guardd.cli.run import LOCK_FD_FLOOR
 from guardd.core.durations import format_timestamp
 from guardd.core.paths import DEFAULT_SCOPE
-from guardd.core.runlock import parse_proc_locks, read_proc_locks
+from guardd.core.procfs import (
+    KEEPER_COMM,
+    START_TIME,
+    group_members,
+    read_proc_file,
+    split_stat,
+    stat_fields,
+)
+from guardd.core.runlock import LOCK_FD_FLOOR, parse_proc_locks, read_proc_locks
 
 
 @dataclass(frozen=True)
@@ -52,18 +61,22 @@ class _OpenFiles:
     locks each), so this is the loop that has to be cheap.
     """
 
-    __slots__ = ("pending", "pid", "seen", "tried")
+    __slots__ = ("hidden", "pending", "pid", "seen", "tried")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.seen: set[tuple[int, int]] = set()
         self.tried: set[int] = set()
         self.pending: list[int] | None = None  # descriptors not looked at yet, once listed
+        self.hidden = False  # its descriptors are not ours to look at (another user's)
 
     def _look(self, fd: int) -> tuple[int, int] | None:
         self.tried.add(fd)
         try:
             info = os.stat(f"/proc/{self.pid}/fd/{fd}")
+        except PermissionError:
+            self.hidden = True
+            return None
         except OSError:
             return None  # no such descriptor, or the process is gone
         found = (info.st_dev, info.st_ino)
@@ -80,10 +93,13 @@ class _OpenFiles:
         if self.pending is None:
             try:
                 names = os.listdir(f"/proc/{self.pid}/fd")
+            except PermissionError:
+                self.hidden = True
+                names = []
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE):
                     raise  # out of descriptors: proves nothing either way
-                names = []  # gone, or not ours to look at: holds nothing we can prove
+                names = []  # gone
             self.pending = sorted(int(n) for n in names if n.isdigit() and int(n) not in self.tried)
         while self.pending:
             if self._look(self.pending.pop()) == target:
@@ -135,13 +151,17 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
     return found
 
 
+def _alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[1] not in ("Z", "X", "x")
+
+
 def _parent(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
-            # The command name may hold spaces and parentheses: split after the last ')'.
-            return int(stream.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        fields = stat_fields(pid)
+    except OSError:
         return 0
+    return fields[2] if fields is not None else 0
 
 
 def find_holders(run_locks: dict[str, str]) -> dict[str, set[int]]:
@@ -163,17 +183,61 @@ def find_holders(run_locks: dict[str, str]) -> dict[str, set[int]]:
         files = open_files.get(pid)
         if files is None:
             files = open_files[pid] = _OpenFiles(pid)
-        if files.has(target):
+        if files.has(target) or (files.hidden and _alive(pid)):
+            # Another user's process we may not look into: /proc/locks says it took
+            # the lock, and it lives, so it is shown (an unlisted holder would leave
+            # a hanging drain unexplained).
             holders[scope].add(pid)
         else:
             # The owner is gone (or its pid reused): whoever inherited the lock holds it.
             orphans.add((pid, inode))
     if orphans:
         paths = {os.path.realpath(path) for path in run_locks.values()}
-        for (_, inode), inheritors in _inheritors(orphans, paths).items():
+        found = _inheritors(orphans, paths)
+        kept = _kept_groups(found)
+        for (_, inode), inheritors in found.items():
             scope = by_inode[inode][0]
-            holders[scope].update(p for p in inheritors if _parent(p) not in inheritors)
+            holders[scope].update(_topmost(inheritors, kept))
     return holders
+
+
+def _kept_groups(found: dict[tuple[int, int], set[int]]) -> dict[int, dict[int, int]]:
+    """For each keeper among the inheritors (guard-run's process holding a job's locks
+    while the job's process group lives), the live processes of that group: pid ->
+    parent. These are the job now, children that closed their descriptors included.
+
+    guard-run makes the job's group its own, so the group's number is the pid that
+    took the lock (which the kernel keeps from reuse while the group has a process).
+    """
+    groups: dict[int, int] = {}
+    for (owner, _), inheritors in found.items():
+        for pid in inheritors:
+            fields = stat_fields(pid)
+            if fields is not None and fields[0] == KEEPER_COMM:
+                groups[pid] = owner
+    if not groups:
+        return {}
+    members = group_members(set(groups.values()))
+    return {
+        keeper: {
+            pid: parent
+            for pid, (comm, parent, member_group) in members.items()
+            if member_group == group and comm != KEEPER_COMM
+        }
+        for keeper, group in groups.items()
+    }
+
+
+def _topmost(inheritors: set[int], kept: dict[int, dict[int, int]]) -> set[int]:
+    """The jobs among the processes holding an orphaned lock: keepers stand for their
+    groups' processes, and a process whose parent is listed too is part of that job."""
+    parents: dict[int, int] = {}
+    for pid in inheritors:
+        if pid in kept:
+            parents.update(kept[pid])
+        else:
+            parents[pid] = _parent(pid)
+    return {pid for pid, parent in parents.items() if parent not in parents}
 
 
 def count_jobs(run_locks: dict[str, str]) -> dict[str, int]:
@@ -207,37 +271,25 @@ def _split_cmdline(data: bytes) -> tuple[str, ...]:
     return tuple(os.fsdecode(arg) for arg in args)
 
 
-def _read_proc_file(path: str) -> bytes:
-    """A /proc file's content through raw system calls: half the cost of open() and a
-    buffered reader, which counts with two files per job."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
 def _process_details(
     pid: int, boot_time: float, ticks: int
 ) -> tuple[str | None, tuple[str, ...]] | None:
     """(start time, command line) of a live process; None when it is gone or a zombie
     (neither holds a lock); (None, ()) when its details are hidden from us."""
     try:
-        stat = _read_proc_file(f"/proc/{pid}/stat")
-        cmdline = _read_proc_file(f"/proc/{pid}/cmdline")
+        stat = read_proc_file(f"/proc/{pid}/stat")
+        cmdline = read_proc_file(f"/proc/{pid}/cmdline")
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError:
         return None, ()
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat.rsplit(b")", 1)[-1].split()
+    fields = split_stat(stat)
     if fields[:1] == [b"Z"]:
         return None
     try:
-        started = format_timestamp(boot_time + int(fields[19]) / ticks) if boot_time else None
+        started = (
+            format_timestamp(boot_time + int(fields[START_TIME]) / ticks) if boot_time else None
+        )
     except (IndexError, ValueError):
         started = None
     return started, _split_cmdline(cmdline)

@@ -17,26 +17,21 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core.durations import format_time
-from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
+from guardd.core.flag import FlagInfo, probe_flag
 from guardd.core.jobs import Job, describe_jobs, find_holders
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
     Window,
-    due_steps,
-    locked,
-    mark,
     next_wakeup,
-    read_windows,
     schedule_path,
     upcoming,
-    write_windows,
 )
 from guardd.core.state import (
     ScopeStatus,
@@ -49,8 +44,10 @@ from guardd.core.state import (
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
 from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.listeners import StateListener, make_listeners
 from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
 from guardd.daemon.notify import Notifier, watchdog_interval
+from guardd.daemon.scheduler import run_schedule
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
 from guardd.fleet.etcd import require_client
@@ -70,49 +67,15 @@ JOB_EVENT_DELAY = 0.05
 # A publish that changes more scopes than this (a flip of ``default``) tells the
 # responders "any scope may have changed": they drop every answer at once.
 CHANGED_LIMIT = 64
+CLAIM_CONNECT_WAIT = (
+    3.0  # at start: how long etcd may take to answer before guardd starts without it
+)
 
 
 # A read done off the loop: its number (see Daemon.read_number), the config it was
 # read for, and what was read.
 FlagRead = tuple[int, Config, dict[str, FlagInfo | None]]
 JobsRead = tuple[int, Config, dict[str, set[int]]]  # run-lock holders per scope
-
-
-class StateListener(Protocol):
-    """A part that answers from the state (HTTP responder, agent-check port)."""
-
-    async def start(self) -> None:
-        """Bind listeners."""
-
-    def update(self, snapshot: Snapshot) -> None:
-        """The state changed: rebuild prebuilt answers."""
-
-    async def prepare(self, config: Config) -> None:
-        """A reload brings a new valid config: read what answering from it needs
-        (nothing is answered from it yet)."""
-
-    def apply(self, snapshot: Snapshot) -> None:
-        """Answer from the prepared config and ``snapshot`` from now on (synchronous:
-        every answer is from the old config and state or from the new ones)."""
-
-    async def rebind(self) -> None:
-        """Bind the applied config's new addresses; close the ones it dropped."""
-
-    async def close(self) -> None:
-        """Stop serving."""
-
-    def describe(self) -> str:
-        """One line for the startup log: what it serves where."""
-
-
-def build_listeners(
-    config: Config, *, counts: list[int], render_metrics: Callable[[], bytes]
-) -> list[StateListener]:
-    """The HTTP responder (with /metrics) and agent-check port (each says "off"
-    without addresses)."""
-    from guardd.daemon.listeners import make_listeners
-
-    return make_listeners(config, counts=counts, render_metrics=render_metrics)
 
 
 class Daemon:
@@ -140,6 +103,10 @@ class Daemon:
         self.flag_read: dict[str, int] = {}  # scope -> number of the read it holds
         self.jobs_read = 0
         self.count_failing = False  # logged once until counting works again
+        # The fleet flag revisions applied when each job count started, by read number:
+        # a node confirms a fleet flag only with a count taken after it saw the flag.
+        self.count_revisions: dict[int, dict[str, int]] = {}
+        self.jobs_revisions: dict[str, int] = {}  # those of the count in self.jobs
         # The pids holding each scope's run lock (jobs' counts are their sizes).
         self.holders: dict[str, set[int]] = {}
         self.statuses: dict[str, ScopeStatus] = {}
@@ -226,7 +193,8 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
-        self.listeners = build_listeners(
+        await self._fleet_claimed()
+        self.listeners = make_listeners(
             self.config, counts=self.http_counts, render_metrics=self.metrics.render
         )
         for listener in self.listeners:
@@ -365,6 +333,7 @@ class Daemon:
         if jobs is not None:
             self.jobs_read = jobs[0]
             self._take_holders(jobs[2])
+            self._jobs_taken(jobs[0])
         else:  # not countable now: the last counts of the scopes that stay
             self.holders = {s: pids for s, pids in self.holders.items() if s in new.scopes}
             self.jobs = {scope: n for scope, n in self.jobs.items() if scope in new.scopes}
@@ -447,6 +416,7 @@ class Daemon:
         ``_take_jobs``; None when they cannot be counted now (no descriptor left): the
         last counts stay, since a count of 0 would show a draining scope as on."""
         number = self._next_read()
+        self.count_revisions[number] = dict(self.fleet.applied) if self.fleet is not None else {}
         wanted = config.scopes if scopes is None else [s for s in scopes if s in config.scopes]
         locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in wanted}
         loop = asyncio.get_running_loop()
@@ -465,6 +435,13 @@ class Daemon:
             log.info("jobs can be counted again")
         return number, config, holders
 
+    def _jobs_taken(self, number: int) -> None:
+        """The count numbered ``number`` is now the one in ``self.jobs``: its fleet
+        revisions go with it (older pending ones are dropped)."""
+        self.jobs_revisions = self.count_revisions.get(number, {})
+        for key in [k for k in self.count_revisions if k <= number]:
+            del self.count_revisions[key]
+
     def _take_jobs(self, read: JobsRead | None, *, partial: bool = False) -> None:
         """Take in a count; ``partial``: of some scopes only (the others' stay)."""
         if read is None:
@@ -477,6 +454,8 @@ class Daemon:
         else:
             self._take_holders(holders)
             self.jobs_read = number
+            self._jobs_taken(number)
+            self._jobs_taken(number)
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
@@ -512,15 +491,57 @@ class Daemon:
         self.fleet = FleetAgent(
             config=self.config,
             statuses=lambda: self.statuses,
+            counted_revisions=lambda: self.jobs_revisions,
             mirror_written=self._mirror_written,
             view_changed=self._fleet_view_changed,
         )
         self.fleet.start()
 
+    async def _fleet_claimed(self) -> None:
+        """At start: exit 1 when another live guardd holds this node's name.
+
+        Waits for the first etcd session to claim the name: at most
+        CLAIM_CONNECT_WAIT for etcd to answer at all (an etcd that does not lets
+        guardd start without it, as before), then at most one lease_ttl (plus a
+        few seconds) for a dead holder's lease to expire.
+        """
+        if self.fleet is None or self.fleet.first_outcome is None:
+            return
+        outcome: asyncio.Future[str | None] = asyncio.shield(self.fleet.first_outcome)
+        connected: asyncio.Future[Any] = asyncio.ensure_future(self.fleet.connected_once.wait())
+        waiting: list[asyncio.Future[Any]] = [outcome, connected]
+        try:
+            await asyncio.wait(waiting, timeout=CLAIM_CONNECT_WAIT)
+        finally:
+            connected.cancel()
+        if not outcome.done():
+            if not self.fleet.connected_once.is_set():
+                log.warning(
+                    "etcd did not answer within %ss: starting without it", CLAIM_CONNECT_WAIT
+                )
+                return
+            try:
+                await asyncio.wait_for(outcome, self.config.fleet.lease_ttl + 5.0)
+            except TimeoutError:
+                return
+        holder = outcome.result()
+        if holder is not None:
+            raise GuardError(
+                f"node {self.config.node} is held by another live guardd, {holder}: "
+                "refusing fleet mode (give this host its own node name)"
+            )
+
     async def _mirror_written(self, scope: str) -> None:
-        """The fleet agent updated a mirror file: take it in before reporting it applied."""
+        """The fleet agent updated a mirror file: take it in, then count the jobs.
+
+        The count starts after the mirror is on disk, so a guard-run that has not
+        taken its run lock by then reads the flag and does not start; the node's
+        record shows the flag's revision only with this count (``jobs_revisions``).
+        """
         self._take_flags(await self._read_flags(self.config, [scope]))
         self._publish(scopes=(scope,))
+        self._take_jobs(await self._count_jobs(self.config))
+        self._publish()
 
     def _fleet_view_changed(self) -> None:
         self._update_listeners()
@@ -532,6 +553,7 @@ class Daemon:
         if jobs is not None:
             self.jobs_read, _, self.holders = jobs
             self.jobs = {scope: len(pids) for scope, pids in self.holders.items()}
+            self._jobs_taken(self.jobs_read)
         self._take_flags(flags)
         self.statuses = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
         self.busy = {s: status for s, status in self.statuses.items() if status.in_maintenance}
@@ -628,8 +650,9 @@ class Daemon:
                 self.jobs_wanted.set()
 
     def _want_jobs(self, scopes: Collection[str]) -> None:
-        """Ask for these scopes' jobs to be counted (every scope's with ``default``)."""
-        if DEFAULT_SCOPE in scopes:
+        """Ask for these scopes' jobs to be counted (every scope's with ``default``, and
+        in fleet mode, where a node's record carries the revisions a full count saw)."""
+        if DEFAULT_SCOPE in scopes or self.fleet is not None:
             self.jobs_dirty = True
         else:
             self.job_scopes.update(scopes)
@@ -665,7 +688,9 @@ class Daemon:
         directory, say) is logged and never holds up the flags read after it."""
         try:
             loop = asyncio.get_running_loop()
-            self.windows, acted = await loop.run_in_executor(self.flag_pool, self._run_schedule)
+            self.windows, acted = await loop.run_in_executor(
+                self.flag_pool, run_schedule, self.config
+            )
         except OSError as err:
             log.error(
                 "cannot read the schedule in %s: %s", self.config.lock_dir, err.strerror or err
@@ -786,6 +811,8 @@ class Daemon:
         self._schedule_drain_recount()
         self._arm_overdue_timer()
         self.hooks.fire(calls)
+        if self.fleet is not None:
+            self.fleet.local_changed()  # a count may confirm a revision without a change
         if not changed:
             if force:
                 self._update_listeners(frozenset())
@@ -802,8 +829,6 @@ class Daemon:
             self.control.broadcast(changed)
         self._update_listeners(None if len(changed) > CHANGED_LIMIT else frozenset(changed))
         self.notifier.status(busy_summary(self.busy.values(), len(self.statuses)))
-        if self.fleet is not None:
-            self.fleet.local_changed()
 
     def _schedule_drain_recount(self) -> None:
         """Recount jobs on a timer only while a scope drains: no idle wake-ups."""
@@ -836,78 +861,6 @@ class Daemon:
         self.refresh_wanted.set()
 
     # ------------------------------------------------------------------ schedule
-
-    def _run_schedule(self) -> tuple[dict[str, list[Window]], set[str]]:
-        """Carry out due windows (worker thread); return every scope's windows, and
-        the scopes whose windows had steps carried out."""
-        now = datetime.now(UTC)
-        result: dict[str, list[Window]] = {scope: [] for scope in self.config.scopes}
-        acted: set[str] = set()
-        if not os.path.isdir(self.config.lock_dir):
-            return result, acted  # deleted: no schedule files, and no mutex to create there
-        with locked(self.config.lock_dir, create_dir=False):
-            for scope in self.config.scopes:
-                windows = read_windows(self.config.lock_dir, scope)
-                steps = due_steps(windows, now)
-                for step in steps:
-                    done = self._carry_out(step.action, step.window)
-                    windows = [done if w.id == done.id else w for w in windows]
-                if steps:
-                    write_windows(self.config.lock_dir, scope, windows)
-                    acted.add(scope)
-                result[scope] = windows
-        return result, acted
-
-    def _carry_out(self, action: str, window: Window) -> Window:
-        path = self.config.flag_path(window.scope)
-        if action == "start":
-            if read_flag(path) is not None:
-                log.info(
-                    "window %s of %s starts; the flag is already there, left as is",
-                    window.id,
-                    window.scope,
-                )
-                return mark(window, started=True)
-            info = FlagInfo(
-                reason=window.reason, until=window.end, since=window.at, by=window.marker
-            )
-            write_flag(path, info)
-            log.info(
-                "window %s of %s started: maintenance on until %s",
-                window.id,
-                window.scope,
-                window.end,
-            )
-            return mark(window, started=True, wrote_flag=True)
-        if window.auto_off and window.wrote_flag:
-            current = read_flag(path)
-            if current is not None and current.by == window.marker:
-                remove_flag(path)
-                log.info(
-                    "window %s of %s ended: maintenance off (auto-off)", window.id, window.scope
-                )
-            else:
-                log.info(
-                    "window %s of %s ended; the flag was changed or removed by an "
-                    "operator, left as is",
-                    window.id,
-                    window.scope,
-                )
-        elif not window.started:
-            log.warning(
-                "window %s of %s was missed entirely (guardd was not running); "
-                "not entering maintenance after its end",
-                window.id,
-                window.scope,
-            )
-        else:
-            log.info(
-                "window %s of %s reached its end; maintenance stays on until an "
-                "operator ends it (no auto-off)",
-                window.id,
-                window.scope,
-            )
-        return mark(window, done=True)
 
     def _arm_schedule_timer(self) -> None:
         """Wake up at the next notice, start or end, and at least every SCHEDULE_RECHECK
@@ -944,7 +897,9 @@ class Daemon:
             degraded = not view.connected
             if view.ever_connected:
                 others = {
-                    scope: bool(view.others_serving(scope, self.config.node))
+                    scope: bool(
+                        view.others_serving(scope, self.config.node, self.fleet.flipping(scope))
+                    )
                     for scope in self.config.scopes
                 }
         return Snapshot(
@@ -1065,6 +1020,3 @@ def describe_change(status: ScopeStatus) -> str:
     if status.jobs:
         details.append(f"jobs {status.jobs}")
     return status.state + (f" ({'; '.join(details)})" if details else "")
-
-
-# --------------------------------------------------------------------------- logging

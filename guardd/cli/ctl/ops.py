@@ -5,6 +5,7 @@ source of truth, the daemon only publishes them."""
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
 import socket
@@ -93,24 +94,30 @@ def add_window(
         raise UsageError(f"--at {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} is in the past")
     if duration <= 0:
         raise UsageError("--for must be longer than 0s")
+    try:
+        end = at + timedelta(seconds=duration)
+        end.astimezone(UTC)  # shown in UTC it must stay within year 9999 too
+    except OverflowError:
+        raise UsageError("--for: the window would end after the year 9999") from None
     window = Window(
         id=new_id(),
         scope=scope,
         at=format_time(at),
-        end=format_time(at + timedelta(seconds=duration)),
+        end=format_time(end),
         reason=reason,
         notice=notice,
         auto_off=auto_off,
     )
     try:
         with locked(config.lock_dir):
-            windows = read_windows(config.lock_dir, scope)
+            skipped: list[object] = []
+            windows = read_windows(config.lock_dir, scope, skipped=skipped)
             clash = overlaps(window, windows)
             if clash is not None:
                 raise UsageError(
                     f"overlaps window {clash.id} of {scope} ({clash.at} to {clash.end})"
                 )
-            write_windows(config.lock_dir, scope, [*windows, window])
+            write_windows(config.lock_dir, scope, [*windows, window], kept=skipped)
     except OSError as err:
         raise GuardError(
             f"cannot write the schedule in {config.lock_dir}: {err.strerror}"
@@ -123,10 +130,11 @@ def remove_window(*, config: Config, window_id: str) -> Window:
     try:
         with locked(config.lock_dir):
             for scope in config.scopes:
-                windows = read_windows(config.lock_dir, scope)
+                skipped: list[object] = []
+                windows = read_windows(config.lock_dir, scope, skipped=skipped)
                 kept = [w for w in windows if w.id != window_id]
                 if len(kept) != len(windows):
-                    write_windows(config.lock_dir, scope, kept)
+                    write_windows(config.lock_dir, scope, kept, kept=skipped)
                     return next(w for w in windows if w.id == window_id)
     except OSError as err:
         raise GuardError(
@@ -135,10 +143,21 @@ def remove_window(*, config: Config, window_id: str) -> Window:
     raise UsageError(f"no scheduled window {window_id!r} (see guardctl schedule --list)")
 
 
-def _actor() -> str:
+def actor() -> str:
     """Who is asking: the user behind sudo when there is one, at this host."""
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    return f"{user}@{socket.gethostname()}"
+    return f"{_user_name()}@{socket.gethostname()}"
+
+
+def _user_name() -> str:
+    """Who runs guardctl: ``SUDO_USER``, else the login name, else ``uid N`` (a uid
+    with no passwd entry, as in a container or under ``setpriv``, must not stop ``on``)."""
+    name = os.environ.get("SUDO_USER")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # KeyError up to Python 3.12, OSError after
+        return f"uid {os.getuid()}"
 
 
 def turn_on(
@@ -160,7 +179,7 @@ def turn_on(
         check_mode(config, scope, mode)
     path = config.flag_path(scope)
     existing = read_flag(path)
-    new = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode, note=note)
+    new = make_flag(reason=reason, until=until, by=actor(), now=now, mode=mode, note=note)
     info = renew_flag(existing, new)
     try:
         ensure_run_locks(config.runtime_dir, config.scopes)
@@ -171,8 +190,16 @@ def turn_on(
     try:
         write_flag(path, info)
     except OSError as err:
-        raise GuardError(f"cannot write {path}: {err.strerror}") from None
+        raise GuardError(f"cannot write {path}: {err.strerror}{_who_may(config, err)}") from None
     return path
+
+
+def _who_may(config: Config, err: OSError) -> str:
+    """On a permission error, who may switch maintenance (the group guardd's package
+    gives the flag directory and the socket)."""
+    if err.errno not in (errno.EACCES, errno.EPERM) or not config.control.group:
+        return ""
+    return f" (root and members of the group {config.control.group} may switch maintenance)"
 
 
 def guardd_absent_warning(config: Config) -> str | None:
@@ -235,7 +262,7 @@ def turn_off(*, config: Config, scope: str) -> bool:
     try:
         return remove_flag(path)
     except OSError as err:
-        raise GuardError(f"cannot remove {path}: {err.strerror}") from None
+        raise GuardError(f"cannot remove {path}: {err.strerror}{_who_may(config, err)}") from None
 
 
 # --------------------------------------------------------------------------- output

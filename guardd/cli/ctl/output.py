@@ -2,22 +2,50 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
 
 from guardd.core.durations import format_duration
 from guardd.core.jobs import Job
-from guardd.core.schedule import (
-    Window,
-)
+from guardd.core.schedule import Window
 
 
 def _cell(value: object) -> str:
     return "-" if value is None else str(value)
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control and other invisible characters (ESC, CR,
+    bidi overrides, ...) become escapes such as ``\\x1b``, so a job's command line
+    cannot move the cursor, clear the screen or hide itself."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def process_user(pid: int) -> str:
+    """The user a process runs as (its /proc entry's owner), ``uid N`` without a
+    passwd entry, ``?`` when it is gone."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return "?"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def command_line(cmd: Sequence[str]) -> str:
+    """A job's argv for human output: joined by spaces, each argument made safe."""
+    return " ".join(shown(arg) for arg in cmd)
+
+
+def print_table(rows: list[list[str]], out: TextIO) -> None:
+    """The one table printer: a header row and rows, columns padded, the last one free."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
@@ -61,7 +89,7 @@ def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> 
         )
         if fields.get("note"):
             notes.append(f"note ({name}): {fields['note']}")
-    _table(rows, out)
+    print_table(rows, out)
     for line in notes:
         out.write(line + "\n")
     for window in reply.get("upcoming") or []:
@@ -124,7 +152,7 @@ def format_windows(windows: Sequence[Window], now: datetime, out: TextIO) -> Non
                 _cell(w.reason),
             ]
         )
-    _table(rows, out)
+    print_table(rows, out)
 
 
 def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
@@ -132,11 +160,18 @@ def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
     if not jobs:
         out.write("no guarded jobs running\n")
         return
-    rows = [["PID", "SCOPE", "STARTED", "COMMAND"]]
+    rows = [["PID", "SCOPE", "USER", "STARTED", "COMMAND"]]
     rows += [
-        [str(job.pid), job.scope, _cell(job.started), " ".join(job.cmd) or "?"] for job in jobs
+        [
+            str(job.pid),
+            job.scope,
+            process_user(job.pid),
+            _cell(job.started),
+            command_line(job.cmd) or "?",
+        ]
+        for job in jobs
     ]
-    _table(rows, out)
+    print_table(rows, out)
 
 
 class DrainView:
@@ -153,7 +188,10 @@ class DrainView:
         if self.live and self.lines_shown:
             self.out.write(f"\x1b[{self.lines_shown}F\x1b[J")  # up N lines, clear below
         lines = [f"draining {self.scope}: {len(jobs)} job(s) still running"]
-        lines += [f"  {job.pid:>7}  {job.scope}  {' '.join(job.cmd)[:100]}" for job in jobs]
+        lines += [
+            f"  {job.pid:>7}  {job.scope}  {process_user(job.pid)}  {command_line(job.cmd)[:100]}"
+            for job in jobs
+        ]
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self.lines_shown = len(lines)

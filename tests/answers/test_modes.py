@@ -7,12 +7,11 @@ import pytest
 from guardd.answers.modes import ModeRule, compile_modes, paused_text, stops_request
 from guardd.answers.policy import agent_line, health_answer
 from guardd.config.load import build_config
-from guardd.config.model import BUILTIN_MODES, ModeConfig, Policy
+from guardd.config.model import BUILTIN_MODES, ModeConfig
+from guardd.core.choices import POLICIES, Policy
 from guardd.core.flag import INVALID_MODE, FlagInfo, parse_flag_content
 from guardd.core.state import all_statuses, modes_in_force
 from guardd.errors import ConfigError
-
-POLICIES: tuple[Policy, ...] = ("withdraw", "stay", "fleet")
 
 
 def flag(mode: str | None = None) -> FlagInfo:
@@ -127,6 +126,8 @@ def test_unknown_method_and_ambiguous_path_fail_safe() -> None:
     assert checkout.stops(b"GET", b"/checkout/pay")
     assert checkout.stops(b"GET", b"/a/../checkout")  # normalised first
     assert checkout.stops(b"GET", b"/x/..%2Fcheckout")  # ambiguous: stopped
+    # Slashes merged before ".." (nginx) give /checkout, RFC 3986 /x/checkout: stopped.
+    assert checkout.stops(b"GET", b"/x//../checkout")
     assert not checkout.stops(b"GET", b"/products/checkout")
     assert not checkout.stops(None, b"/products")  # no methods named: method irrelevant
 
