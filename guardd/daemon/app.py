@@ -455,7 +455,6 @@ class Daemon:
             self._take_holders(holders)
             self.jobs_read = number
             self._jobs_taken(number)
-            self._jobs_taken(number)
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
