@@ -3,7 +3,7 @@
 The protocol (SPEC, "The drain guarantee"): take the shared run locks, *then* read
 the flags; the command inherits the locks and holds them for its whole life. This
 module sits in front of every cron job, so the decision is made with os, fcntl and
-the lean guardd.paths/runlock/runcache helpers; everything else (signal handling,
+the lean core paths/switch/runlock and runcache helpers; everything else (signal handling,
 durations, syslog, JSON) is imported only on the paths that need it.
 """
 
@@ -19,11 +19,11 @@ from guardd.core.paths import (
     SCOPE_ENV,
     SCOPE_PATTERN,
     RunView,
-    fleet_flag_path,
     is_scope_name,
     run_lock_path,
 )
 from guardd.core.runlock import lock_shared, open_run_lock
+from guardd.core.switch import Hit, first_on, switch_files
 from guardd.errors import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -75,7 +75,8 @@ command's whole life, so that `guardctl on --wait` can drain it.
                      command's process group, SIGKILL after --grace (default 30s)
   --check            run nothing: exit 0 in service, 1 in maintenance
   --config PATH      config file (default: $GUARDD_CONFIG, else /etc/guardd/config.yaml)
-  -v, --verbose      say on stderr what was decided and why
+  -v, --verbose      say on stderr which flags and run locks were checked, what
+                     was decided and why
 
 Exit: the command's status (128+N if killed by signal N), 126/127 not executable/
 not found, 2 usage or config error, 75 in maintenance with --when-on fail.
@@ -240,41 +241,44 @@ def _duration(option: str, text: str) -> float:
 
 
 def scope_flags(view: RunView, scope: str) -> tuple[str, ...]:
-    """Every file whose existence puts ``scope`` in maintenance, ``default``'s first.
-
-    A scope that is not configured is a usage error naming the known scopes.
+    """Every file whose existence puts ``scope`` in maintenance (switch.switch_files:
+    its own, then ``default``'s). A scope that is not configured is a usage error
+    naming the known scopes.
     """
     if scope not in view.scope_flags:
         known = ", ".join(sorted(view.scope_flags))
         raise UsageError(f"unknown scope {scope!r} (configured scopes: {known})")
-    scopes = (DEFAULT_SCOPE,) if scope == DEFAULT_SCOPE else (DEFAULT_SCOPE, scope)
-    paths: list[str] = []
-    for name in scopes:
-        paths.append(view.scope_flags[name])
-        if view.fleet_mirrors:
-            # guardd's mirror of the scope's fleet flag (fleet mode only).
-            paths.append(fleet_flag_path(view.lock_dir, name))
-    return tuple(paths)
+    return switch_files(view, scope)
 
 
-def present_flag(paths: Sequence[str]) -> str | None:
-    """The first of ``paths`` that exists, None when none does.
+# Flags already reported as unknowable: said once per run, not on every poll.
+_doubts_shown: set[str] = set()
 
-    Existence is all that counts (lstat: even a dangling symlink is "on"). When it
-    cannot be known (EACCES on the directory, EIO, ...) nothing may run: exit 2.
+
+def present_flag(paths: Sequence[str]) -> Hit | None:
+    """The first of ``paths`` that puts the scope on (switch.first_on), None if none.
+
+    A flag whose existence cannot be known (EACCES on its directory, EIO) counts as
+    present, as for guardd and guardctl: the job is skipped, failed or kept waiting
+    as in maintenance, and one line on stderr says why (even without -v: something
+    is broken that an operator must see).
     """
-    for path in paths:
-        try:
-            os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as err:
-            raise GuardError(
-                f"cannot tell whether flag {path} exists: {err.strerror} (not running)",
-                exit_code=EXIT_USAGE,
-            ) from None
-        return path
-    return None
+    hit = first_on(paths)
+    if hit is not None and hit.doubt is not None and hit.path not in _doubts_shown:
+        _doubts_shown.add(hit.path)
+        _say(f"cannot tell whether flag {hit.path} exists ({hit.doubt}): counting it as on")
+    return hit
+
+
+def _say_checked(flags: Sequence[str], hit: Hit | None) -> None:
+    """-v: name the flags looked at and what was found."""
+    if hit is None:
+        found = "none present"
+    elif hit.doubt is None:
+        found = f"{hit.path} present"
+    else:
+        found = f"{hit.path} unknown ({hit.doubt}), counted as present"
+    _say(f"flags checked: {', '.join(flags)}: {found}")
 
 
 def flag_reason(path: str) -> str | None:
@@ -313,9 +317,11 @@ def flag_reason(path: str) -> str | None:
     return cleaned[:MAX_REASON_CHARS].strip() or None
 
 
-def _why(scope: str, flag: str) -> str:
-    reason = flag_reason(flag)
-    detail = f"{reason}; flag {flag}" if reason else f"flag {flag}"
+def _why(scope: str, flag: Hit) -> str:
+    if flag.doubt is not None:
+        return f"scope {scope} counts as in maintenance (flag {flag.path}: {flag.doubt})"
+    reason = flag_reason(flag.path)
+    detail = f"{reason}; flag {flag.path}" if reason else f"flag {flag.path}"
     return f"scope {scope} is in maintenance ({detail})"
 
 
@@ -406,7 +412,10 @@ def release(fds: list[int]) -> None:
 def check_scope(*, scope: str, config_path: str | None = None, verbose: bool = False) -> int:
     """``--check``: 0 when ``scope`` is in service, 1 in maintenance; runs nothing."""
     view = load_run_view(config_path)
-    flag = present_flag(scope_flags(view, scope))
+    flags = scope_flags(view, scope)
+    flag = present_flag(flags)
+    if verbose:
+        _say_checked(flags, flag)
     if flag is None:
         if verbose:
             _say(f"scope {scope} is in service")
@@ -458,6 +467,10 @@ def run_guarded(
                 release(fds)
                 raise
             if flag is None and busy is None:
+                if verbose:
+                    _say_checked(flags, flag)
+                    _say(f"run locks held (shared): {', '.join(lock_paths)}")
+                    _say(f"scope {scope} is in service: running {_shown(command)}")
                 break
             release(fds)  # never hold the locks while in maintenance
         if flag is None:
@@ -468,6 +481,8 @@ def run_guarded(
                 f"not running {_shown(command)}",
                 exit_code=EXIT_TEMPFAIL,
             )
+        if verbose and not announced:
+            _say_checked(flags, flag)
         if when_on == "skip":
             code = view.skip_code if skip_code is None else skip_code
             _log_skip(command, scope, flag, verbose=verbose)
@@ -576,7 +591,6 @@ def supervise(
     kill_at: float | None = None  # set once maintenance made us send SIGTERM
     killed = False
     next_poll = time.monotonic() + POLL_INTERVAL
-    flag_error_shown = False
     while True:
         info = signal.sigtimedwait(watched, max(next_poll - time.monotonic(), 0.0))
         if info is not None and info.si_signo != signal.SIGCHLD:
@@ -592,15 +606,7 @@ def supervise(
             continue
         next_poll = now + POLL_INTERVAL
         if kill_at is None:
-            try:
-                flag = present_flag(flags)
-            except GuardError as err:
-                # A running worker is not stopped on a guess; the drain still waits
-                # for it, so the guarantee holds. Say it once.
-                if not flag_error_shown:
-                    err.show(PROG)
-                    flag_error_shown = True
-                continue
+            flag = present_flag(flags)  # unknown counts as on here too (one rule)
             if flag is not None:
                 if verbose:
                     _say(f"{_why(scope, flag)}: sending SIGTERM to {_shown(command)}")
@@ -713,7 +719,7 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def _log_skip(command: Sequence[str], scope: str, flag: str, *, verbose: bool) -> None:
+def _log_skip(command: Sequence[str], scope: str, flag: Hit, *, verbose: bool) -> None:
     """One line to syslog (the journal under systemd); stderr only with -v.
 
     cron mails any output, so a skip is silent on stdout and stderr by default.

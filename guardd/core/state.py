@@ -8,6 +8,7 @@ from typing import Literal
 
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
+from guardd.core.switch import effective
 
 State = Literal["off", "draining", "on"]
 
@@ -39,16 +40,8 @@ class ScopeStatus:
         }
 
 
-def scope_status(
-    scope: str,
-    *,
-    own_flag: FlagInfo | None,
-    default_flag: FlagInfo | None,
-    jobs: int,
-) -> ScopeStatus:
-    """One scope's status. ``default``'s flag puts every scope on; the scope's own
-    flag, when present, is the one whose reason and times are shown."""
-    flag = own_flag if own_flag is not None else default_flag
+def scope_status(scope: str, *, flag: FlagInfo | None, jobs: int) -> ScopeStatus:
+    """One scope's status from the flag that puts it on (None: off)."""
     if flag is None:
         return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=jobs)
     return ScopeStatus(
@@ -64,16 +57,11 @@ def scope_status(
 def all_statuses(
     flags: Mapping[str, FlagInfo | None], jobs: Mapping[str, int]
 ) -> dict[str, ScopeStatus]:
-    """Every scope's status from its flag (None: absent) and its job count."""
-    default_flag = flags.get(DEFAULT_SCOPE)
+    """Every scope's status from what its own files say (None: none present) and its
+    job count. ``default`` puts every scope on (switch.effective decides)."""
     return {
-        scope: scope_status(
-            scope,
-            own_flag=flag,
-            default_flag=default_flag if scope != DEFAULT_SCOPE else None,
-            jobs=jobs.get(scope, 0),
-        )
-        for scope, flag in sorted(flags.items())
+        scope: scope_status(scope, flag=effective(flags, scope), jobs=jobs.get(scope, 0))
+        for scope in sorted(flags)
     }
 
 

@@ -19,10 +19,15 @@ from typing import Protocol
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
-from guardd.core.durations import format_time
-from guardd.core.flag import FlagInfo, probe_flag, read_flag, remove_flag, write_flag
+from guardd.core.flag import FlagInfo, read_flag, read_scope, remove_flag, write_flag
 from guardd.core.jobs import count_jobs, describe_jobs, find_holders
-from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
+from guardd.core.paths import (
+    DEFAULT_SCOPE,
+    LOCK_DIR_MODE,
+    group_id,
+    make_dir,
+    run_lock_path,
+)
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
     Window,
@@ -36,8 +41,9 @@ from guardd.core.schedule import (
     write_windows,
 )
 from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
+from guardd.core.switch import mirror_file, own_files
 from guardd.daemon.control import ControlServer
-from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
+from guardd.daemon.fleet_agent import FleetAgent
 from guardd.daemon.hooks import HookRunner, transitions
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
@@ -253,9 +259,10 @@ class Daemon:
     # ------------------------------------------------------------------ state
 
     def _prepare_dirs(self, config: Config) -> None:
+        gid = group_id(config.control.group)
         try:
-            os.makedirs(config.lock_dir, mode=0o755, exist_ok=True)
-            ensure_run_locks(config.runtime_dir, config.scopes)
+            make_dir(config.lock_dir, LOCK_DIR_MODE, gid=gid)
+            ensure_run_locks(config.runtime_dir, config.scopes, gid=gid)
         except OSError as err:
             raise GuardError(
                 f"cannot prepare {err.filename or config.runtime_dir}: {err.strerror}"
@@ -267,18 +274,14 @@ class Daemon:
         }
 
     def _read_flags(self, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
-        """Each scope's effective flag: its own, else its mirrored fleet flag."""
+        """What each scope's own files say (switch.own_files: flag, fleet mirror)."""
         config = self.config
-        mirrors = mirror_paths(config)
-        flags = {}
-        for scope in scopes:
-            if scope not in config.scopes:
-                continue  # dropped by a reload since it was marked for reading
-            flag = self._probe(config.flag_path(scope))
-            if flag is None and scope in mirrors:
-                flag = self._probe(mirrors[scope])
-            flags[scope] = flag
-        return flags
+        view = config.run_view()
+        return {
+            scope: read_scope(view, scope, self._probe)
+            for scope in scopes
+            if scope in config.scopes  # not one a reload dropped since it was marked
+        }
 
     def _take_flags(self, flags: dict[str, FlagInfo | None]) -> None:
         """Take in flags read off the loop, but none of a scope a reload dropped meanwhile."""
@@ -286,23 +289,19 @@ class Daemon:
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
-        (its directory unreadable, an I/O error) the scope counts as in maintenance,
-        as it does for guard-run: never off on a guess. What was known of the flag
-        (since, reason) is kept meanwhile."""
-        try:
-            flag = probe_flag(path)
-        except OSError as err:
+        (its directory unreadable, an I/O error) it counts as present (switch.probe),
+        as for guard-run and guardctl: never off on a guess. What was known of the
+        flag (since, reason) is kept meanwhile; with nothing known, both are null."""
+        flag = read_flag(path)
+        if flag is not None and flag.doubt is not None:
             unknown = self.unknown_flags.get(path)
             if unknown is None:
-                known = self.last_read.get(path)
-                unknown = known or FlagInfo(
-                    reason=None, until=None, since=format_time(datetime.now(UTC)), by=None
-                )
+                unknown = self.last_read.get(path) or flag
                 self.unknown_flags[path] = unknown
                 log.error(
                     "cannot tell whether flag %s exists (%s): counting it as present",
                     path,
-                    err.strerror or err,
+                    flag.doubt,
                 )
             return unknown
         if self.unknown_flags.pop(path, None) is not None:
@@ -344,9 +343,9 @@ class Daemon:
             self._schedule_drain_recount()
 
     def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
-        flag_paths = {self.config.flag_path(scope) for scope in self.config.scopes}
+        view = self.config.run_view()
+        flag_paths = {path for scope in self.config.scopes for path in own_files(view, scope)}
         flag_paths |= {schedule_path(self.config.lock_dir, scope) for scope in self.config.scopes}
-        flag_paths |= set(mirror_paths(self.config).values())
         self.watcher = Watcher(
             files=flag_paths,
             run_dir=self.config.runtime_dir,
@@ -362,14 +361,13 @@ class Daemon:
             self.jobs_dirty = True
         else:
             run_dir = os.path.abspath(self.config.runtime_dir)
+            view = self.config.run_view()
             for scope in self.config.scopes:
-                if os.path.abspath(self.config.flag_path(scope)) in paths:
+                if any(os.path.abspath(p) in paths for p in own_files(view, scope)):
                     self.dirty_scopes.add(scope)
-            for scope, mirror in mirror_paths(self.config).items():
-                if os.path.abspath(mirror) in paths:
-                    self.dirty_scopes.add(scope)
-                    if self.fleet is not None:
-                        self.fleet.mirror_touched(scope)  # restore it if deleted by hand
+                mirror = mirror_file(view, scope)
+                if self.fleet is not None and mirror and os.path.abspath(mirror) in paths:
+                    self.fleet.mirror_touched(scope)  # restore it if deleted by hand
             if any(os.path.dirname(p) == run_dir and p.endswith(".run") for p in paths):
                 self._schedule_job_recount()
             if any(p.endswith(".schedule.json") for p in paths):

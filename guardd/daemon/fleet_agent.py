@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -276,15 +275,3 @@ def _write_mirror(path: str, value: bytes | None) -> None:
     ):
         return
     write_flag(path, wanted)
-
-
-def mirror_paths(config: Config) -> dict[str, str]:
-    """scope -> its mirror file (fleet mode only)."""
-    if not config.fleet.endpoints:
-        return {}
-    return {scope: fleet_flag_path(config.lock_dir, scope) for scope in config.scopes}
-
-
-def mirror_exists(config: Config, scope: str) -> bool:
-    """Whether the scope's fleet flag is mirrored locally (for guardctl's notes)."""
-    return bool(config.fleet.endpoints) and os.path.lexists(fleet_flag_path(config.lock_dir, scope))

@@ -27,12 +27,13 @@ from guardd.cli.drain import THEN_CHOICES, Then, drain
 from guardd.config.load import load_config
 from guardd.config.model import Config
 from guardd.core.durations import format_duration, parse_duration, parse_time
-from guardd.core.flag import make_flag, read_flag
+from guardd.core.flag import make_flag
 from guardd.core.jobs import list_jobs
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.schedule import (
     Window,
 )
+from guardd.core.switch import first_on, mirror_file, own_files, probe
 from guardd.errors import (
     EXIT_DRAIN_TIMEOUT,
     EXIT_OK,
@@ -74,10 +75,14 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     until = _until(args, now)
     if args.fleet:
         return _fleet_on(config, args, scope=scope, until=until, now=now, out=out)
-    path = turn_on(config=config, scope=scope, reason=args.reason, until=until, now=now)
-    what = f"{scope}: maintenance on ({path})"
-    if until is not None:
-        what += f", expected until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+    path, existing = turn_on(config=config, scope=scope, reason=args.reason, until=until, now=now)
+    if existing is not None:
+        what = f"{scope}: already on ({path} exists and is the application's: left as it is"
+        what += "; --reason/--until not applied)" if args.reason or until else ")"
+    else:
+        what = f"{scope}: maintenance on ({path})"
+        if until is not None:
+            what += f", expected until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
     out.write(what + "\n")
     out.flush()
     if not args.wait:
@@ -165,19 +170,17 @@ def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         removed = fleetctl.fleet_off(config=config, scope=scope)
         out.write(f"{scope}: fleet maintenance {'off' if removed else 'was not on'}\n")
         return EXIT_OK
-    if turn_off(config=config, scope=scope):
+    if turn_off(config=config, scope=scope, force=args.force):
         out.write(f"{scope}: maintenance off\n")
     else:
         out.write(f"{scope}: was not in maintenance\n")
-    if scope != DEFAULT_SCOPE and read_flag(config.flag_path(DEFAULT_SCOPE)) is not None:
+    view = config.run_view()
+    if scope != DEFAULT_SCOPE and first_on(own_files(view, DEFAULT_SCOPE)) is not None:
         out.write(
             f"note: 'default' is still on, so {scope} stays in maintenance (guardctl off default)\n"
         )
-    # Imported here: guardd.fleetd pulls in asyncio and the etcd client's modules
-    # (~30 ms), which no other command of guardctl needs.
-    from guardd.daemon.fleet_agent import mirror_exists
-
-    if mirror_exists(config, scope):
+    mirror = mirror_file(view, scope)
+    if mirror is not None and probe(mirror) is not None:
         out.write(
             f"note: the fleet flag of {scope} is still on and was left alone "
             f"(guardctl off {scope} --fleet)\n"
@@ -361,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     off = sub.add_parser("off", parents=[common], help="end a scope's maintenance")
     off.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE")
     off.add_argument("--fleet", action="store_true", help="remove the fleet flag in etcd")
+    off.add_argument(
+        "--force",
+        action="store_true",
+        help="remove a scope's lock_file even though the application wrote it",
+    )
     off.set_defaults(func=cmd_off)
 
     jobs = sub.add_parser("jobs", parents=[common], help="running guarded jobs")

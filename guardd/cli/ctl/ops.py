@@ -8,16 +8,18 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from guardd import __version__
 from guardd.cli.client import ControlClient
 from guardd.config.model import Config
+from guardd.core import lockfile
 from guardd.core.durations import format_time
-from guardd.core.flag import make_flag, read_flag, remove_flag, write_flag
+from guardd.core.flag import FlagInfo, make_flag, read_flag, read_scope, remove_flag, write_flag
 from guardd.core.jobs import count_jobs
-from guardd.core.paths import run_lock_path
+from guardd.core.paths import LOCK_DIR_MODE, group_id, make_dir, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
     Window,
@@ -48,9 +50,24 @@ def run_locks(config: Config) -> dict[str, str]:
     return {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
 
 
-def local_status(config: Config) -> dict[str, ScopeStatus]:
-    """Every scope's status from the files themselves (no daemon needed)."""
-    flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
+def local_status(config: Config, *, err: TextIO | None = None) -> dict[str, ScopeStatus]:
+    """Every scope's status from the files themselves (no daemon needed), by the one
+    rule (switch): own flag or lock_file, fleet mirror in fleet mode, default's. A flag
+    whose existence cannot be known counts as on, and is named on ``err``."""
+    view = config.run_view()
+    warned: set[str] = set()
+
+    def read(path: str) -> FlagInfo | None:
+        info = read_flag(path)
+        if info is not None and info.doubt is not None and path not in warned:
+            warned.add(path)
+            (err or sys.stderr).write(
+                f"guardctl: cannot tell whether flag {path} exists ({info.doubt}): "
+                "counting it as on\n"
+            )
+        return info
+
+    flags = {scope: read_scope(view, scope, read) for scope in config.scopes}
     return all_statuses(flags, count_jobs(run_locks(config)))
 
 
@@ -65,7 +82,8 @@ def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
                 return reply
         except Unreachable as problem:
             err.write(f"guardctl: {problem.message}; reading the flag files instead\n")
-    reply = status_reply(node=config.node, version=__version__, statuses=local_status(config))
+    statuses = local_status(config, err=err)
+    reply = status_reply(node=config.node, version=__version__, statuses=statuses)
     reply["upcoming"] = [w.upcoming_obj() for w in upcoming(all_windows(config), datetime.now(UTC))]
     reply["source"] = "files"
     return reply
@@ -146,33 +164,64 @@ def turn_on(
     reason: str | None,
     until: datetime | None,
     now: datetime,
-) -> str:
-    """Write the scope's flag atomically; returns its path. Keeps ``since`` if already on."""
+) -> tuple[str, FlagInfo | None]:
+    """Put ``scope`` on; returns the flag's path and, for an application's lock_file
+    that was already there, what it says (left untouched: it is the application's).
+
+    A flag of guardd's own is rewritten atomically, keeping ``since`` if already on.
+    """
     path = config.flag_path(scope)
-    existing = read_flag(path)
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
-    if existing is not None:
-        info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
+    gid = group_id(config.control.group)
     try:
-        ensure_run_locks(config.runtime_dir, config.scopes)
+        ensure_run_locks(config.runtime_dir, config.scopes, gid=gid)
     except OSError as err:
         raise GuardError(
             f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
         ) from None
+    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
+    if config.scopes[scope].lock_file is not None:
+        try:
+            return path, lockfile.create(path, info)
+        except lockfile.SymlinkInPath as err:
+            raise GuardError(err.message()) from None
+        except OSError as err:
+            raise GuardError(f"cannot write {path}: {err.strerror}") from None
+    existing = read_flag(path)
+    if existing is not None and existing.since is not None:
+        info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
     try:
+        make_dir(config.lock_dir, LOCK_DIR_MODE, gid=gid)
         write_flag(path, info)
     except OSError as err:
         raise GuardError(f"cannot write {path}: {err.strerror}") from None
-    return path
+    return path, None
 
 
-def turn_off(*, config: Config, scope: str) -> bool:
-    """Remove the scope's flag; True if it was there."""
+def turn_off(*, config: Config, scope: str, force: bool = False) -> bool:
+    """End ``scope``'s maintenance; True if its flag was there.
+
+    An application's lock_file is removed only when guardctl wrote it (``by_guardd``)
+    or with ``force``; else exit 1 naming it. Never through a symlink.
+    """
     path = config.flag_path(scope)
+    if config.scopes[scope].lock_file is None:
+        try:
+            return remove_flag(path)
+        except OSError as err:
+            raise GuardError(f"cannot remove {path}: {err.strerror}") from None
     try:
-        return remove_flag(path)
+        removed, info = lockfile.remove(path, force=force)
+    except lockfile.SymlinkInPath as err:
+        raise GuardError(err.message()) from None
     except OSError as err:
         raise GuardError(f"cannot remove {path}: {err.strerror}") from None
+    if not removed and info is not None:
+        raise GuardError(
+            f"{scope}: {path} was not written by guardctl, it is the application's; "
+            "end the maintenance with the application's own command (for Laravel: "
+            f"php artisan up), or remove it anyway with: guardctl off {scope} --force"
+        )
+    return removed
 
 
 # --------------------------------------------------------------------------- output
