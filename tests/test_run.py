@@ -297,6 +297,23 @@ def test_skip_verbose_says_why_on_stderr(plain_site: Site) -> None:
     )
 
 
+def test_verbose_names_flags_and_run_locks(plain_site: Site) -> None:
+    """-v names every flag checked and, when the command runs, the run locks held."""
+    result = plain_site.run("-v", "--scope", "shop", "--", "true")
+    assert result.returncode == 0, result.stderr
+    shop, default = plain_site.flag("shop"), plain_site.flag()
+    assert result.stderr.splitlines() == [
+        f"guard-run: flags checked: {shop}, {default}: none present",
+        f"guard-run: run locks held (shared): {plain_site.run_lock()}, "
+        f"{plain_site.run_lock('shop')}",
+        "guard-run: scope shop is in service: running true",
+    ]
+    check = plain_site.run("-v", "--check", "--scope", "shop")
+    assert (
+        check.stderr.splitlines()[0] == f"guard-run: flags checked: {shop}, {default}: none present"
+    )
+
+
 @pytest.fixture
 def dev_log(tmp_short: Path) -> Iterator[tuple[Path, socket.socket]]:
     """A private /dev holding our own /dev/log socket, for a mount namespace."""

@@ -19,6 +19,7 @@ from typing import Protocol
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
+from guardd.core import lockfile
 from guardd.core.flag import FlagInfo, read_flag, read_scope, remove_flag, write_flag
 from guardd.core.jobs import count_jobs, describe_jobs, find_holders
 from guardd.core.paths import (
@@ -506,7 +507,10 @@ class Daemon:
             info = FlagInfo(
                 reason=window.reason, until=window.end, since=window.at, by=window.marker
             )
-            write_flag(path, info)
+            if self.config.scopes[window.scope].lock_file is None:
+                write_flag(path, info)
+            elif lockfile.create(path, info) is not None:
+                return mark(window, started=True)  # the application's, made meanwhile
             log.info(
                 "window %s of %s started: maintenance on until %s",
                 window.id,
@@ -517,7 +521,10 @@ class Daemon:
         if window.auto_off and window.wrote_flag:
             current = read_flag(path)
             if current is not None and current.by == window.marker:
-                remove_flag(path)
+                if self.config.scopes[window.scope].lock_file is None:
+                    remove_flag(path)
+                else:
+                    lockfile.remove(path, force=False)  # ours: marked by_guardd
                 log.info(
                     "window %s of %s ended: maintenance off (auto-off)", window.id, window.scope
                 )
