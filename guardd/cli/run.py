@@ -16,10 +16,12 @@ import time
 from guardd.cli.runcache import load_run_view
 from guardd.core.paths import (
     DEFAULT_SCOPE,
+    RUNTIME_DIR_MODE,
     SCOPE_ENV,
     SCOPE_PATTERN,
     RunView,
     is_scope_name,
+    make_dir,
     run_lock_path,
 )
 from guardd.core.runlock import lock_shared, open_run_lock
@@ -341,7 +343,8 @@ def _open_lock(path: str) -> int:
         try:
             fd = open_run_lock(path, create=True)
         except FileNotFoundError:
-            _make_runtime_dir(os.path.dirname(path))
+            # 0755 whatever the umask: every user's jobs open the run locks.
+            make_dir(os.path.dirname(path), RUNTIME_DIR_MODE)
             fd = open_run_lock(path, create=True)
     except OSError as err:
         raise GuardError(
@@ -355,17 +358,6 @@ def _open_lock(path: str) -> int:
         return fd  # a low RLIMIT_NOFILE: keep the descriptor where it is
     os.close(fd)
     return high
-
-
-def _make_runtime_dir(directory: str) -> None:
-    """Create the runtime directory 0755 (whatever the umask: others' jobs open it too)."""
-    try:
-        os.mkdir(directory, 0o755)
-    except FileExistsError:
-        return
-    except FileNotFoundError:
-        os.makedirs(directory, 0o755, exist_ok=True)
-    os.chmod(directory, 0o755)  # noqa: S103 -- every user's jobs open the run locks
 
 
 class LockBusy(Exception):
