@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grp
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -181,3 +182,57 @@ def test_guardd_creates_its_directories_with_modes_under_umask_077(tmp_short: Pa
         daemon.close()
     assert daemon.lock_dir.stat().st_mode & 0o7777 == 0o2775
     assert daemon.runtime_dir.stat().st_mode & 0o7777 == 0o755
+
+
+DRAIN_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=8m,mode=755 guardd-test /run/guardd
+install -m 0644 /dev/null /run/guardd/default.run  # as the package's tmpfiles.d entry does
+cp "$CONFIG" /run/guardd/config.yaml && chmod 644 /run/guardd/config.yaml
+mount -t tmpfs -o size=8m,mode=1777 guardd-test /tmp
+mount -t tmpfs -o size=8m,mode=755 guardd-test /var/lib
+export GUARDD_CONFIG=/run/guardd/config.yaml
+env -i PATH=/usr/bin:/bin HOME=/var/www GUARDD_CONFIG=$GUARDD_CONFIG \
+    setpriv --reuid=65534 --regid=65534 --clear-groups "$GUARD_RUN" -- sleep 30 &
+job=$!
+old=/tmp/guardd-65534/default.run  # where the job locked before the fix
+i=0  # until the job holds a run lock (where it looks for one), 10 s at most
+while flock -n -x /run/guardd/default.run true \
+    && ! { [ -e $old ] && ! flock -n -x $old true; } \
+    && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
+XDG_RUNTIME_DIR=/run/user/0 HOME=/root "$GUARDCTL" on --wait --timeout 1 >/dev/null 2>&1
+echo "drain=$?"
+kill $job
+"""
+
+
+def test_config_without_paths_drain_waits_for_a_www_data_cron_job(tmp_short: Path) -> None:
+    """A config leaving out lock_dir/runtime_dir: root's `guardctl on --wait` waits for a
+    non-root cron job (exit 3 at the timeout), instead of returning 0 at once while it
+    runs (issue 11). Run in a private mount namespace with empty /run/guardd, /var/lib
+    and /tmp, so the system paths are real and the host's are never touched. (Not a
+    tmpfs on all of /run: in this sandbox nobody then cannot exec the interpreter.)"""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a private mount namespace")
+    if not os.path.isdir("/run/guardd"):
+        pytest.skip("no /run/guardd to mount a private tmpfs on (/run itself cannot be)")
+    unshare = shutil.which("unshare")
+    if unshare is None or shutil.which("setpriv") is None:
+        pytest.skip("needs unshare and setpriv (util-linux)")
+    config = tmp_short / "config.yaml"
+    config.write_text(yaml.safe_dump({"node": "n", "http": {"listen": []}}))
+    env = {
+        **os.environ,
+        "CONFIG": str(config),
+        "GUARD_RUN": GUARD_RUN,
+        "GUARDCTL": command("guardctl"),
+    }
+    result = subprocess.run(
+        [unshare, "-m", "--propagation", "private", "sh", "-c", DRAIN_SCRIPT],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "drain=3" in result.stdout, result.stdout + result.stderr
