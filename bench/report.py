@@ -153,6 +153,21 @@ def _markdown(table: list[list[str]]) -> str:
 def sections(results: dict) -> list[tuple[str, list[list[str]]]]:
     """(title, table) for every section measured."""
     out = []
+    gate = results.get("gate")
+    if gate:
+        out.append(
+            (
+                f"The gate's cost (wrk -t1 -c64, {gate['duration_s']:g} s x {gate['rounds']} "
+                "rounds, medians)",
+                _table(
+                    ["what", "req/s", "p99 ms", "ratio", "relative to"],
+                    [
+                        [r["what"], r["rps"], r["p99_ms"], r["ratio"], r["relative_to"]]
+                        for r in gate["rows"]
+                    ],
+                ),
+            )
+        )
     http = results.get("http")
     if http:
         rows = []

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import flip
+import gate
 import guard_run
 import http_load
 import idle
@@ -31,7 +32,7 @@ from common import PROJECT, BenchError, Processes, raise_nofile, tool
 from report import check_goals, render_markdown, render_text
 
 BENCH = Path(__file__).resolve().parent
-SECTIONS = ("http", "guard_run", "flip", "idle", "jobs", "connections")
+SECTIONS = ("http", "guard_run", "flip", "idle", "jobs", "connections", "gate")
 
 
 class Settings:
@@ -193,6 +194,8 @@ def _run_section(
         if profiler is not None:
             result["profile"] = _start_up_profiles(profiler, args.editable_only)
         return result
+    if section == "gate":
+        return gate.run(procs, duration=settings.http_seconds, rounds=settings.http_rounds)
     if section == "flip":
         return flip.run(procs, flips=settings.flips)
     if section == "idle":

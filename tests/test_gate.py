@@ -264,9 +264,9 @@ def test_gate_headers_keep_case_and_combine_repeats() -> None:
 
 def test_gate_headers_absent() -> None:
     """A request without the gate's headers (or without any header) gives None for each."""
-    assert tuple(gate_headers(parse_head(b"GET /gate HTTP/1.0").fields)) == (None,) * 4
+    assert tuple(gate_headers(parse_head(b"GET /gate HTTP/1.0").fields)) == (None,) * 5
     headers = gate_headers(parse_head(b"GET /gate HTTP/1.1\r\nX-Original: /x").fields)
-    assert tuple(headers) == (None,) * 4
+    assert tuple(headers) == (None,) * 5
 
 
 # --------------------------------------------------------------------------- cookie

@@ -199,11 +199,13 @@ def test_maintenance_json_off(served: Served) -> None:
         "scope": "default",
         "state": "off",
         "maintenance": False,
+        "mode": None,
         "reason": None,
         "since": None,
         "until": None,
         "retry_after": None,
         "upcoming": [],
+        "bypass": False,
     }
 
 
@@ -270,7 +272,7 @@ def test_page_json_by_accept(served: Served, accept: str, json_expected: bool) -
         assert body["maintenance"] is True
         assert body["reason"] == "r"
         assert body["retry_after"] == 300
-        assert set(body) == {"maintenance", "reason", "until", "retry_after"}
+        assert set(body) == {"maintenance", "mode", "paused", "reason", "until", "retry_after"}
     else:
         assert response.header("content-type") == "text/html; charset=utf-8"
 

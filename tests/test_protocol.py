@@ -53,7 +53,7 @@ def test_any_line_parses_or_errors(line: bytes) -> None:
 
 
 def test_event_carries_the_five_fields() -> None:
-    """A watch event is one line with the scope and its five fields."""
+    """A watch event is one line with the scope, its five fields and the mode."""
     status = ScopeStatus("shop", "draining", "2026-11-21T23:00:00Z", None, "ü migration", 2)
     line = encode(state_event(status))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -65,4 +65,5 @@ def test_event_carries_the_five_fields() -> None:
         "until": None,
         "reason": "ü migration",
         "jobs": 2,
+        "mode": None,
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from guardd.core.paths import RunView
-from guardd.core.switch import Hit, effective, first_on, probe, scope_on, switch_files
+from guardd.core.switch import Hit, first_on, in_force, probe, scope_on, switch_files
 
 
 def _view(tmp_path: Path, *, fleet: bool = False) -> RunView:
@@ -56,9 +56,9 @@ def test_switch_files_own_then_default_and_mirrors_only_in_fleet_mode(tmp_path: 
     assert first_on(switch_files(_view(tmp_path), "shop")) == Hit(f"{lock}/default.lock")
 
 
-def test_effective_own_else_default() -> None:
-    """A scope's own answer wins; else default's; default has only its own."""
-    assert effective({"default": "d", "shop": None}, "shop") == "d"
-    assert effective({"default": "d", "shop": "s"}, "shop") == "s"
-    assert effective({"default": None, "shop": None}, "shop") is None
-    assert effective({"default": None, "shop": "s"}, "default") is None
+def test_in_force_own_then_default() -> None:
+    """A scope's own answer comes first, then default's; default has only its own."""
+    assert in_force({"default": "d", "shop": None}, "shop") == ("d",)
+    assert in_force({"default": "d", "shop": "s"}, "shop") == ("s", "d")
+    assert in_force({"default": None, "shop": None}, "shop") == ()
+    assert in_force({"default": None, "shop": "s"}, "default") == ()

@@ -173,8 +173,13 @@ def readable_time(until: str) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def maintenance_page(*, reason: str | None, until: str | None, retry_after: int) -> Page:
+def maintenance_page(
+    *, reason: str | None, until: str | None, retry_after: int, paused: str | None = None
+) -> Page:
     """The built-in maintenance page: reason, expected end, and the way back.
+
+    ``paused`` (partial maintenance: "Checkout is paused") replaces the headline:
+    the rest of the site works, and the page says so.
 
     ``retry_after`` is the configured fallback; the page polls faster as the
     expected end nears (between every 2 and every 15 seconds).
@@ -184,6 +189,12 @@ def maintenance_page(*, reason: str | None, until: str | None, retry_after: int)
     until_attr = "" if until else " hidden"
     datetime_attr = f' datetime="{esc(until)}"' if until else ""
     refresh = min(max(retry_after, 30), 300)
+    title = paused or "Down for maintenance"
+    lead = (
+        "This part of the site is paused for planned maintenance; the rest works as usual."
+        if paused
+        else "This site is undergoing planned maintenance. Thank you for your patience."
+    )
     document = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -191,7 +202,7 @@ def maintenance_page(*, reason: str | None, until: str | None, retry_after: int)
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="color-scheme" content="light dark">
 <meta name="robots" content="noindex">
-<title>Down for maintenance</title>
+<title>{esc(title)}</title>
 <link rel="icon" href="data:,">
 <noscript><meta http-equiv="refresh" content="{refresh}"></noscript>
 <style>{_STYLE}</style>
@@ -199,8 +210,8 @@ def maintenance_page(*, reason: str | None, until: str | None, retry_after: int)
 <body>
 <main id="guardd" data-retry-after="{int(retry_after)}">
 {_ICON}
-<h1>Down for maintenance</h1>
-<p class="lead">This site is undergoing planned maintenance. Thank you for your patience.</p>
+<h1>{esc(title)}</h1>
+<p class="lead">{esc(lead)}</p>
 <dl role="status" aria-live="polite">
 <div id="reason"{reason_attr}><dt>Reason</dt><dd id="reason-text">{esc(reason or "")}</dd></div>
 <div id="until"{until_attr}><dt>Expected back</dt><dd><time id="until-time"{datetime_attr}>\

@@ -43,6 +43,8 @@ def withdraws(status: ScopeStatus, policy: Policy, *, other_node_serves: bool | 
     """
     if not status.in_maintenance:
         return False
+    if status.partial:
+        return False  # a node serving most requests stays in the pool (SPEC, modes)
     if policy == "stay":
         return False
     if policy == "fleet" and other_node_serves is not None:
@@ -74,7 +76,10 @@ def health_answer(
         return HealthAnswer(
             code=200, status="pass", maintenance=False, retry_after=False, output=None
         )
-    output = f"in maintenance ({status.state})" + (f": {status.reason}" if status.reason else "")
+    mode = f", mode {status.mode}" if status.partial else ""
+    output = f"in maintenance ({status.state}{mode})" + (
+        f": {status.reason}" if status.reason else ""
+    )
     if withdraws(status, policy, other_node_serves=other_node_serves):
         return HealthAnswer(
             code=503, status="fail", maintenance=True, retry_after=True, output=output
@@ -93,6 +98,7 @@ def health_body(status: ScopeStatus, answer: HealthAnswer) -> dict[str, object]:
             "scope": status.scope,
             "state": status.state,
             "maintenance": status.in_maintenance,
+            "mode": status.mode,
             "reason": status.reason,
             "since": status.since,
             "until": status.until,

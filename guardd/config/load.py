@@ -12,9 +12,11 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from guardd.config.model import (
+    BUILTIN_MODES,
     POLICIES,
     WITHDRAW_AS,
     AgentConfig,
@@ -25,6 +27,7 @@ from guardd.config.model import (
     HooksConfig,
     HttpConfig,
     ListenAddress,
+    ModeConfig,
     RunConfig,
     ScopeConfig,
 )
@@ -166,9 +169,49 @@ def _scopes(top: _Section) -> dict[str, ScopeConfig]:
         if settings is not None and not isinstance(settings, dict):
             raise top.error(key, "a mapping (or nothing)", settings)
         lock_file = section.path("lock_file", default=None)
+        modes = _modes(section)
         section.finish()
-        scopes[name] = ScopeConfig(name=name, lock_file=lock_file)
+        scopes[name] = ScopeConfig(name=name, lock_file=lock_file, modes=modes)
     return scopes
+
+
+HTTP_METHOD = r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}"
+
+
+def _modes(scope: _Section) -> Mapping[str, ModeConfig]:
+    """``scopes.<s>.modes``: the built-in ``read-only`` plus (or redefined by) config."""
+    raw = scope.raw("modes")
+    if raw is None:
+        return BUILTIN_MODES
+    if not isinstance(raw, dict):
+        raise scope.error(scope.key("modes"), "a mapping of mode names to settings", raw)
+    modes = dict(BUILTIN_MODES)
+    for name, settings in raw.items():
+        key = _Section({}, scope.key("modes"), scope.source).key(str(name))
+        if not isinstance(name, str) or not is_scope_name(name):
+            raise ConfigError(
+                _where(
+                    scope.source,
+                    f"{key}: expected a mode name matching [a-z0-9][a-z0-9_-]{{0,63}}",
+                )
+            )
+        if settings is not None and not isinstance(settings, dict):
+            raise scope.error(key, "a mapping with methods and/or paths (or nothing)", settings)
+        section = _Section(settings or {}, key, scope.source)
+        methods = section.string_list("methods", default=(), item_check=_method)
+        paths = section.string_list("paths", default=(), item_check=_regex)
+        section.finish()
+        modes[name] = ModeConfig(
+            methods=tuple(m.upper() for m in methods)
+            if section.data.get("methods") is not None
+            else None,
+            paths=paths if section.data.get("paths") is not None else None,
+        )
+    return MappingProxyType(modes)
+
+
+def _method(value: str) -> str | None:
+    return None if re.fullmatch(HTTP_METHOD, value) else "an HTTP method such as POST"
 
 
 def _control(top: _Section, runtime_dir: str) -> ControlConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Literal, get_args
 
 from guardd.core.paths import (
@@ -33,11 +34,29 @@ class ListenAddress:
 
 
 @dataclass(frozen=True)
+class ModeConfig:
+    """A partial maintenance: only requests with a method in ``methods`` and a path
+    matching one of ``paths`` (regular expressions from the start of the normalised
+    path) are in maintenance. None matches every request."""
+
+    methods: tuple[str, ...] | None = None
+    paths: tuple[str, ...] | None = None
+
+
+# Every scope has it; config may redefine it (SPEC, "Partial maintenance").
+READ_ONLY = "read-only"
+BUILTIN_MODES: Mapping[str, ModeConfig] = MappingProxyType(
+    {READ_ONLY: ModeConfig(methods=("POST", "PUT", "PATCH", "DELETE"))}
+)
+
+
+@dataclass(frozen=True)
 class ScopeConfig:
-    """A named scope and the flag file that drives it."""
+    """A named scope, the flag file that drives it, and its partial-maintenance modes."""
 
     name: str
     lock_file: str | None = None
+    modes: Mapping[str, ModeConfig] = field(default_factory=lambda: BUILTIN_MODES)
 
 
 @dataclass(frozen=True)
@@ -136,6 +155,10 @@ class Config:
         """The file whose existence puts ``scope`` in maintenance."""
         own = self.scopes[scope].lock_file
         return own if own is not None else flag_path(self.lock_dir, scope)
+
+    def known_modes(self) -> dict[str, tuple[str, ...]]:
+        """Every scope's mode names (what a flag's ``mode`` may name)."""
+        return {name: tuple(scope.modes) for name, scope in self.scopes.items()}
 
     def require_scope(self, scope: str) -> str:
         """Return ``scope`` if configured, else a usage error naming the known scopes."""

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 MAX_FLAG_BYTES = 64 * 1024
 MAX_REASON_CHARS = 1000
 MAX_PLAIN_REASON_CHARS = 200
+MAX_MODE_CHARS = 64
+# A "mode" that is not text names no mode: full maintenance, as for an unknown one.
+INVALID_MODE = "(invalid)"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class FlagInfo:
     until: str | None
     since: str | None
     by: str | None
+    # Partial maintenance (SPEC "modes"): the mode's name; None is full maintenance.
+    mode: str | None = None
     doubt: str | None = None
     by_guardd: bool = False
 
@@ -53,6 +58,8 @@ class FlagInfo:
             "since": self.since,
             "by": self.by,
         }
+        if self.mode is not None:
+            obj["mode"] = self.mode
         if self.by_guardd:
             obj["by_guardd"] = True
         return obj
@@ -90,6 +97,7 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
         if isinstance(obj, dict):
             reason = obj.get("reason")
             by = obj.get("by")
+            mode = obj.get("mode")
             return FlagInfo(
                 reason=clean_text(reason, limit=MAX_REASON_CHARS)
                 if isinstance(reason, str)
@@ -97,6 +105,11 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
                 until=_json_time(obj.get("until")),
                 since=_json_time(obj.get("since")) or format_timestamp(mtime),
                 by=clean_text(by, limit=200) if isinstance(by, str) else None,
+                # Any non-empty value counts: a mode the config lacks is full
+                # maintenance (fail safe), decided where the config is known.
+                mode=clean_text(mode, limit=MAX_MODE_CHARS)
+                if isinstance(mode, str)
+                else (None if mode is None else INVALID_MODE),
                 by_guardd=obj.get("by_guardd") is True,
             )
     first_line = stripped.split("\n", 1)[0] if stripped else ""
@@ -162,7 +175,12 @@ def _time_of(path: str) -> str | None:
 
 
 def make_flag(
-    *, reason: str | None, until: datetime | None, by: str | None, now: datetime
+    *,
+    reason: str | None,
+    until: datetime | None,
+    by: str | None,
+    now: datetime,
+    mode: str | None = None,
 ) -> FlagInfo:
     """A new flag's content, cleaned the same way as one read from disk."""
     return FlagInfo(
@@ -170,6 +188,7 @@ def make_flag(
         until=format_time(until) if until else None,
         since=format_time(now),
         by=by,
+        mode=mode,
     )
 
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
-from guardd.core.switch import effective
+from guardd.core.switch import in_force
 
 State = Literal["off", "draining", "on"]
 
@@ -23,11 +23,24 @@ class ScopeStatus:
     until: str | None
     reason: str | None
     jobs: int
+    # Partial maintenance in force (SPEC "modes"): the modes' names; empty while
+    # off or in full maintenance (which beats any mode).
+    modes: tuple[str, ...] = ()
 
     @property
     def in_maintenance(self) -> bool:
         """Draining counts: the flag is present, users must see the page."""
         return self.state != "off"
+
+    @property
+    def mode(self) -> str | None:
+        """The mode in force as one name ("read-only", or "a+b" for two), None for full."""
+        return "+".join(self.modes) if self.modes else None
+
+    @property
+    def partial(self) -> bool:
+        """In maintenance for some requests only: health stays 200 (warn)."""
+        return bool(self.modes)
 
     def fields(self) -> dict[str, object]:
         """The five fields of the status reply, in the SPEC's order."""
@@ -37,11 +50,38 @@ class ScopeStatus:
             "until": self.until,
             "reason": self.reason,
             "jobs": self.jobs,
+            "mode": self.mode,
         }
 
 
-def scope_status(scope: str, *, flag: FlagInfo | None, jobs: int) -> ScopeStatus:
-    """One scope's status from the flag that puts it on (None: off)."""
+def modes_in_force(flags: Iterable[FlagInfo | None], known: Collection[str]) -> tuple[str, ...]:
+    """The partial modes the present ``flags`` put in force; () is full maintenance.
+
+    Each flag in force applies: a flag without a mode, or naming a mode the scope
+    does not know (fail safe), is full maintenance and beats any mode; two modes
+    block what either matches.
+    """
+    modes: set[str] = set()
+    for flag in flags:
+        if flag is None:
+            continue
+        if flag.mode is None or flag.mode not in known:
+            return ()
+        modes.add(flag.mode)
+    return tuple(sorted(modes))
+
+
+def scope_status(
+    scope: str,
+    *,
+    flags: Sequence[FlagInfo],
+    jobs: int,
+    known_modes: Collection[str] = (),
+) -> ScopeStatus:
+    """One scope's status from the flags in force for it (switch.in_force: its own,
+    then default's; none: off). The first is the one whose reason and times are shown;
+    each one's mode applies."""
+    flag = flags[0] if flags else None
     if flag is None:
         return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=jobs)
     return ScopeStatus(
@@ -51,16 +91,25 @@ def scope_status(scope: str, *, flag: FlagInfo | None, jobs: int) -> ScopeStatus
         until=flag.until,
         reason=flag.reason,
         jobs=jobs,
+        modes=modes_in_force(flags, known_modes),
     )
 
 
 def all_statuses(
-    flags: Mapping[str, FlagInfo | None], jobs: Mapping[str, int]
+    flags: Mapping[str, FlagInfo | None],
+    jobs: Mapping[str, int],
+    known_modes: Mapping[str, Collection[str]] | None = None,
 ) -> dict[str, ScopeStatus]:
-    """Every scope's status from what its own files say (None: none present) and its
-    job count. ``default`` puts every scope on (switch.effective decides)."""
+    """Every scope's status from what its own files say (None: none present), its
+    job count and the names of its modes (none known: every mode is full
+    maintenance). ``default`` puts every scope on: switch.in_force decides."""
     return {
-        scope: scope_status(scope, flag=effective(flags, scope), jobs=jobs.get(scope, 0))
+        scope: scope_status(
+            scope,
+            flags=in_force(flags, scope),
+            jobs=jobs.get(scope, 0),
+            known_modes=(known_modes or {}).get(scope, ()),
+        )
         for scope in sorted(flags)
     }
 
@@ -73,6 +122,8 @@ def summary(statuses: Mapping[str, ScopeStatus]) -> str:
     parts = []
     for status in busy:
         text = f"{status.scope} {status.state}"
+        if status.mode is not None:
+            text += f" ({status.mode})"
         if status.state == "draining":
             text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
         parts.append(text)

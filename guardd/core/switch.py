@@ -105,11 +105,12 @@ def scope_on(view: RunView, scope: str) -> Hit | None:
     return first_on(switch_files(view, scope))
 
 
-def effective(own: Mapping[str, T | None], scope: str) -> T | None:
-    """What puts ``scope`` on, given what each scope's own files say (None: off):
-    the scope's own, else ``default``'s. The callers that read flag content (guardd,
-    guardctl) combine scopes through this, as guard-run does through switch_files."""
-    mine = own.get(scope)
-    if mine is not None or scope == DEFAULT_SCOPE:
-        return mine
-    return own.get(DEFAULT_SCOPE)
+def in_force(own: Mapping[str, T | None], scope: str) -> tuple[T, ...]:
+    """What puts ``scope`` on, given what each scope's own files say (None: nothing):
+    its own, then ``default``'s; empty when off. The callers that read flag content
+    (guardd, guardctl) combine scopes through this, as guard-run does through
+    switch_files; the first one is shown, and each one's mode applies."""
+    found = (
+        (own.get(scope),) if scope == DEFAULT_SCOPE else (own.get(scope), own.get(DEFAULT_SCOPE))
+    )
+    return tuple(flag for flag in found if flag is not None)

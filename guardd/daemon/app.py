@@ -91,6 +91,7 @@ class Daemon:
 
     def __init__(self, *, config: Config, config_path: str | None) -> None:
         self.config = config
+        self.unknown_modes_seen: set[tuple[str, str]] = set()
         self.config_path = config_path
         self.notifier = Notifier()
         # Current knowledge, kept in memory so that no answer touches the disk.
@@ -339,7 +340,7 @@ class Daemon:
         if publish:
             self._publish()
         else:
-            self.statuses = all_statuses(self.flags, self.jobs)
+            self.statuses = all_statuses(self.flags, self.jobs, self.known_modes)
             self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
 
@@ -429,13 +430,37 @@ class Daemon:
         self._arm_schedule_timer()
         self._publish(force=True)
 
+    @property
+    def known_modes(self) -> dict[str, tuple[str, ...]]:
+        """Every scope's mode names, from the config in force."""
+        return self.config.known_modes()
+
+    def _log_unknown_modes(self) -> None:
+        """A flag naming a mode its scope lacks is full maintenance: say so, once."""
+        for scope, flag in self.flags.items():
+            if flag is None or flag.mode is None:
+                continue
+            settings = self.config.scopes.get(scope)
+            key = (scope, flag.mode)
+            if settings is None or flag.mode in settings.modes or key in self.unknown_modes_seen:
+                continue
+            self.unknown_modes_seen.add(key)
+            log.warning(
+                "scope %s: the flag names mode %r, which is not configured (known: %s); "
+                "treating it as full maintenance",
+                scope,
+                flag.mode,
+                ", ".join(sorted(settings.modes)),
+            )
+
     def _publish(self, *, force: bool = False) -> None:
         """Recompute statuses; tell watchers, listeners, hooks and systemd what changed.
 
         ``force`` updates the listeners even without a state change (the upcoming
         windows they show changed).
         """
-        new = all_statuses(self.flags, self.jobs)
+        new = all_statuses(self.flags, self.jobs, self.known_modes)
+        self._log_unknown_modes()
         changed = {
             scope: status for scope, status in new.items() if self.statuses.get(scope) != status
         }

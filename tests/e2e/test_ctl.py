@@ -94,7 +94,7 @@ def test_status_without_daemon_reads_files(setup: dict[str, Any]) -> None:
     assert data["source"] == "files" and data["node"] == "ctl-node"
     assert set(data["scopes"]) == {"default", "shop", "blog"}
     for fields in data["scopes"].values():
-        assert set(fields) == {"state", "since", "until", "reason", "jobs"}
+        assert set(fields) == {"state", "since", "until", "reason", "jobs", "mode"}
     assert data["scopes"]["shop"]["until"] is not None
     only = json.loads(ctl(setup, "status", "--json", "shop").stdout)
     assert list(only["scopes"]) == ["shop"]

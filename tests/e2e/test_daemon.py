@@ -32,7 +32,14 @@ def test_ready_carries_status_and_listeners_are_up(make_guardd: MakeGuardd) -> N
     assert status["ok"] is True and status["node"] == "test-node"
     assert set(status["scopes"]) == {"default", "shop"}
     for fields in status["scopes"].values():
-        assert fields == {"state": "off", "since": None, "until": None, "reason": None, "jobs": 0}
+        assert fields == {
+            "state": "off",
+            "since": None,
+            "until": None,
+            "reason": None,
+            "jobs": 0,
+            "mode": None,
+        }
     # The run locks of configured scopes exist, readable by every user.
     for scope in ("default", "shop"):
         mode = (daemon.runtime_dir / f"{scope}.run").stat().st_mode & 0o777

@@ -127,6 +127,8 @@ def test_flag_takes_server_out_and_guardd_page_answers(stack: Stack) -> None:
     assert api.status == 503
     assert api.json() == {
         "maintenance": True,
+        "mode": None,
+        "paused": None,
         "reason": "Kernel upgrade",
         "until": None,
         "retry_after": 300,

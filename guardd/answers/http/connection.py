@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import cast
 
-from guardd.answers.gate import BYPASS_PATH
+from guardd.answers.gate import BYPASS_PATH, Verdict
 from guardd.answers.http.parse import (
     _BYPASS,
     _CLOSE,
@@ -17,8 +17,10 @@ from guardd.answers.http.parse import (
     _PAGE_HTML,
     _PAGE_JSON,
     _STATUS,
+    BANNER_PATH,
     BYPASS_PREFIX,
     FLUSH_BYTES,
+    GUARDD_STATUS_PATH,
     HEAD_CACHE_MAX_BYTES,
     HEAD_CACHE_SIZE,
     LINGER_SECONDS,
@@ -31,6 +33,7 @@ from guardd.answers.http.parse import (
     parse_head,
 )
 from guardd.answers.http.replies import HttpShared
+from guardd.answers.modes import stops_request
 
 
 class HttpConnection(asyncio.Protocol):
@@ -177,8 +180,10 @@ class HttpConnection(asyncio.Protocol):
             return self._gate(fields, now)
         if path == settings.health_path:
             return _HEALTH
-        if path == STATUS_PATH:
-            return _STATUS
+        if path in (STATUS_PATH, GUARDD_STATUS_PATH):
+            return self._status(fields, now)
+        if path == BANNER_PATH:
+            return Kind.BANNER
         if path.startswith(BYPASS_PREFIX):
             # A wrong secret, or none configured, gets the very 404 of any other
             # /.guardd/ path: nothing tells an attacker which case it was.
@@ -193,13 +198,20 @@ class HttpConnection(asyncio.Protocol):
             return _PAGE_JSON
         return _PAGE_HTML
 
-    def _gate(self, fields: bytes, now: float) -> Kind:
-        """The gate's answer during maintenance."""
-        original_uri, forwarded_for, real_ip, cookie = gate_headers(fields)
+    def _peer(self) -> str | None:
         peer = self.peer
         if peer is None and self.transport is not None:
             name = self.transport.get_extra_info("peername")
             peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
+        return peer
+
+    def _gate(self, fields: bytes, now: float) -> Kind:
+        """The gate's answer during maintenance."""
+        original_uri, forwarded_for, real_ip, cookie, method = gate_headers(fields)
+        modes = self.shared.answers.mode_rules
+        if modes and not stops_request(modes, method, original_uri):
+            return Kind.GATE_MODE  # only a mode is in force, and it spares this request
+        peer = self._peer()
         verdict = self.shared.gate.decide(
             original_uri=original_uri,
             peer=peer,
@@ -209,6 +221,24 @@ class HttpConnection(asyncio.Protocol):
             now=now,
         )
         return _GATE_KINDS[verdict]
+
+    def _status(self, fields: bytes, now: float) -> Kind:
+        """/maintenance.json, saying whether this client's cookie or address would pass
+        the gate (the banner tells such visitors they see the site in maintenance)."""
+        gate = self.shared.gate
+        rules = gate.rules
+        if not rules.cidrs and not (rules.signer.enabled and b"ookie" in fields):
+            return _STATUS
+        _, forwarded_for, real_ip, cookie, _ = gate_headers(fields)
+        verdict = gate.decide(
+            original_uri=None,
+            peer=self._peer(),
+            forwarded_for=forwarded_for,
+            real_ip=real_ip,
+            cookie=cookie,
+            now=now,
+        )
+        return _STATUS if verdict is Verdict.DENY else Kind.STATUS_BYPASS
 
     # ------------------------------------------------------------------ closing
 

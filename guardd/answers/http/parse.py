@@ -31,6 +31,9 @@ HEAD_CACHE_MAX_BYTES = 1024
 # its answers pile up in memory.
 FLUSH_BYTES = 65536
 STATUS_PATH = b"/maintenance.json"
+# The same under the prefix proxies already send to guardd, and the banner script.
+GUARDD_STATUS_PATH = b"/.guardd/maintenance.json"
+BANNER_PATH = b"/.guardd/banner.js"
 BYPASS_PREFIX = b"/.guardd/"
 
 HTML = "text/html; charset=utf-8"
@@ -56,6 +59,9 @@ class Kind(IntEnum):
     GATE_COOKIE = 11  # ... a valid bypass cookie: 204
     GATE_CLOSED = 12  # the gate in maintenance, nothing lets it through: 403
     BYPASS = 13  # /.guardd/bypass/<secret>: set the cookie, 302 to /
+    GATE_MODE = 14  # the gate while only a mode is in force, a request it spares: 204
+    BANNER = 15  # /.guardd/banner.js
+    STATUS_BYPASS = 16  # /maintenance.json for a client that would pass the gate
 
 
 class Persist(IntEnum):
@@ -157,11 +163,19 @@ def _any_case(name: bytes) -> bytes:
 _GATE_HEADERS = re.compile(
     rb"\n("
     + b"|".join(
-        _any_case(n) for n in (b"x-original-uri", b"x-forwarded-for", b"x-real-ip", b"cookie")
+        _any_case(n)
+        for n in (
+            b"x-original-uri",
+            b"x-original-method",
+            b"x-forwarded-for",
+            b"x-real-ip",
+            b"cookie",
+        )
     )
     + rb"):[ \t]*([^\r\n]*)"
 )
-_ORIGINAL_URI, _FORWARDED_FOR, _REAL_IP = 14, 15, 9
+# Told apart by length: each of the five names has its own.
+_ORIGINAL_URI, _ORIGINAL_METHOD, _FORWARDED_FOR, _REAL_IP = 14, 17, 15, 9
 # Module-level aliases: an enum member looked up on its class costs ~0.1 us,
 # several times per request on the hot path.
 _KEEP, _KEEP_10, _CLOSE = Persist.KEEP, Persist.KEEP_10, Persist.CLOSE
@@ -189,15 +203,16 @@ class GateHeaders(NamedTuple):
     forwarded_for: bytes | None
     real_ip: bytes | None
     cookie: bytes | None
+    original_method: bytes | None = None
 
 
 def gate_headers(fields: bytes) -> GateHeaders:
-    """The gate's four headers from a header block, values as sent.
+    """The gate's headers from a header block, values as sent.
 
     Repeated ``X-Forwarded-For`` headers are one list (RFC 9110 5.3), repeated
     ``Cookie`` headers one cookie string; of the single-valued ones the first wins.
     """
-    original_uri = real_ip = None
+    original_uri = real_ip = original_method = None
     forwarded: list[bytes] = []
     cookies: list[bytes] = []
     for name, raw_value in _GATE_HEADERS.findall(b"\n" + fields):
@@ -209,6 +224,8 @@ def gate_headers(fields: bytes) -> GateHeaders:
             original_uri = value if original_uri is None else original_uri
         elif size == _REAL_IP:
             real_ip = value if real_ip is None else real_ip
+        elif size == _ORIGINAL_METHOD:
+            original_method = value if original_method is None else original_method
         else:
             cookies.append(value)
     return GateHeaders(
@@ -216,6 +233,7 @@ def gate_headers(fields: bytes) -> GateHeaders:
         b",".join(forwarded) if forwarded else None,
         real_ip,
         b"; ".join(cookies) if cookies else None,
+        original_method,
     )
 
 

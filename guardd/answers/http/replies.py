@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
+from importlib.resources import files
 from typing import TYPE_CHECKING
 
 from guardd.answers.gate import Gate, GateRules
@@ -20,6 +22,7 @@ from guardd.answers.http.parse import (
     Persist,
     prefers_json,
 )
+from guardd.answers.modes import ModeRule, compile_modes, paused_text
 from guardd.answers.page import (
     Page,
     maintenance_page,
@@ -56,6 +59,8 @@ class HttpSettings:
     header_timeout: float
     # page_template's text, read when the config is loaded, never per request.
     template: str | None = None
+    # The scope's partial-maintenance modes, compiled (SPEC "modes").
+    modes: Mapping[str, ModeRule] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config, template: str | None) -> HttpSettings:
@@ -72,6 +77,7 @@ class HttpSettings:
             retry_after=http.retry_after,
             header_timeout=http.header_timeout,
             template=template,
+            modes=compile_modes(config.scopes[http.scope].modes),
         )
 
 
@@ -93,12 +99,20 @@ def _json(obj: object) -> bytes:
 
 
 _OUTAGE: Page = outage_page()
+# Served as is to every site; cached by browsers for a minute (SPEC "Banner").
+_BANNER = Reply(
+    200,
+    "text/javascript; charset=utf-8",
+    files("guardd.answers").joinpath("assets/banner.js").read_bytes(),
+    (("Cache-Control", "max-age=60"),),
+)
 _FIXED_REPLIES = {
     Kind.NOT_FOUND: Reply(404, TEXT, b"not found\n"),
     Kind.BAD_REQUEST: Reply(400, TEXT, b"bad request\n"),
     Kind.TOO_LARGE: Reply(431, TEXT, b"request header fields too large\n"),
     Kind.BAD_VERSION: Reply(505, TEXT, b"HTTP version not supported\n"),
     Kind.GATE_OPEN: Reply(204, "", b""),
+    Kind.BANNER: _BANNER,
 }
 # Which bypass let a request through, for nginx's auth_request_set and for logs.
 _GATE_PASSES = {
@@ -129,29 +143,32 @@ def build_replies(
         replies[kind] = Reply(204, "", b"", (*marker, ("Guard-Bypass", why)))
     # nginx sends a 403 from the gate to the maintenance page (error_page 403).
     replies[Kind.GATE_CLOSED] = Reply(403, "", b"", marker)
+    mode = status.mode
+    paused = paused_text(mode) if mode is not None else None
+    if mode is not None:
+        # A request the mode in force spares goes through, saying which mode is on.
+        replies[Kind.GATE_MODE] = Reply(204, "", b"", (*marker, ("Guard-Mode", mode)))
     replies[Kind.HEALTH] = Reply(
         health.code,
         HEALTH_JSON,
         _json(health_body(status, health)),
         marker + (retry if health.retry_after else ()),
     )
-    replies[Kind.STATUS] = Reply(
-        200,
-        JSON,
-        _json(
-            {
-                "scope": status.scope,
-                "state": status.state,
-                "maintenance": maintenance,
-                "reason": status.reason,
-                "since": status.since,
-                "until": status.until,
-                "retry_after": retry_after if maintenance else None,
-                "upcoming": [dict(window) for window in view.upcoming],
-            }
-        ),
-        marker,
-    )
+    document = {
+        "scope": status.scope,
+        "state": status.state,
+        "maintenance": maintenance,
+        "mode": mode,
+        "reason": status.reason,
+        "since": status.since,
+        "until": status.until,
+        "retry_after": retry_after if maintenance else None,
+        "upcoming": [dict(window) for window in view.upcoming],
+        "bypass": False,
+    }
+    replies[Kind.STATUS] = Reply(200, JSON, _json(document), marker)
+    # The same for a client whose cookie or address would pass the gate (banners).
+    replies[Kind.STATUS_BYPASS] = Reply(200, JSON, _json({**document, "bypass": True}), marker)
     if maintenance:
         csp = (("Content-Security-Policy", page.csp),) if page.csp else ()
         replies[Kind.PAGE_HTML] = Reply(
@@ -163,6 +180,8 @@ def build_replies(
             _json(
                 {
                     "maintenance": True,
+                    "mode": mode,
+                    "paused": paused,
                     "reason": status.reason,
                     "until": status.until,
                     "retry_after": retry_after,
@@ -193,7 +212,9 @@ def frame(reply: Reply, *, date: str, head_only: bool, persist: Persist) -> byte
         lines.append(f"Content-Type: {reply.content_type}")
     if reply.status != 204:  # RFC 9110 8.6: a 204 carries no Content-Length
         lines.append(f"Content-Length: {len(reply.body)}")
-    lines += ["Cache-Control: no-store", "X-Content-Type-Options: nosniff"]
+    if not any(name == "Cache-Control" for name, _ in reply.headers):
+        lines.append("Cache-Control: no-store")
+    lines.append("X-Content-Type-Options: nosniff")
     lines += [f"{name}: {value}" for name, value in reply.headers]
     head = ("\r\n".join(lines) + "\r\n").encode("latin-1") + _CONNECTION_HEADER[persist] + b"\r\n"
     return head if head_only else head + reply.body
@@ -218,6 +239,12 @@ class Answers:
         self.page_cache: tuple[int, Page] | None = None
         self.retry_after = -1
         self.replies: dict[Kind, Reply] = {}
+        # The modes in force, compiled; () in full maintenance or when a mode in
+        # force is not in these settings (a reload between the two: fail safe).
+        rules = tuple(settings.modes.get(name) for name in status.modes)
+        self.mode_rules: tuple[ModeRule, ...] = (
+            tuple(rule for rule in rules if rule is not None) if None not in rules else ()
+        )
 
     def _page(self, retry_after: int) -> Page:
         template = self.settings.template
@@ -226,14 +253,22 @@ class Answers:
         ):
             return self.page_cache[1]
         status = self.status
+        paused = paused_text(status.mode) if status.mode is not None else None
         if template is None:
             page = maintenance_page(
-                reason=status.reason, until=status.until, retry_after=self.settings.retry_after
+                reason=status.reason,
+                until=status.until,
+                retry_after=self.settings.retry_after,
+                paused=paused,
             )
         else:
             # The operator's page may load fonts or images: no CSP of ours on it.
+            # In a mode, {reason} says what is paused too.
+            reason = status.reason
+            if paused is not None:
+                reason = f"{paused}: {reason}" if reason else paused
             html = render_template(
-                template, reason=status.reason, until=status.until, retry_after=retry_after
+                template, reason=reason, until=status.until, retry_after=retry_after
             )
             page = Page(html=html, csp=None)
         self.page_cache = (retry_after, page)

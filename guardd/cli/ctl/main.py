@@ -16,6 +16,7 @@ from guardd.cli.ctl.ops import (
     _actor,
     add_window,
     all_windows,
+    check_mode,
     get_status,
     remove_window,
     run_locks,
@@ -75,12 +76,17 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     until = _until(args, now)
     if args.fleet:
         return _fleet_on(config, args, scope=scope, until=until, now=now, out=out)
-    path, existing = turn_on(config=config, scope=scope, reason=args.reason, until=until, now=now)
+    path, existing = turn_on(
+        config=config, scope=scope, reason=args.reason, until=until, now=now, mode=args.mode
+    )
     if existing is not None:
         what = f"{scope}: already on ({path} exists and is the application's: left as it is"
-        what += "; --reason/--until not applied)" if args.reason or until else ")"
+        ignored = args.reason or until or args.mode is not None
+        what += "; --reason/--until/--mode not applied)" if ignored else ")"
     else:
         what = f"{scope}: maintenance on ({path})"
+        if args.mode is not None:
+            what = f"{scope}: maintenance on, mode {args.mode} ({path})"
         if until is not None:
             what += f", expected until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
     out.write(what + "\n")
@@ -121,7 +127,9 @@ def _fleet_on(
         raise UsageError(
             "--then and --grace do not go with --fleet (other hosts' jobs are out of reach)"
         )
-    info = make_flag(reason=args.reason, until=until, by=_actor(), now=now)
+    if args.mode is not None:
+        check_mode(config, scope, args.mode)
+    info = make_flag(reason=args.reason, until=until, by=_actor(), now=now, mode=args.mode)
     revision = fleetctl.fleet_on(config=config, scope=scope, info=info)
     out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
     out.flush()
@@ -331,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     on = sub.add_parser("on", parents=[common], help="put a scope in maintenance")
     on.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE")
     on.add_argument("--reason", metavar="TEXT")
+    on.add_argument(
+        "--mode",
+        metavar="NAME",
+        help="partial maintenance: only the requests the scope's mode NAME matches "
+        "(built in: read-only); jobs still skip and --wait still drains",
+    )
     on.add_argument("--until", metavar="TIME", help="RFC 3339 time maintenance should end")
     on.add_argument(
         "--for", dest="for_", type=_duration, metavar="DUR", help="expected duration (sets until)"

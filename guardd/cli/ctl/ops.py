@@ -9,6 +9,7 @@ import getpass
 import os
 import socket
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -68,7 +69,7 @@ def local_status(config: Config, *, err: TextIO | None = None) -> dict[str, Scop
         return info
 
     flags = {scope: read_scope(view, scope, read) for scope in config.scopes}
-    return all_statuses(flags, count_jobs(run_locks(config)))
+    return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes())
 
 
 def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
@@ -164,12 +165,16 @@ def turn_on(
     reason: str | None,
     until: datetime | None,
     now: datetime,
+    mode: str | None = None,
 ) -> tuple[str, FlagInfo | None]:
     """Put ``scope`` on; returns the flag's path and, for an application's lock_file
     that was already there, what it says (left untouched: it is the application's).
 
-    A flag of guardd's own is rewritten atomically, keeping ``since`` if already on.
+    A flag of guardd's own is rewritten atomically, keeping ``since`` if already on,
+    and the mode unless one is given.
     """
+    if mode is not None:
+        check_mode(config, scope, mode)
     path = config.flag_path(scope)
     gid = group_id(config.control.group)
     try:
@@ -178,7 +183,7 @@ def turn_on(
         raise GuardError(
             f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
         ) from None
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now)
+    info = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode)
     if config.scopes[scope].lock_file is not None:
         try:
             return path, lockfile.create(path, info)
@@ -187,14 +192,26 @@ def turn_on(
         except OSError as err:
             raise GuardError(f"cannot write {path}: {err.strerror}") from None
     existing = read_flag(path)
-    if existing is not None and existing.since is not None:
-        info = type(info)(reason=info.reason, until=info.until, since=existing.since, by=info.by)
+    if existing is not None:
+        info = replace(
+            info,
+            since=existing.since or info.since,
+            mode=mode if mode is not None else existing.mode,
+        )
     try:
         make_dir(config.lock_dir, LOCK_DIR_MODE, gid=gid)
         write_flag(path, info)
     except OSError as err:
         raise GuardError(f"cannot write {path}: {err.strerror}") from None
     return path, None
+
+
+def check_mode(config: Config, scope: str, mode: str) -> None:
+    """A usage error (exit 2) unless ``scope`` has a mode named ``mode``."""
+    modes = config.scopes[scope].modes
+    if mode not in modes:
+        known = ", ".join(sorted(modes))
+        raise UsageError(f"scope {scope} has no mode {mode!r} (its modes: {known})")
 
 
 def turn_off(*, config: Config, scope: str, force: bool = False) -> bool:

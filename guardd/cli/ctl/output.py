@@ -32,7 +32,7 @@ def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> 
         rows.append(
             [
                 name,
-                _cell(fields.get("state")),
+                _state_cell(fields),
                 _cell(fields.get("since")),
                 _cell(fields.get("until")),
                 _cell(fields.get("jobs")),
@@ -48,6 +48,13 @@ def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> 
         )
     if reply.get("source") == "files":
         out.write("(guardd is not running: read from the flag files)\n")
+
+
+def _state_cell(fields: dict[str, Any]) -> str:
+    """The state, with the mode in force: ``on (read-only)``."""
+    state = _cell(fields.get("state"))
+    mode = fields.get("mode")
+    return f"{state} ({mode})" if mode else state
 
 
 def _reason_suffix(reason: object) -> str:
