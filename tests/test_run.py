@@ -643,6 +643,31 @@ def test_unreadable_flag_directory_counts_as_maintenance(tmp_short: Path) -> Non
     assert not marker.exists()
 
 
+def test_interrupt_stops_a_worker_when_its_flag_becomes_unknowable(tmp_short: Path) -> None:
+    """--interrupt: a flag whose existence can no longer be known (lock dir made
+    unreadable) counts as on, as everywhere: the worker gets SIGTERM (exit 143)."""
+    site = Site(tmp_short)
+    site.lock_dir.mkdir(mode=0o755)
+    ensure_run_locks(str(site.runtime_dir), ["default", "shop"])
+    open_to_nobody(site.config_path, site.runtime_dir, site.lock_dir)
+    proc = subprocess.Popen(
+        as_nobody([GUARD_RUN, "--interrupt", "--grace", "5s", "--", "sleep", "30"]),
+        env=site.env(XDG_CACHE_HOME=str(tmp_short / "nobody-cache")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: site.holders() != set(), what="the worker holding its run lock")
+        site.lock_dir.chmod(0o700)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 143, err
+    assert f"cannot tell whether flag {site.lock_dir}/default.lock exists" in err
+
+
 def test_builtin_paths_without_config_file(tmp_short: Path) -> None:
     """No config file: a non-root user's paths come from $HOME alone; XDG_* variables,
     which differ between cron and a login shell, change nothing (run lock 0644)."""
