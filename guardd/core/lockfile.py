@@ -14,6 +14,7 @@ import errno
 import json
 import os
 
+from guardd.core.atomic import write_all
 from guardd.core.flag import FlagInfo, parse_flag_content
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -122,9 +123,7 @@ def create(path: str, info: FlagInfo) -> FlagInfo | None:
         try:
             try:
                 os.fchmod(fd, FILE_MODE)
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view) :]
+                write_all(fd, payload)
                 os.fsync(fd)
             finally:
                 os.close(fd)
