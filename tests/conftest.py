@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,38 @@ from typing import Any
 import pytest
 
 from tests.helpers import Guardd, short_tmp
+
+
+@pytest.fixture(scope="session", autouse=True)
+def syslog_sink() -> Iterator[str]:
+    """A stand-in syslogd for every guard-run the tests start: skips log one line each,
+    and with no /dev/log here they would fall back to stderr. Not under systemd either,
+    whatever started the tests. Tests of the trace itself set their own sockets."""
+    directory = short_tmp()
+    path = str(directory / "log")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    sink.settimeout(0.2)
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                sink.recv(65536)
+            except (TimeoutError, OSError):
+                continue
+
+    reader = threading.Thread(target=drain, name="syslog-sink", daemon=True)
+    reader.start()
+    saved = {name: os.environ.pop(name, None) for name in ("JOURNAL_STREAM", "INVOCATION_ID")}
+    os.environ["_GUARDD_SYSLOG_SOCKET"] = path
+    yield path
+    os.environ.pop("_GUARDD_SYSLOG_SOCKET", None)
+    os.environ.update({name: value for name, value in saved.items() if value is not None})
+    stop.set()
+    reader.join()
+    sink.close()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from guardd.core.flag import (
     parse_flag_content,
     read_flag,
     remove_flag,
+    renew_flag,
     write_flag,
 )
 
@@ -39,6 +40,38 @@ def test_json_flag_fields() -> None:
     assert parse_flag_content(data, mtime=MTIME) == FlagInfo(
         reason="db move", until="2026-11-22T00:00:00Z", since="2026-11-21T22:00:00Z", by="ops@web-1"
     )
+
+
+def test_note_is_read_cleaned_and_written_only_when_set() -> None:
+    """``note`` is read like the reason (one clean line); a flag without one writes none."""
+    data = json.dumps({"reason": "r", "note": "call\nAna\x00 now"}).encode()
+    assert parse_flag_content(data, mtime=MTIME).note == "call Ana now"
+    assert "note" not in make_flag(reason="r", until=None, by=None, now=NOW).to_json_obj()
+    noted = make_flag(reason="r", until=None, by=None, now=NOW, note="OPS-42")
+    assert noted.to_json_obj()["note"] == "OPS-42"
+
+
+def test_renew_keeps_what_is_not_given_again() -> None:
+    """on over a flag already there: since kept; reason, until, note kept unless given;
+    by is the new one."""
+    old = FlagInfo(reason="one", until="2026-11-22T00:00:00Z", since="2026-11-21T22:00:00Z",
+                   by="ana@h", note="n1")  # fmt: skip
+    bare = make_flag(reason=None, until=None, by="bob@h", now=NOW)
+    assert renew_flag(old, bare) == FlagInfo(
+        reason="one", until=old.until, since=old.since, by="bob@h", note="n1"
+    )
+    again = make_flag(reason="two", until=None, by="bob@h", now=NOW, note="n2")
+    renewed = renew_flag(old, again)
+    assert (renewed.reason, renewed.note, renewed.until, renewed.since) == (
+        "two",
+        "n2",
+        old.until,
+        old.since,
+    )
+    assert renew_flag(None, again) == again
+
+
+NOW = datetime(2026, 11, 21, 23, 0, tzinfo=UTC)
 
 
 def test_bare_touch_since_is_mtime() -> None:

@@ -203,6 +203,7 @@ def test_maintenance_json_off(served: Served) -> None:
         "reason": None,
         "since": None,
         "until": None,
+        "overdue": False,
         "retry_after": None,
         "upcoming": [],
         "bypass": False,
@@ -272,7 +273,15 @@ def test_page_json_by_accept(served: Served, accept: str, json_expected: bool) -
         assert body["maintenance"] is True
         assert body["reason"] == "r"
         assert body["retry_after"] == 300
-        assert set(body) == {"maintenance", "mode", "paused", "reason", "until", "retry_after"}
+        assert set(body) == {
+            "maintenance",
+            "mode",
+            "paused",
+            "reason",
+            "until",
+            "overdue",
+            "retry_after",
+        }
     else:
         assert response.header("content-type") == "text/html; charset=utf-8"
 
@@ -326,7 +335,9 @@ def test_page_template(serve: Callable[..., Served], tmp_short: Path) -> None:
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quotes&quot; {until}" in (
         response.text
     )
-    assert "<p>2001-01-01T00:00:00Z</p><p>300</p><p>{other}</p>" in response.text
+    # An until in the past: overdue, so {until} says so, and Retry-After falls back.
+    overdue = "The work is taking longer than expected. We will be back as soon as possible."
+    assert f"<p>{overdue}</p><p>300</p><p>{{other}}</p>" in response.text
     assert "content-security-policy" not in response.header_names()
 
 

@@ -58,7 +58,8 @@ def test_fleet_policy_without_fleet_view_acts_as_withdraw() -> None:
 
 
 def test_health_body_fields() -> None:
-    """The health+json body names the scope, state, mode, reason, since and until."""
+    """The health+json body names the scope, state, mode, reason, since, until and
+    overdue."""
     current = status("on", reason="disk", until="2030-01-01T00:00:00Z")
     body = health_body(current, health_answer(current, "withdraw"))
     assert body == {
@@ -71,6 +72,7 @@ def test_health_body_fields() -> None:
         "reason": "disk",
         "since": "2026-01-01T00:00:00Z",
         "until": "2030-01-01T00:00:00Z",
+        "overdue": False,
     }
     assert "output" not in health_body(status("off"), health_answer(status("off"), "withdraw"))
 

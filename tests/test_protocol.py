@@ -53,7 +53,8 @@ def test_any_line_parses_or_errors(line: bytes) -> None:
 
 
 def test_event_carries_the_five_fields() -> None:
-    """A watch event is one line with the scope, its five fields and the mode."""
+    """A watch event is one line with the scope, its five fields, the mode, and
+    overdue, via, by and note (the audit fields)."""
     status = ScopeStatus("shop", "draining", "2026-11-21T23:00:00Z", None, "ü migration", 2)
     line = encode(state_event(status))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -66,4 +67,8 @@ def test_event_carries_the_five_fields() -> None:
         "reason": "ü migration",
         "jobs": 2,
         "mode": None,
+        "overdue": False,
+        "via": None,
+        "by": None,
+        "note": None,
     }

@@ -16,6 +16,7 @@ import pytest
 
 from guardd.cli.run import flag_reason, parse_args, scope_flags
 from guardd.cli.runcache import decode_entry
+from guardd.cli.trace import JOURNAL_SOCKET_ENV, SYSLOG_SOCKET_ENV
 from guardd.core.paths import RunView
 from guardd.core.runlock import ensure_run_locks
 from guardd.errors import UsageError
@@ -285,32 +286,13 @@ def test_skip_code_option_and_config(tmp_short: Path) -> None:
 
 
 def test_skip_verbose_says_why_on_stderr(plain_site: Site) -> None:
-    """With -v a skip names the flags checked, then the scope, reason, flag and command."""
+    """With -v a skip is one stderr line naming the scope, reason, flag and command."""
     plain_site.turn_on("shop", '{"reason": "db upgrade"}')
     result = plain_site.run("-v", "--scope", "shop", "--", "backup", "--full")
     assert result.returncode == 0 and result.stdout == ""
     assert result.stderr == (
-        f"guard-run: flags checked: {plain_site.flag('shop')}, {plain_site.flag()}: "
-        f"{plain_site.flag('shop')} present\n"
         f"guard-run: scope shop is in maintenance (db upgrade; flag {plain_site.flag('shop')}):"
         " skipped backup --full\n"
-    )
-
-
-def test_verbose_names_flags_and_run_locks(plain_site: Site) -> None:
-    """-v names every flag checked and, when the command runs, the run locks held."""
-    result = plain_site.run("-v", "--scope", "shop", "--", "true")
-    assert result.returncode == 0, result.stderr
-    shop, default = plain_site.flag("shop"), plain_site.flag()
-    assert result.stderr.splitlines() == [
-        f"guard-run: flags checked: {shop}, {default}: none present",
-        f"guard-run: run locks held (shared): {plain_site.run_lock()}, "
-        f"{plain_site.run_lock('shop')}",
-        "guard-run: scope shop is in service: running true",
-    ]
-    check = plain_site.run("-v", "--check", "--scope", "shop")
-    assert (
-        check.stderr.splitlines()[0] == f"guard-run: flags checked: {shop}, {default}: none present"
     )
 
 
@@ -353,7 +335,7 @@ def test_skip_logs_one_line_to_syslog(
             "backup",
             "--full",
         ],
-        env=plain_site.env(),
+        env={k: v for k, v in plain_site.env().items() if k != SYSLOG_SOCKET_ENV},
         capture_output=True,
         text=True,
         timeout=30,
@@ -370,6 +352,92 @@ def test_skip_logs_one_line_to_syslog(
     sock.settimeout(0.2)
     with pytest.raises(TimeoutError):
         sock.recv(4096)
+
+
+@pytest.fixture
+def log_socket(tmp_short: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A datagram socket standing in for journald or syslogd (none runs here)."""
+    path = str(tmp_short / "journal.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    yield path, sock
+    sock.close()
+
+
+def _journal_fields(datagram: bytes) -> dict[str, str]:
+    fields = {}
+    for line in datagram.decode().splitlines():
+        key, _, value = line.partition("=")
+        fields[key] = value
+    return fields
+
+
+def test_skip_under_systemd_goes_to_the_journal_with_fields(
+    plain_site: Site, log_socket: tuple[str, socket.socket]
+) -> None:
+    """Started by systemd (INVOCATION_ID), a skip is one native journal entry with
+    MESSAGE, PRIORITY, SYSLOG_IDENTIFIER and the GUARD_* fields; nothing on stderr."""
+    path, sock = log_socket
+    plain_site.turn_on("shop", '{"reason": "db upgrade"}')
+    env = plain_site.env(INVOCATION_ID="0123456789abcdef", **{JOURNAL_SOCKET_ENV: path})
+    result = plain_site.run("--scope", "shop", "--", "backup", "--full", env=env)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+    fields = _journal_fields(sock.recv(65536))
+    flag = str(plain_site.flag("shop"))
+    assert fields["MESSAGE"] == (
+        f"scope shop is in maintenance (db upgrade; flag {flag}): skipped backup --full"
+    )
+    assert fields["PRIORITY"] == "6" and fields["SYSLOG_IDENTIFIER"] == "guard-run"
+    assert fields["GUARD_SCOPE"] == "shop" and fields["GUARD_FLAG"] == flag
+    assert fields["GUARD_REASON"] == "db upgrade"
+    assert fields["GUARD_COMMAND"] == "backup --full"
+    assert int(fields["SYSLOG_PID"]) > 0
+
+
+def test_skip_outside_systemd_goes_to_syslog(
+    plain_site: Site, log_socket: tuple[str, socket.socket]
+) -> None:
+    """Without JOURNAL_STREAM/INVOCATION_ID a skip is one syslog line (not the journal)."""
+    path, sock = log_socket
+    plain_site.turn_on("shop")
+    env = plain_site.env(**{SYSLOG_SOCKET_ENV: path, JOURNAL_SOCKET_ENV: path + ".none"})
+    result = plain_site.run("--scope", "shop", "--", "true", env=env)
+    assert (result.returncode, result.stderr) == (0, "")
+    line = sock.recv(65536).decode()
+    assert line.startswith("<14>") and " guard-run[" in line
+    assert line.endswith(f"flag {plain_site.flag('shop')}): skipped true")
+
+
+def test_skip_with_no_log_socket_says_so_on_stderr(plain_site: Site, tmp_short: Path) -> None:
+    """Under systemd with no journal socket and no syslog socket, the skip still leaves
+    a trace: one line on stderr (which systemd or cron keep)."""
+    plain_site.turn_on("shop")
+    env = plain_site.env(
+        JOURNAL_STREAM="8:1234",
+        **{
+            JOURNAL_SOCKET_ENV: str(tmp_short / "no-journal"),
+            SYSLOG_SOCKET_ENV: str(tmp_short / "no-log"),
+        },
+    )
+    result = plain_site.run("--scope", "shop", "--", "true", env=env)
+    assert result.returncode == 0
+    assert result.stderr == (
+        f"guard-run: scope shop is in maintenance (flag {plain_site.flag('shop')}): skipped true\n"
+    )
+
+
+def test_verbose_names_the_flags_and_run_locks_checked(plain_site: Site) -> None:
+    """-v in service names every flag looked at and the run locks held (and --check too)."""
+    result = plain_site.run("-v", "--scope", "shop", "--", "true")
+    assert result.returncode == 0
+    for path in (plain_site.flag("default"), plain_site.flag("shop")):
+        assert str(path) in result.stderr
+    for path in (plain_site.run_lock("default"), plain_site.run_lock("shop")):
+        assert str(path) in result.stderr
+    check = plain_site.run("-v", "--check", "--scope", "shop")
+    assert check.returncode == 0
+    assert str(plain_site.flag("shop")) in check.stderr and "in service" in check.stderr
 
 
 def test_default_flag_puts_every_scope_on_but_not_the_reverse(site: Site) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from guardd.core.flag import FlagInfo
-from guardd.core.state import all_statuses, summary
+from guardd.core.state import all_statuses, next_overdue, summary
 
 ON = FlagInfo(reason="host work", until=None, since="2026-11-21T23:00:00Z", by=None)
 SHOP = FlagInfo(
@@ -37,3 +39,27 @@ def test_summary_line() -> None:
     assert summary(all_statuses({"default": None}, {})) == "all 1 scope(s) in service"
     line = summary(all_statuses({"default": None, "a": SHOP}, {"a": 1}))
     assert line == "maintenance: a draining (1 job)"
+
+
+def test_overdue_via_by_note() -> None:
+    """until passed (with the flag there): overdue, and the STATUS= line says so; a scope
+    on only through default says via default; by and note come from the flag in force."""
+    noted = FlagInfo(
+        reason="r", until="2026-11-22T00:00:00Z", since="2026-11-21T23:00:00Z", by="ana@h", note="n"
+    )
+    before = datetime(2026, 11, 21, 23, 59, 59, tzinfo=UTC).timestamp()
+    after = datetime(2026, 11, 22, 0, 0, 0, tzinfo=UTC).timestamp()
+    assert not all_statuses({"default": None, "a": noted}, {}, now=before)["a"].overdue
+    statuses = all_statuses({"default": ON, "a": noted, "b": None}, {}, now=after)
+    assert statuses["a"].overdue and (statuses["a"].by, statuses["a"].note) == ("ana@h", "n")
+    assert statuses["a"].via is None and statuses["b"].via == "default"
+    assert statuses["default"].via is None and not statuses["b"].overdue
+    assert "a on OVERDUE" in summary(statuses)
+    assert next_overdue(all_statuses({"a": noted}, {}, now=before), before) == after
+    assert next_overdue(statuses, after) is None
+
+
+def test_off_scope_is_never_overdue_or_via() -> None:
+    """An off scope has no overdue, via, by or note, whatever the clock says."""
+    status = all_statuses({"default": None, "a": None}, {}, now=1e12)["a"]
+    assert (status.overdue, status.via, status.by, status.note) == (False, None, None, None)

@@ -58,7 +58,7 @@ def test_switch_files_own_then_default_and_mirrors_only_in_fleet_mode(tmp_path: 
 
 def test_in_force_own_then_default() -> None:
     """A scope's own answer comes first, then default's; default has only its own."""
-    assert in_force({"default": "d", "shop": None}, "shop") == ("d",)
-    assert in_force({"default": "d", "shop": "s"}, "shop") == ("s", "d")
+    assert in_force({"default": "d", "shop": None}, "shop") == (("default", "d"),)
+    assert in_force({"default": "d", "shop": "s"}, "shop") == (("shop", "s"), ("default", "d"))
     assert in_force({"default": None, "shop": None}, "shop") == ()
     assert in_force({"default": None, "shop": "s"}, "default") == ()

@@ -61,6 +61,7 @@ _SCRIPT = """\
   var untilTime = document.getElementById("until-time");
   var fallback = Number(main.getAttribute("data-retry-after")) || 300;
   var untilMs = NaN;
+  var OVERDUE = "The work is taking longer than expected. We will be back as soon as possible.";
 
   function local(date) {
     try {
@@ -80,13 +81,15 @@ _SCRIPT = """\
     if (hours < 48) { return words.format(hours, "hour"); }
     return words.format(Math.round(hours / 24), "day");
   }
-  function showUntil(iso) {
+  function showUntil(iso, overdue) {
     var date = iso ? new Date(iso) : null;
     if (!date || isNaN(date.getTime())) { untilBox.hidden = true; untilMs = NaN; return; }
     untilMs = date.getTime();
     untilTime.setAttribute("datetime", iso);
     var left = untilMs - Date.now();
-    untilTime.textContent = local(date) + (left > 0 ? " (" + relative(left) + ")" : "");
+    // Past the expected end: never show a time gone by as "expected back".
+    untilTime.textContent = (overdue || !(left > 0)) ? OVERDUE
+      : local(date) + " (" + relative(left) + ")";
     untilBox.hidden = false;
   }
   function showReason(text) {
@@ -114,7 +117,7 @@ _SCRIPT = """\
         return response.json().then(function (data) {
           if (marked || data.maintenance === true) {
             showReason(data.reason);
-            showUntil(data.until);
+            showUntil(data.until, data.overdue === true);
             later();
           } else if (data.maintenance === false) {
             back(1000 + Math.random() * 2000);
@@ -127,7 +130,7 @@ _SCRIPT = """\
       })
       .catch(later);
   }
-  showUntil(untilTime.getAttribute("datetime"));
+  showUntil(untilTime.getAttribute("datetime"), main.hasAttribute("data-overdue"));
   later();
 })();
 """
@@ -173,8 +176,16 @@ def readable_time(until: str) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
+OVERDUE_TEXT = "The work is taking longer than expected. We will be back as soon as possible."
+
+
 def maintenance_page(
-    *, reason: str | None, until: str | None, retry_after: int, paused: str | None = None
+    *,
+    reason: str | None,
+    until: str | None,
+    retry_after: int,
+    paused: str | None = None,
+    overdue: bool = False,
 ) -> Page:
     """The built-in maintenance page: reason, expected end, and the way back.
 
@@ -182,9 +193,12 @@ def maintenance_page(
     the rest of the site works, and the page says so.
 
     ``retry_after`` is the configured fallback; the page polls faster as the
-    expected end nears (between every 2 and every 15 seconds).
+    expected end nears (between every 2 and every 15 seconds). ``overdue``: the
+    expected end has passed; the page says the work takes longer instead of a past time.
     """
     esc = html.escape
+    until_text = OVERDUE_TEXT if overdue else (readable_time(until) if until else "")
+    overdue_attr = " data-overdue" if overdue else ""
     reason_attr = "" if reason else " hidden"
     until_attr = "" if until else " hidden"
     datetime_attr = f' datetime="{esc(until)}"' if until else ""
@@ -208,14 +222,14 @@ def maintenance_page(
 <style>{_STYLE}</style>
 </head>
 <body>
-<main id="guardd" data-retry-after="{int(retry_after)}">
+<main id="guardd" data-retry-after="{int(retry_after)}"{overdue_attr}>
 {_ICON}
 <h1>{esc(title)}</h1>
 <p class="lead">{esc(lead)}</p>
 <dl role="status" aria-live="polite">
 <div id="reason"{reason_attr}><dt>Reason</dt><dd id="reason-text">{esc(reason or "")}</dd></div>
 <div id="until"{until_attr}><dt>Expected back</dt><dd><time id="until-time"{datetime_attr}>\
-{esc(readable_time(until)) if until else ""}</time></dd></div>
+{esc(until_text)}</time></dd></div>
 </dl>
 <p class="note">This page checks for you and takes you back to the site as soon as it is \
 available again.</p>
@@ -254,16 +268,22 @@ def outage_page() -> Page:
 
 
 def render_template(
-    template: str, *, reason: str | None, until: str | None, retry_after: int
+    template: str,
+    *,
+    reason: str | None,
+    until: str | None,
+    retry_after: int,
+    overdue: bool = False,
 ) -> str:
     """``page_template`` with ``{reason}``, ``{until}`` and ``{retry_after}`` replaced.
 
     One pass, so a reason that reads ``{until}`` stays literal text; values are
-    HTML-escaped; every other brace (CSS, scripts) is left alone.
+    HTML-escaped; every other brace (CSS, scripts) is left alone. Once overdue,
+    ``{until}`` says the work takes longer than expected rather than a past time.
     """
     values = {
         "reason": html.escape(reason or ""),
-        "until": html.escape(until or ""),
+        "until": html.escape(OVERDUE_TEXT if overdue else until or ""),
         "retry_after": str(int(retry_after)),
     }
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)

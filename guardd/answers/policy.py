@@ -102,6 +102,7 @@ def health_body(status: ScopeStatus, answer: HealthAnswer) -> dict[str, object]:
             "reason": status.reason,
             "since": status.since,
             "until": status.until,
+            "overdue": status.overdue,
         }
     )
     return body

@@ -4,7 +4,7 @@ The protocol (SPEC, "The drain guarantee"): take the shared run locks, *then* re
 the flags; the command inherits the locks and holds them for its whole life. This
 module sits in front of every cron job, so the decision is made with os, fcntl and
 the lean core paths/switch/runlock and runcache helpers; everything else (signal handling,
-durations, syslog, JSON) is imported only on the paths that need it.
+durations, the journal/syslog trace, JSON) is imported only on the paths that need it.
 """
 
 from __future__ import annotations
@@ -77,11 +77,28 @@ command's whole life, so that `guardctl on --wait` can drain it.
                      command's process group, SIGKILL after --grace (default 30s)
   --check            run nothing: exit 0 in service, 1 in maintenance
   --config PATH      config file (default: $GUARDD_CONFIG, else /etc/guardd/config.yaml)
-  -v, --verbose      say on stderr which flags and run locks were checked, what
-                     was decided and why
+  -v, --verbose      name on stderr the flags and run locks checked, what was
+                     decided and why
+  -h, --help         this help
 
-Exit: the command's status (128+N if killed by signal N), 126/127 not executable/
-not found, 2 usage or config error, 75 in maintenance with --when-on fail.
+examples:
+  guard-run --scope shop -- /usr/local/bin/backup --full     (in a crontab line)
+  guard-run --scope shop --when-on wait --wait-timeout 1h -- ./import.sh
+  guard-run --scope shop --interrupt --grace 1m -- ./worker
+  ExecCondition=/usr/bin/guard-run --check --scope shop      (systemd unit)
+
+A skip is logged as one line: to the journal under systemd (fields GUARD_SCOPE,
+GUARD_FLAG, ...: journalctl SYSLOG_IDENTIFIER=guard-run), else to syslog, else on
+stderr when neither exists.
+
+exit status:
+  0        COMMAND's own 0, or skipped (--skip-code, default 0), or --check: in service
+  1        --check: in maintenance
+  2        usage or config error; COMMAND was not run
+  75       in maintenance with --when-on fail (or still on after --wait-timeout)
+  126/127  COMMAND not executable / not found
+  128+N    COMMAND killed by signal N
+  other    COMMAND's own exit status
 """
 
 
@@ -272,17 +289,6 @@ def present_flag(paths: Sequence[str]) -> Hit | None:
     return hit
 
 
-def _say_checked(flags: Sequence[str], hit: Hit | None) -> None:
-    """-v: name the flags looked at and what was found."""
-    if hit is None:
-        found = "none present"
-    elif hit.doubt is None:
-        found = f"{hit.path} present"
-    else:
-        found = f"{hit.path} unknown ({hit.doubt}), counted as present"
-    _say(f"flags checked: {', '.join(flags)}: {found}")
-
-
 def flag_reason(path: str) -> str | None:
     """The reason a flag file gives (JSON ``reason`` or its first line), cleaned.
 
@@ -406,11 +412,9 @@ def check_scope(*, scope: str, config_path: str | None = None, verbose: bool = F
     view = load_run_view(config_path)
     flags = scope_flags(view, scope)
     flag = present_flag(flags)
-    if verbose:
-        _say_checked(flags, flag)
     if flag is None:
         if verbose:
-            _say(f"scope {scope} is in service")
+            _say_checked(scope, flags)
         return EXIT_OK
     if verbose:
         _say(_why(scope, flag))
@@ -459,10 +463,6 @@ def run_guarded(
                 release(fds)
                 raise
             if flag is None and busy is None:
-                if verbose:
-                    _say_checked(flags, flag)
-                    _say(f"run locks held (shared): {', '.join(lock_paths)}")
-                    _say(f"scope {scope} is in service: running {_shown(command)}")
                 break
             release(fds)  # never hold the locks while in maintenance
         if flag is None:
@@ -473,8 +473,6 @@ def run_guarded(
                 f"not running {_shown(command)}",
                 exit_code=EXIT_TEMPFAIL,
             )
-        if verbose and not announced:
-            _say_checked(flags, flag)
         if when_on == "skip":
             code = view.skip_code if skip_code is None else skip_code
             _log_skip(command, scope, flag, verbose=verbose)
@@ -493,6 +491,8 @@ def run_guarded(
                 exit_code=EXIT_TEMPFAIL,
             )
         # Off now: loop to take the locks again and re-check (SPEC: wait).
+    if verbose:
+        _say_checked(scope, flags, lock_paths)
     if interrupt:
         return supervise(command, fds, scope=scope, flags=flags, grace=grace, verbose=verbose)
     exec_in_place(command, fds)
@@ -712,19 +712,33 @@ def _say(message: str) -> None:
 
 
 def _log_skip(command: Sequence[str], scope: str, flag: Hit, *, verbose: bool) -> None:
-    """One line to syslog (the journal under systemd); stderr only with -v.
+    """One line where the operator looks: the journal under systemd (with GUARD_*
+    fields), else syslog, else stderr (when neither socket exists); and stderr with -v.
 
     cron mails any output, so a skip is silent on stdout and stderr by default.
     """
     message = f"{_why(scope, flag)}: skipped {_shown(command)}"
-    if verbose:
-        _say(message)
-    import syslog
+    from guardd.cli.trace import record
 
-    # Without a syslog socket (/dev/log) this is silently lost; the exit code tells.
-    syslog.openlog(PROG, syslog.LOG_PID, syslog.LOG_USER)
-    syslog.syslog(syslog.LOG_INFO, message)
-    syslog.closelog()
+    where = record(
+        PROG,
+        message,
+        {
+            "GUARD_SCOPE": scope,
+            "GUARD_FLAG": flag.path,
+            "GUARD_REASON": (flag_reason(flag.path) if flag.doubt is None else None) or "",
+            "GUARD_COMMAND": _shown(command),
+            "GUARD_ACTION": "skip",
+        },
+    )
+    if verbose and where != "stderr":
+        _say(message)
+
+
+def _say_checked(scope: str, flags: Sequence[str], locks: Sequence[str] = ()) -> None:
+    """-v: which flags (and run locks) decided that ``scope`` is in service."""
+    held = f"; holding run locks {', '.join(locks)}" if locks else ""
+    _say(f"scope {scope} is in service (no flag among {', '.join(flags)}){held}")
 
 
 # --------------------------------------------------------------------------- CLI

@@ -27,6 +27,7 @@ from guardd.config.model import (
     HooksConfig,
     HttpConfig,
     ListenAddress,
+    MetricsConfig,
     ModeConfig,
     RunConfig,
     ScopeConfig,
@@ -119,6 +120,11 @@ def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
     fleet = _fleet(top)
     bypass = _bypass(top)
     hooks = _hooks(top)
+    metrics_section = top.section("metrics")
+    metrics = MetricsConfig(
+        allow=metrics_section.string_list("allow", default=MetricsConfig.allow, item_check=_cidr)
+    )
+    metrics_section.finish()
     top.finish()
 
     if http.policy == "fleet" and not fleet.endpoints:
@@ -144,6 +150,7 @@ def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
         fleet=fleet,
         bypass=bypass,
         hooks=hooks,
+        metrics=metrics,
     )
 
 

@@ -94,6 +94,13 @@ class AgentConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Who may read ``/metrics`` on the HTTP listener (others get the ordinary answer)."""
+
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """guard-run defaults."""
 
@@ -150,6 +157,7 @@ class Config:
     fleet: FleetConfig
     bypass: BypassConfig
     hooks: HooksConfig
+    metrics: MetricsConfig = MetricsConfig()
 
     def flag_path(self, scope: str) -> str:
         """The file whose existence puts ``scope`` in maintenance."""

@@ -45,6 +45,7 @@ def describe(config: Config) -> dict[str, Any]:
             "scope": config.agent.scope,
             "withdraw_as": config.agent.withdraw_as,
         },
+        "metrics": {"allow": list(config.metrics.allow)},
         "run": {"skip_code": config.run.skip_code},
         "fleet": {
             "endpoints": list(config.fleet.endpoints),

@@ -1,7 +1,8 @@
 """The flag file: read it (never raises on garbage), write it atomically, remove it.
 
 A scope is in maintenance exactly while its flag file exists; the content only adds
-detail (reason, until, since, by).
+detail (reason, until, since, by, note). ``reason`` is public (pages, JSON answers,
+agent lines); ``note`` is for operators only (status, watch, logs).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 MAX_FLAG_BYTES = 64 * 1024
 MAX_REASON_CHARS = 1000
 MAX_PLAIN_REASON_CHARS = 200
+MAX_NOTE_CHARS = 1000
 MAX_MODE_CHARS = 64
 # A "mode" that is not text names no mode: full maintenance, as for an unknown one.
 INVALID_MODE = "(invalid)"
@@ -47,6 +49,8 @@ class FlagInfo:
     by: str | None
     # Partial maintenance (SPEC "modes"): the mode's name; None is full maintenance.
     mode: str | None = None
+    # Internal text for operators: never on a page, a JSON answer or an agent line.
+    note: str | None = None
     doubt: str | None = None
     by_guardd: bool = False
 
@@ -62,6 +66,8 @@ class FlagInfo:
             obj["mode"] = self.mode
         if self.by_guardd:
             obj["by_guardd"] = True
+        if self.note is not None:
+            obj["note"] = self.note
         return obj
 
 
@@ -98,6 +104,7 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
             reason = obj.get("reason")
             by = obj.get("by")
             mode = obj.get("mode")
+            note = obj.get("note")
             return FlagInfo(
                 reason=clean_text(reason, limit=MAX_REASON_CHARS)
                 if isinstance(reason, str)
@@ -111,6 +118,7 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
                 if isinstance(mode, str)
                 else (None if mode is None else INVALID_MODE),
                 by_guardd=obj.get("by_guardd") is True,
+                note=clean_text(note, limit=MAX_NOTE_CHARS) if isinstance(note, str) else None,
             )
     first_line = stripped.split("\n", 1)[0] if stripped else ""
     if "\x00" in first_line:
@@ -181,6 +189,7 @@ def make_flag(
     by: str | None,
     now: datetime,
     mode: str | None = None,
+    note: str | None = None,
 ) -> FlagInfo:
     """A new flag's content, cleaned the same way as one read from disk."""
     return FlagInfo(
@@ -189,6 +198,22 @@ def make_flag(
         since=format_time(now),
         by=by,
         mode=mode,
+        note=clean_text(note, limit=MAX_NOTE_CHARS) if note else None,
+    )
+
+
+def renew_flag(existing: FlagInfo | None, new: FlagInfo) -> FlagInfo:
+    """``guardctl on`` over a scope that is already on: keep ``since``, and keep
+    ``reason``, ``until``, ``mode`` and ``note`` unless the new flag gives them again."""
+    if existing is None:
+        return new
+    return FlagInfo(
+        reason=new.reason if new.reason is not None else existing.reason,
+        until=new.until if new.until is not None else existing.until,
+        since=existing.since or new.since,  # None: its time could not be told
+        by=new.by,
+        mode=new.mode if new.mode is not None else existing.mode,
+        note=new.note if new.note is not None else existing.note,
     )
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
+from guardd.core.durations import parse_time
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
 from guardd.core.switch import in_force
 
 State = Literal["off", "draining", "on"]
+# Why a scope is on when its own flag is absent: host-wide maintenance.
+Via = Literal["default"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,13 @@ class ScopeStatus:
     # Partial maintenance in force (SPEC "modes"): the modes' names; empty while
     # off or in full maintenance (which beats any mode).
     modes: tuple[str, ...] = ()
+    # ``until`` has passed and the flag is still there.
+    overdue: bool = False
+    # "default": on only because ``default`` is (the scope's own flag is absent).
+    via: Via | None = None
+    # Who wrote the flag in force, and the operators' internal note (never public).
+    by: str | None = None
+    note: str | None = None
 
     @property
     def in_maintenance(self) -> bool:
@@ -43,7 +54,10 @@ class ScopeStatus:
         return bool(self.modes)
 
     def fields(self) -> dict[str, object]:
-        """The five fields of the status reply, in the SPEC's order."""
+        """The status reply's fields: the SPEC's five, then mode, overdue, via, by, note.
+
+        For the control socket only (status, watch): ``note`` is internal text.
+        """
         return {
             "state": self.state,
             "since": self.since,
@@ -51,7 +65,30 @@ class ScopeStatus:
             "reason": self.reason,
             "jobs": self.jobs,
             "mode": self.mode,
+            "overdue": self.overdue,
+            "via": self.via,
+            "by": self.by,
+            "note": self.note,
         }
+
+
+@lru_cache(maxsize=4096)
+def until_epoch(until: str | None) -> float | None:
+    """The Unix time of an RFC 3339 ``until``, or None when absent or unreadable.
+
+    Cached: every publish asks again for every scope in maintenance."""
+    if until is None:
+        return None
+    try:
+        return parse_time(until).timestamp()
+    except (ValueError, OverflowError):
+        return None
+
+
+def is_overdue(until: str | None, now: float) -> bool:
+    """True once the expected end ``until`` has passed."""
+    end = until_epoch(until)
+    return end is not None and end <= now
 
 
 def modes_in_force(flags: Iterable[FlagInfo | None], known: Collection[str]) -> tuple[str, ...]:
@@ -74,14 +111,18 @@ def modes_in_force(flags: Iterable[FlagInfo | None], known: Collection[str]) -> 
 def scope_status(
     scope: str,
     *,
-    flags: Sequence[FlagInfo],
+    flags: Sequence[tuple[str, FlagInfo]],
     jobs: int,
     known_modes: Collection[str] = (),
+    now: float = 0.0,
 ) -> ScopeStatus:
-    """One scope's status from the flags in force for it (switch.in_force: its own,
-    then default's; none: off). The first is the one whose reason and times are shown;
-    each one's mode applies."""
-    flag = flags[0] if flags else None
+    """One scope's status from the flags in force for it, as (scope, flag) pairs
+    (switch.in_force: its own, then default's; none: off). The first is the one whose
+    reason and times are shown; each one's mode applies.
+
+    ``now`` (Unix time) decides ``overdue``; 0 never makes a scope overdue.
+    """
+    source, flag = flags[0] if flags else (scope, None)
     if flag is None:
         return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=jobs)
     return ScopeStatus(
@@ -91,7 +132,11 @@ def scope_status(
         until=flag.until,
         reason=flag.reason,
         jobs=jobs,
-        modes=modes_in_force(flags, known_modes),
+        modes=modes_in_force((each for _, each in flags), known_modes),
+        overdue=now > 0 and is_overdue(flag.until, now),
+        via="default" if source != scope else None,
+        by=flag.by,
+        note=flag.note,
     )
 
 
@@ -99,19 +144,38 @@ def all_statuses(
     flags: Mapping[str, FlagInfo | None],
     jobs: Mapping[str, int],
     known_modes: Mapping[str, Collection[str]] | None = None,
+    *,
+    now: float = 0.0,
 ) -> dict[str, ScopeStatus]:
     """Every scope's status from what its own files say (None: none present), its
     job count and the names of its modes (none known: every mode is full
-    maintenance). ``default`` puts every scope on: switch.in_force decides."""
+    maintenance). ``default`` puts every scope on: switch.in_force decides.
+
+    ``now`` (Unix time) decides which scopes are overdue (0: none is).
+    """
     return {
         scope: scope_status(
             scope,
             flags=in_force(flags, scope),
             jobs=jobs.get(scope, 0),
             known_modes=(known_modes or {}).get(scope, ()),
+            now=now,
         )
         for scope in sorted(flags)
     }
+
+
+def next_overdue(statuses: Mapping[str, ScopeStatus], now: float) -> float | None:
+    """The earliest ``until`` after ``now`` among scopes in maintenance (when the next
+    scope turns overdue), or None."""
+    ends = [
+        end
+        for status in statuses.values()
+        if status.in_maintenance and not status.overdue
+        for end in [until_epoch(status.until)]
+        if end is not None and end > now
+    ]
+    return min(ends, default=None)
 
 
 def summary(statuses: Mapping[str, ScopeStatus]) -> str:
@@ -126,6 +190,8 @@ def summary(statuses: Mapping[str, ScopeStatus]) -> str:
             text += f" ({status.mode})"
         if status.state == "draining":
             text += f" ({status.jobs} job{'s' if status.jobs != 1 else ''})"
+        if status.overdue:
+            text += " OVERDUE"
         parts.append(text)
     return "maintenance: " + ", ".join(parts)
 

@@ -105,12 +105,15 @@ def scope_on(view: RunView, scope: str) -> Hit | None:
     return first_on(switch_files(view, scope))
 
 
-def in_force(own: Mapping[str, T | None], scope: str) -> tuple[T, ...]:
+def in_force(own: Mapping[str, T | None], scope: str) -> tuple[tuple[str, T], ...]:
     """What puts ``scope`` on, given what each scope's own files say (None: nothing):
-    its own, then ``default``'s; empty when off. The callers that read flag content
-    (guardd, guardctl) combine scopes through this, as guard-run does through
-    switch_files; the first one is shown, and each one's mode applies."""
-    found = (
-        (own.get(scope),) if scope == DEFAULT_SCOPE else (own.get(scope), own.get(DEFAULT_SCOPE))
-    )
-    return tuple(flag for flag in found if flag is not None)
+    (scope it belongs to, what it says) for its own, then for ``default``'s; empty
+    when off. guardd and guardctl, which read flag content, combine scopes through
+    this, as guard-run does through switch_files; the first is shown, each one's mode
+    applies, and one of ``default``'s first means the scope is on "via default"."""
+    found = []
+    for name in (scope,) if scope == DEFAULT_SCOPE else (scope, DEFAULT_SCOPE):
+        flag = own.get(name)
+        if flag is not None:
+            found.append((name, flag))
+    return tuple(found)

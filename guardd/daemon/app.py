@@ -8,11 +8,12 @@ close everything, exit 0). Signal handlers only set flags.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -21,7 +22,7 @@ from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core import lockfile
 from guardd.core.flag import FlagInfo, read_flag, read_scope, remove_flag, write_flag
-from guardd.core.jobs import count_jobs, describe_jobs, find_holders
+from guardd.core.jobs import describe_jobs, find_holders
 from guardd.core.paths import (
     DEFAULT_SCOPE,
     LOCK_DIR_MODE,
@@ -41,11 +42,12 @@ from guardd.core.schedule import (
     upcoming,
     write_windows,
 )
-from guardd.core.state import ScopeStatus, Snapshot, all_statuses, summary
+from guardd.core.state import ScopeStatus, Snapshot, all_statuses, next_overdue, summary
 from guardd.core.switch import mirror_file, own_files
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent
 from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
@@ -79,11 +81,14 @@ class StateListener(Protocol):
         """One line for the startup log: what it serves where."""
 
 
-def build_listeners(config: Config) -> list[StateListener]:
-    """The HTTP responder and agent-check port (each says "off" without addresses)."""
+def build_listeners(
+    config: Config, *, counts: list[int], render_metrics: Callable[[], bytes]
+) -> list[StateListener]:
+    """The HTTP responder (with /metrics) and agent-check port (each says "off"
+    without addresses)."""
     from guardd.daemon.listeners import make_listeners
 
-    return make_listeners(config)
+    return make_listeners(config, counts=counts, render_metrics=render_metrics)
 
 
 class Daemon:
@@ -103,7 +108,11 @@ class Daemon:
         self.unknown_flags: dict[str, FlagInfo] = {}
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
+        # The pids holding each scope's run lock (jobs' counts are their sizes).
+        self.holders: dict[str, set[int]] = {}
         self.statuses: dict[str, ScopeStatus] = {}
+        # For /metrics: state changes per (scope, new state) since start.
+        self.transitions: dict[tuple[str, str], int] = {}
         # Signal flags, set by handlers and acted on by the main loop.
         self.stop_requested = False
         self.reload_requested = False
@@ -117,12 +126,24 @@ class Daemon:
         self.refresher: asyncio.Task[None] | None = None
         self.drain_timer: asyncio.TimerHandle | None = None
         self.recount_timer: asyncio.TimerHandle | None = None
+        self.overdue_timer: asyncio.TimerHandle | None = None
         self.watchdog_timer: asyncio.TimerHandle | None = None
         self.watcher: Watcher | None = None
         self.control: ControlServer | None = None
         self.listeners: list[StateListener] = []
         self.hooks = HookRunner(config.hooks)
         self.fleet: FleetAgent | None = None
+        self.http_counts = new_counts()
+        self.metrics = Metrics(
+            MetricsSource(
+                statuses=lambda: self.statuses,
+                # Copies: the scrape runs in a worker thread while the loop goes on
+                # (a dict copy is one step under the GIL; statuses are replaced whole).
+                transitions=self.transitions.copy,
+                fleet=lambda: self.fleet.view if self.fleet is not None else None,
+                http_counts=self.http_counts,
+            )
+        )
 
     # ------------------------------------------------------------------ serve
 
@@ -155,7 +176,9 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
-        self.listeners = build_listeners(self.config)
+        self.listeners = build_listeners(
+            self.config, counts=self.http_counts, render_metrics=self.metrics.render
+        )
         for listener in self.listeners:
             await listener.start()
             listener.update(self.snapshot())
@@ -192,6 +215,7 @@ class Daemon:
             self.drain_timer,
             self.recount_timer,
             self.schedule_timer,
+            self.overdue_timer,
         ):
             if timer is not None:
                 timer.cancel()
@@ -334,15 +358,18 @@ class Daemon:
 
     async def _read_everything(self, *, publish: bool = False) -> None:
         flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
-        jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+        holders = await asyncio.to_thread(find_holders, self._run_locks())
         self.flags = flags
-        self.jobs = jobs
         if publish:
+            self._take_holders(holders)
             self._publish()
         else:
-            self.statuses = all_statuses(self.flags, self.jobs, self.known_modes)
+            self.holders = holders
+            self.jobs = {scope: len(pids) for scope, pids in holders.items()}
+            self.statuses = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
             self.published_flags = dict(self.flags)
             self._schedule_drain_recount()
+            self._arm_overdue_timer()
 
     def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
         view = self.config.run_view()
@@ -412,7 +439,7 @@ class Daemon:
                     self._publish()
                     jobs_dirty = True  # a new flag may start a drain
                 if jobs_dirty:
-                    self.jobs = await asyncio.to_thread(count_jobs, self._run_locks())
+                    self._take_holders(await asyncio.to_thread(find_holders, self._run_locks()))
                     self._publish()
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
@@ -429,6 +456,16 @@ class Daemon:
             return
         self._arm_schedule_timer()
         self._publish(force=True)
+
+    def _take_holders(self, holders: dict[str, set[int]]) -> None:
+        """New run-lock holders: log each job that started or ended, update the counts."""
+        counts = {scope: len(pids) for scope, pids in holders.items()}
+        for verb, pid, scope in job_changes(self.holders, holders):
+            log.info(
+                "job %s: pid %d, scope %s, jobs now %d", verb, pid, scope, counts.get(scope, 0)
+            )
+        self.holders = holders
+        self.jobs = counts
 
     @property
     def known_modes(self) -> dict[str, tuple[str, ...]]:
@@ -459,27 +496,30 @@ class Daemon:
         ``force`` updates the listeners even without a state change (the upcoming
         windows they show changed).
         """
-        new = all_statuses(self.flags, self.jobs, self.known_modes)
+        new = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
         self._log_unknown_modes()
         changed = {
             scope: status for scope, status in new.items() if self.statuses.get(scope) != status
         }
         calls = transitions(self.statuses, new, self.published_flags, self.flags)
+        old_statuses = self.statuses
         self.statuses = new
         self.published_flags = dict(self.flags)
         self._schedule_drain_recount()
+        self._arm_overdue_timer()
         self.hooks.fire(calls)
         if not changed:
             if force:
                 self._update_listeners()
             return
         for status in changed.values():
-            log.info(
-                "scope %s: %s%s",
-                status.scope,
-                status.state,
-                f" ({status.reason})" if status.reason else "",
-            )
+            old = old_statuses.get(status.scope)
+            if old is not None and old.state != status.state:
+                key = (status.scope, status.state)
+                self.transitions[key] = self.transitions.get(key, 0) + 1
+            # A job count alone is not a state change: _take_holders logged the job.
+            if old is None or dataclasses.replace(old, jobs=status.jobs) != status:
+                log.info("scope %s: %s", status.scope, describe_change(status))
         if self.control is not None:
             self.control.broadcast(changed)
         self._update_listeners()
@@ -493,6 +533,23 @@ class Daemon:
         if draining and self.drain_timer is None:
             loop = asyncio.get_running_loop()
             self.drain_timer = loop.call_later(DRAIN_RECOUNT_INTERVAL, self._drain_tick)
+
+    def _arm_overdue_timer(self) -> None:
+        """Publish again when the next scope's ``until`` passes (it turns overdue)."""
+        if self.overdue_timer is not None:
+            self.overdue_timer.cancel()
+            self.overdue_timer = None
+        now = time.time()
+        end = next_overdue(self.statuses, now)
+        if end is None:
+            return
+        # At most an hour ahead: the wall clock may be stepped meanwhile.
+        delay = min(end - now + 0.01, 3600.0)
+        self.overdue_timer = asyncio.get_running_loop().call_later(delay, self._overdue_tick)
+
+    def _overdue_tick(self) -> None:
+        self.overdue_timer = None
+        self._publish()
 
     def _drain_tick(self) -> None:
         self.drain_timer = None
@@ -655,6 +712,45 @@ class Daemon:
         if scope is not None and scope != DEFAULT_SCOPE:
             jobs = [job for job in jobs if job.scope == scope]
         return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
+
+
+def job_changes(
+    old: Mapping[str, set[int]], new: Mapping[str, set[int]]
+) -> list[tuple[str, int, str]]:
+    """(started|ended, pid, scope) for each job that came or went between two sets of
+    run-lock holders. Every job holds ``default.run`` too: it is named by its own
+    scope, once; only a job of ``default`` itself is named ``default``."""
+    changes = []
+    for verb, before, after in (("started", old, new), ("ended", new, old)):
+        named = set().union(*(pids for scope, pids in after.items() if scope != DEFAULT_SCOPE))
+        for scope in sorted(after):
+            pids = after[scope] - before.get(scope, set())
+            if scope == DEFAULT_SCOPE:
+                pids -= named
+            changes += [(verb, pid, scope) for pid in sorted(pids)]
+    return changes
+
+
+def describe_change(status: ScopeStatus) -> str:
+    """The log line's text for a scope's new state: state, then what the flag says."""
+    if not status.in_maintenance:
+        return status.state
+    details = []
+    if status.mode is not None:
+        details.append(f"mode {status.mode}")
+    if status.via is not None:
+        details.append(f"via {status.via}")
+    if status.reason:
+        details.append(f"reason: {status.reason}")
+    if status.until:
+        details.append(f"until {status.until}" + (", overdue" if status.overdue else ""))
+    if status.by:
+        details.append(f"by {status.by}")
+    if status.note:
+        details.append(f"note: {status.note}")
+    if status.jobs:
+        details.append(f"jobs {status.jobs}")
+    return status.state + (f" ({'; '.join(details)})" if details else "")
 
 
 # --------------------------------------------------------------------------- logging

@@ -107,6 +107,10 @@ class HookRunner:
                 "GUARD_STATE": status.state,
                 "GUARD_REASON": status.reason or "",
                 "GUARD_UNTIL": status.until or "",
+                # Internal: who switched it and the operators' note (hooks are the
+                # operators' own commands, e.g. a message to the team's chat).
+                "GUARD_BY": status.by or "",
+                "GUARD_NOTE": status.note or "",
             }
         )
         name = f"{call.kind} hook {argv[0]!r} for {status.scope}"

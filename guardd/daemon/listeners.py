@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from guardd.answers.agent import AgentConnection, AgentShared
 from guardd.answers.http.connection import HttpConnection
-from guardd.answers.http.replies import HttpSettings, HttpShared
+from guardd.answers.http.replies import HttpSettings, HttpShared, MetricsRenderer
 from guardd.config.model import Config, ListenAddress
 from guardd.core.state import Snapshot
 from guardd.errors import GuardError
@@ -213,11 +213,22 @@ async def read_template(path: str) -> str:
 class HttpListener:
     """The HTTP health responder and maintenance page, as a daemon StateListener."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        counts: list[int] | None = None,
+        render_metrics: MetricsRenderer | None = None,
+    ) -> None:
         self.config = config
         self.snapshot = Snapshot(statuses={})
         settings = HttpSettings.from_config(config, None)
-        self.shared = HttpShared(settings, self.snapshot.view(settings.scope))
+        self.shared = HttpShared(
+            settings,
+            self.snapshot.view(settings.scope),
+            counts=counts,
+            render_metrics=render_metrics,
+        )
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "http.listen", lambda: HttpConnection(self.shared, loop_getter())
@@ -308,7 +319,16 @@ class AgentListener:
         return f"agent-check on {where} (scope {agent.scope}, maintenance: {agent.withdraw_as})"
 
 
-def make_listeners(config: Config) -> list[StateListener]:
+def make_listeners(
+    config: Config,
+    *,
+    counts: list[int] | None = None,
+    render_metrics: MetricsRenderer | None = None,
+) -> list[StateListener]:
     """Both responders, always: one with no addresses binds nothing and says "off",
-    and a reload that adds addresses turns it on."""
-    return [HttpListener(config), AgentListener(config)]
+    and a reload that adds addresses turns it on. ``counts`` (requests per answer
+    kind) and ``render_metrics`` serve /metrics on the HTTP listener."""
+    return [
+        HttpListener(config, counts=counts, render_metrics=render_metrics),
+        AgentListener(config),
+    ]

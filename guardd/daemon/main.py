@@ -48,6 +48,21 @@ def setup_logging() -> None:
 
 # --------------------------------------------------------------------------- CLI
 
+HELP_EPILOG = """\
+examples:
+  guardd --check-config                    validate /etc/guardd/config.yaml, print it
+  guardd --config ./guardd.yaml            run in the foreground (Ctrl-C stops it)
+  systemctl reload guardd                  reload the config (SIGHUP)
+
+signals: SIGHUP reloads the config (an invalid one is logged, the old one kept);
+SIGTERM or SIGINT stop it cleanly (exit 0).
+
+exit status:
+  0    stopped cleanly, or --check-config found the config valid
+  1    failure at start (a listen address in use, a directory it cannot create, ...)
+  2    config error (the message names the key), or bad option
+"""
+
 
 def run(*, config_path: str | None, check_config: bool) -> int:
     """Load the config, then either print it (--check-config) or serve until stopped."""
@@ -82,7 +97,14 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
     parser = argparse.ArgumentParser(
-        prog="guardd", description="Maintenance-mode guard daemon (runs in the foreground)."
+        prog="guardd",
+        description=(
+            "Maintenance-mode guard daemon (runs in the foreground; systemd Type=notify). "
+            "Watches the flag files and answers load balancers (HTTP health, the "
+            "maintenance page, /metrics, HAProxy agent-check) and guardctl (control socket)."
+        ),
+        epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--config",

@@ -83,7 +83,8 @@ def test_own_lock_file_is_written_in_a_new_directory(setup: dict[str, Any]) -> N
 
 
 def test_status_without_daemon_reads_files(setup: dict[str, Any]) -> None:
-    """status works with guardd down, says so, and --json has every scope's five fields."""
+    """status works with guardd down, says so, and --json has every scope's five fields
+    plus overdue, via, by and note."""
     ctl(setup, "on", "shop", "--reason", "x", "--for", "1h30m")
     result = ctl(setup, "status")
     assert result.returncode == 0
@@ -94,7 +95,8 @@ def test_status_without_daemon_reads_files(setup: dict[str, Any]) -> None:
     assert data["source"] == "files" and data["node"] == "ctl-node"
     assert set(data["scopes"]) == {"default", "shop", "blog"}
     for fields in data["scopes"].values():
-        assert set(fields) == {"state", "since", "until", "reason", "jobs", "mode"}
+        assert set(fields) >= {"state", "since", "until", "reason", "jobs", "mode"}
+        assert {"overdue", "via", "by", "note"} <= set(fields)
     assert data["scopes"]["shop"]["until"] is not None
     only = json.loads(ctl(setup, "status", "--json", "shop").stdout)
     assert list(only["scopes"]) == ["shop"]
@@ -138,7 +140,8 @@ def test_status_prefers_the_running_daemon(make_guardd: MakeGuardd) -> None:
         (("on", "--timeout", "5"), "only go with --wait"),
         (("on", "--wait", "--then", "explode"), "invalid choice: 'explode'"),
         (("frobnicate",), "invalid choice"),
-        ((), "required"),
+        (("on", "--for", "-5m"), "argument --for: '-5m' is negative"),
+        (("on", "--for", "0"), "--for must be longer than 0s"),
     ],
 )
 def test_usage_errors_are_exit_2_one_line(
@@ -183,8 +186,9 @@ def test_watch_without_daemon_is_exit_4(setup: dict[str, Any]) -> None:
     assert "guardd is not reachable" in result.stderr
 
 
-def test_watch_streams_and_exits_4_when_daemon_goes(make_guardd: MakeGuardd) -> None:
-    """watch --json prints the status, then each change; exit 4 when guardd stops."""
+def test_watch_streams_and_reconnects_when_guardd_restarts(make_guardd: MakeGuardd) -> None:
+    """watch --json prints the status, then each change; when guardd stops it says so
+    in one line, reconnects once guardd is back, shows the state anew and goes on."""
     daemon = make_guardd().start()
     env = {**os.environ, "GUARDD_CONFIG": str(daemon.config_path)}
     watcher = subprocess.Popen(
@@ -202,12 +206,27 @@ def test_watch_streams_and_exits_4_when_daemon_goes(make_guardd: MakeGuardd) -> 
         event = json.loads(watcher.stdout.readline())
         assert (event["event"], event["state"], event["reason"]) == ("state", "on", "reindex")
         daemon.stop()
-        assert watcher.wait(timeout=10) == 4
-        assert watcher.stderr is not None
-        assert "guardd closed the connection" in watcher.stderr.read()
+        lost = json.loads(watcher.stdout.readline())
+        assert lost["event"] == "disconnected" and "guardd closed the connection" in lost["error"]
+        assert watcher.poll() is None  # still running, waiting for guardd
+        daemon.start()
+        assert json.loads(watcher.stdout.readline()) == {"event": "reconnected"}
+        again = json.loads(watcher.stdout.readline())
+        assert again["ok"] is True and again["scopes"]["default"]["state"] == "on"
+        daemon.flag().unlink()
+        event = json.loads(watcher.stdout.readline())
+        assert (event["event"], event["scope"], event["state"]) == ("state", "default", "off")
     finally:
         watcher.kill()
         watcher.communicate()
+
+
+def test_watch_exits_4_when_guardd_is_not_running_at_start(setup: dict[str, Any]) -> None:
+    """watch with no guardd to reach at all: exit 4 at once with one line."""
+    result = ctl(setup, "watch", timeout=10)
+    assert result.returncode == 4
+    assert result.stderr.startswith("guardctl: guardd is not reachable on ")
+    assert result.stderr.count("\n") == 1
 
 
 def test_jobs_lists_lock_holders_without_registration(setup: dict[str, Any]) -> None:

@@ -39,6 +39,10 @@ def test_ready_carries_status_and_listeners_are_up(make_guardd: MakeGuardd) -> N
             "reason": None,
             "jobs": 0,
             "mode": None,
+            "overdue": False,
+            "via": None,
+            "by": None,
+            "note": None,
         }
     # The run locks of configured scopes exist, readable by every user.
     for scope in ("default", "shop"):

@@ -306,3 +306,33 @@ def test_fleet_policy_without_any_fleet_view_acts_as_withdraw(
     ).start()
     daemon.flag().touch()
     wait_until(lambda: health(port) == (503, "fail"), what="withdrawn without a fleet view")
+
+
+def test_fleet_metrics(make_guardd: MakeGuardd, etcd: EtcdCluster) -> None:
+    """/metrics in fleet mode: guardd_fleet_connected 1, and guardd_fleet_nodes counts
+    the live nodes per scope and state (one node on, one off); 0 once etcd is gone."""
+    port = free_port()
+    a = node(make_guardd, etcd, "web-a", http={"listen": [f"127.0.0.1:{port}"]}).start()
+    b = node(make_guardd, etcd, "web-b").start()
+    wait_until(lambda: len(fleet_nodes(a)) == 2, what="two nodes registered")
+    b.flag("shop").touch()
+
+    def samples() -> dict[str, float]:
+        text = get(port, "/metrics").text
+        return {
+            name: float(value)
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+            for name, _, value in [line.rpartition(" ")]
+        }
+
+    wait_until(
+        lambda: samples().get('guardd_fleet_nodes{scope="shop",state="on"}') == 1.0,
+        what="web-b counted on",
+    )
+    current = samples()
+    assert current["guardd_fleet_connected"] == 1.0
+    assert current['guardd_fleet_nodes{scope="shop",state="off"}'] == 1.0
+    assert current['guardd_fleet_nodes{scope="default",state="off"}'] == 2.0
+    etcd.stop()
+    wait_until(lambda: samples()["guardd_fleet_connected"] == 0.0, what="etcd seen gone")

@@ -131,6 +131,7 @@ def test_flag_takes_server_out_and_guardd_page_answers(stack: Stack) -> None:
         "paused": None,
         "reason": "Kernel upgrade",
         "until": None,
+        "overdue": False,
         "retry_after": 300,
     }
     assert get(stack.port, "/maintenance.json").json()["state"] == "on"

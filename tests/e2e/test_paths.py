@@ -34,8 +34,8 @@ def _checked_flags(env: dict[str, str], *, user: str) -> str:
         check=False,
     )
     assert result.returncode in (0, 1), result.stderr
-    line = next(x for x in result.stderr.splitlines() if "flags checked" in x)
-    return line.split("flags checked: ", 1)[1].split(": ", 1)[0]
+    line = next(x for x in result.stderr.splitlines() if "no flag among" in x)
+    return line.split("no flag among ", 1)[1].split(")", 1)[0]
 
 
 def test_config_without_paths_means_system_paths_for_every_user(tmp_short: Path) -> None:
@@ -122,7 +122,7 @@ def test_no_config_paths_never_in_tmp(tmp_short: Path, nobody_home: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
     run_dir = nobody_home / ".local/state/guardd/run"
-    assert f"run locks held (shared): {run_dir}/default.run" in result.stderr
+    assert f"holding run locks {run_dir}/default.run" in result.stderr
     assert not any(name.startswith("guardd-") for name in set(os.listdir("/tmp")) - before)
 
 

@@ -176,12 +176,14 @@ def test_unschedule_removes_the_window(make_guardd: MakeGuardd) -> None:
 
 
 def test_hooks_run_with_environment_in_order(make_guardd: MakeGuardd, tmp_short: Path) -> None:
-    """on_enter and on_exit run in order with GUARD_* set; a failing hook blocks nothing."""
+    """on_enter and on_exit run in order with GUARD_* set (GUARD_BY and GUARD_NOTE
+    too); a failing hook blocks nothing."""
     log = tmp_short / "hooks.log"
     record = [
         "sh",
         "-c",
-        f'echo "$0 $GUARD_SCOPE $GUARD_STATE $GUARD_REASON $GUARD_UNTIL" >> {log}',
+        f'echo "$0 $GUARD_SCOPE $GUARD_STATE $GUARD_REASON $GUARD_UNTIL $GUARD_BY $GUARD_NOTE"'
+        f" >> {log}",
     ]
     daemon = make_guardd(
         {
@@ -196,14 +198,16 @@ def test_hooks_run_with_environment_in_order(make_guardd: MakeGuardd, tmp_short:
             },
         }
     ).start()
-    daemon.flag("shop").write_text('{"reason": "db", "until": "2099-01-01T00:00:00Z"}')
+    daemon.flag("shop").write_text(
+        '{"reason": "db", "until": "2099-01-01T00:00:00Z", "by": "ana@h", "note": "n1"}'
+    )
     wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2, what="enter hooks")
     daemon.flag("shop").unlink()
     wait_until(lambda: log.read_text().count("\n") >= 3, what="exit hook")
     assert log.read_text().splitlines() == [
-        "enter1 shop on db 2099-01-01T00:00:00Z",
-        "enter2 shop on db 2099-01-01T00:00:00Z",
-        "exit shop off  ",
+        "enter1 shop on db 2099-01-01T00:00:00Z ana@h n1",
+        "enter2 shop on db 2099-01-01T00:00:00Z ana@h n1",
+        "exit shop off    ",
     ]
     _, err = daemon.stop()
     assert "on_enter hook 'false' for shop failed with exit status 1" in err

@@ -200,12 +200,17 @@ FLAG_SECRET = "FLAG-SECRET-91c2"
 
 
 def test_logs_carry_the_reason_but_no_other_flag_content(make_guardd: MakeGuardd) -> None:
-    """Flags with more than a reason (other JSON fields, later lines): the log shows
-    the reason and nothing else of them."""
+    """Flags with more than the SPEC's fields (other JSON fields, later lines): the log
+    shows the reason, by and note (the audit trail) and nothing else of them."""
     daemon = make_guardd({"scopes": {"shop": None}}).start()
     write_flag(
         daemon.flag(),
-        {"reason": "visible reason", "by": f"ops {FLAG_SECRET}", "token": FLAG_SECRET},
+        {
+            "reason": "visible reason",
+            "by": "ops@web-1",
+            "note": "audit note",
+            "token": FLAG_SECRET,
+        },
     )
     wait_state(daemon, "on", reason="visible reason")
     write_flag(daemon.flag("shop"), f"plain reason\nsecond line {FLAG_SECRET}\n")
@@ -214,6 +219,7 @@ def test_logs_carry_the_reason_but_no_other_flag_content(make_guardd: MakeGuardd
     wait_state(daemon, "on", "shop", reason=None)
     _, log = daemon.stop()
     assert "visible reason" in log and "plain reason" in log
+    assert "by ops@web-1" in log and "note: audit note" in log
     assert FLAG_SECRET not in log
 
 

@@ -13,6 +13,7 @@ from guardd.answers.http.parse import (
     _GATE_KINDS,
     _GATE_OPEN,
     _HEALTH,
+    _METRICS,
     _NOT_FOUND,
     _PAGE_HTML,
     _PAGE_JSON,
@@ -25,8 +26,10 @@ from guardd.answers.http.parse import (
     HEAD_CACHE_SIZE,
     LINGER_SECONDS,
     MAX_HEAD,
+    METRICS_PATH,
     STATUS_PATH,
     Kind,
+    Persist,
     _find_head_end,
     _Malformed,
     gate_headers,
@@ -56,6 +59,10 @@ class HttpConnection(asyncio.Protocol):
         self.lingering = False
         # The TCP peer's address, looked up by the first gate request that needs it.
         self.peer: str | None = None
+        # Whether the peer is in metrics.allow (None: not asked yet).
+        self.metrics_allowed: bool | None = None
+        # /metrics is being rendered off the loop: later requests wait their turn.
+        self.rendering = False
 
     # ------------------------------------------------------------------ asyncio
 
@@ -75,6 +82,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.lingering:
             return  # answered and half-closed: input is only drained
+        if self.rendering:
+            self.buffer += data  # reading is paused; whatever was in flight waits
+            return
         if self.buffer:
             data = self.buffer + data
             self.buffer = b""
@@ -92,7 +102,7 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.paused = False
-        if self.transport is not None and not self.lingering:
+        if self.transport is not None and not self.lingering and not self.rendering:
             self.transport.resume_reading()
             if self.buffer:
                 data, self.buffer = self.buffer, b""
@@ -105,6 +115,7 @@ class HttpConnection(asyncio.Protocol):
         shared = self.shared
         answers = shared.answers
         head_cache = shared.head_cache
+        counts = shared.counts
         now = time.time()
         out: list[bytes] = []
         pos = 0
@@ -128,6 +139,7 @@ class HttpConnection(asyncio.Protocol):
             end, after = _find_head_end(data, pos)
             if end < 0:
                 if size - pos >= MAX_HEAD:
+                    counts[Kind.TOO_LARGE] += 1
                     out.append(answers.wire(Kind.TOO_LARGE, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -139,6 +151,7 @@ class HttpConnection(asyncio.Protocol):
                 try:
                     parsed = parse_head(head)
                 except _Malformed as err:
+                    counts[err.kind] += 1
                     out.append(answers.wire(err.kind, False, _CLOSE, now))
                     self._finish(out)
                     return
@@ -149,7 +162,16 @@ class HttpConnection(asyncio.Protocol):
             path, head_only, persist, accept, body_length, fields = parsed
             pos = after
             heads += 1
-            answer = answers.wire(self._route(path, accept, fields, now), head_only, persist, now)
+            kind = self._route(path, accept, fields, now)
+            counts[kind] += 1  # guardd_http_requests_total: a list item, rendered on scrape
+            if kind is _METRICS:
+                # Rendered in a worker thread (10,000 scopes take most of a second):
+                # answers so far go out now, the rest of the input waits for it.
+                self.body_left = body_length
+                self.buffer = data[pos:]
+                self._render_metrics(out, head_only, persist)
+                return
+            answer = answers.wire(kind, head_only, persist, now)
             out.append(answer)
             if persist is _CLOSE:
                 self._finish(out)
@@ -184,6 +206,8 @@ class HttpConnection(asyncio.Protocol):
             return self._status(fields, now)
         if path == BANNER_PATH:
             return Kind.BANNER
+        if path == METRICS_PATH and self._metrics_allowed():
+            return _METRICS
         if path.startswith(BYPASS_PREFIX):
             # A wrong secret, or none configured, gets the very 404 of any other
             # /.guardd/ path: nothing tells an attacker which case it was.
@@ -198,12 +222,52 @@ class HttpConnection(asyncio.Protocol):
             return _PAGE_JSON
         return _PAGE_HTML
 
+    def _render_metrics(self, out: list[bytes], head_only: bool, persist: Persist) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if out:
+            transport.write(b"".join(out))
+        self.deadline = self.loop.time() + self.shared.settings.header_timeout
+        if self.timer is None:
+            self._arm(self.deadline)
+        self.rendering = True
+        transport.pause_reading()
+        task = self.loop.create_task(self._answer_metrics(head_only, persist))
+        self.shared.tasks.add(task)
+        task.add_done_callback(self.shared.tasks.discard)
+
+    async def _answer_metrics(self, head_only: bool, persist: Persist) -> None:
+        """Render /metrics off the loop, answer, then go on with what came after it."""
+        body = await asyncio.to_thread(self.shared.render_metrics_body)
+        self.rendering = False
+        transport = self.transport
+        if transport is None:
+            return  # the client left (or was dropped) meanwhile
+        answer = self.shared.metrics_wire(body, head_only, persist, time.time())
+        if persist is _CLOSE:
+            self._finish([answer])
+            return
+        transport.write(answer)
+        if not self.paused:
+            transport.resume_reading()
+            if self.buffer:
+                data, self.buffer = self.buffer, b""
+                self._feed(data)
+
     def _peer(self) -> str | None:
         peer = self.peer
         if peer is None and self.transport is not None:
             name = self.transport.get_extra_info("peername")
             peer = self.peer = str(name[0]) if isinstance(name, tuple) and name else None
         return peer
+
+    def _metrics_allowed(self) -> bool:
+        """The peer is in metrics.allow (asked once per connection)."""
+        allowed = self.metrics_allowed
+        if allowed is None:
+            allowed = self.metrics_allowed = self.shared.metrics_allowed(self._peer())
+        return allowed
 
     def _gate(self, fields: bytes, now: float) -> Kind:
         """The gate's answer during maintenance."""

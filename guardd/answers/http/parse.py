@@ -31,6 +31,7 @@ HEAD_CACHE_MAX_BYTES = 1024
 # its answers pile up in memory.
 FLUSH_BYTES = 65536
 STATUS_PATH = b"/maintenance.json"
+METRICS_PATH = b"/metrics"
 # The same under the prefix proxies already send to guardd, and the banner script.
 GUARDD_STATUS_PATH = b"/.guardd/maintenance.json"
 BANNER_PATH = b"/.guardd/banner.js"
@@ -62,6 +63,30 @@ class Kind(IntEnum):
     GATE_MODE = 14  # the gate while only a mode is in force, a request it spares: 204
     BANNER = 15  # /.guardd/banner.js
     STATUS_BYPASS = 16  # /maintenance.json for a client that would pass the gate
+    METRICS = 17  # /metrics from an address in metrics.allow: rendered per scrape
+
+
+# guardd_http_requests_total{answer}: each Kind's label.
+ANSWER_LABELS: dict[Kind, str] = {
+    Kind.HEALTH: "health",
+    Kind.STATUS: "maintenance_json",
+    Kind.PAGE_HTML: "page",
+    Kind.PAGE_JSON: "page_json",
+    Kind.NOT_FOUND: "not_found",
+    Kind.BAD_REQUEST: "bad_request",
+    Kind.TOO_LARGE: "too_large",
+    Kind.BAD_VERSION: "bad_version",
+    Kind.GATE_OPEN: "gate_open",
+    Kind.GATE_PATH: "gate_bypass_path",
+    Kind.GATE_ADDRESS: "gate_bypass_address",
+    Kind.GATE_COOKIE: "gate_bypass_cookie",
+    Kind.GATE_CLOSED: "gate_closed",
+    Kind.BYPASS: "bypass_cookie_set",
+    Kind.GATE_MODE: "gate_mode_open",
+    Kind.BANNER: "banner",
+    Kind.STATUS_BYPASS: "maintenance_json_bypass",
+    Kind.METRICS: "metrics",
+}
 
 
 class Persist(IntEnum):
@@ -186,7 +211,7 @@ _HEALTH, _STATUS, _PAGE_HTML, _PAGE_JSON, _NOT_FOUND = (
     Kind.PAGE_JSON,
     Kind.NOT_FOUND,
 )
-_GATE_OPEN, _BYPASS = Kind.GATE_OPEN, Kind.BYPASS
+_GATE_OPEN, _BYPASS, _METRICS = Kind.GATE_OPEN, Kind.BYPASS, Kind.METRICS
 # The gate's verdict -> its answer.
 _GATE_KINDS = {
     Verdict.DENY: Kind.GATE_CLOSED,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
@@ -13,6 +16,7 @@ from typing import TYPE_CHECKING
 from guardd.answers.gate import Gate, GateRules
 from guardd.answers.http.parse import (
     ACCEPT_CACHE_SIZE,
+    ANSWER_LABELS,
     HEALTH_JSON,
     HTML,
     JSON,
@@ -33,6 +37,8 @@ from guardd.answers.page import (
 from guardd.answers.policy import health_answer, health_body, retry_after_seconds, until_epoch
 from guardd.config.model import Config, Policy
 from guardd.core.state import ScopeView
+
+log = logging.getLogger(__name__)
 
 _CONNECTION_HEADER = {
     Persist.KEEP: b"",
@@ -61,6 +67,8 @@ class HttpSettings:
     template: str | None = None
     # The scope's partial-maintenance modes, compiled (SPEC "modes").
     modes: Mapping[str, ModeRule] = field(default_factory=dict)
+    # metrics.allow: who gets /metrics (others get the ordinary answer for the path).
+    metrics_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_config(cls, config: Config, template: str | None) -> HttpSettings:
@@ -78,6 +86,9 @@ class HttpSettings:
             header_timeout=http.header_timeout,
             template=template,
             modes=compile_modes(config.scopes[http.scope].modes),
+            metrics_allow=tuple(
+                ipaddress.ip_network(cidr, strict=False) for cidr in config.metrics.allow
+            ),
         )
 
 
@@ -162,6 +173,7 @@ def build_replies(
         "reason": status.reason,
         "since": status.since,
         "until": status.until,
+        "overdue": status.overdue,
         "retry_after": retry_after if maintenance else None,
         "upcoming": [dict(window) for window in view.upcoming],
         "bypass": False,
@@ -184,6 +196,7 @@ def build_replies(
                     "paused": paused,
                     "reason": status.reason,
                     "until": status.until,
+                    "overdue": status.overdue,
                     "retry_after": retry_after,
                 }
             ),
@@ -260,6 +273,7 @@ class Answers:
                 until=status.until,
                 retry_after=self.settings.retry_after,
                 paused=paused,
+                overdue=status.overdue,
             )
         else:
             # The operator's page may load fonts or images: no CSP of ours on it.
@@ -268,7 +282,11 @@ class Answers:
             if paused is not None:
                 reason = f"{paused}: {reason}" if reason else paused
             html = render_template(
-                template, reason=reason, until=status.until, retry_after=retry_after
+                template,
+                reason=reason,
+                until=status.until,
+                retry_after=retry_after,
+                overdue=status.overdue,
             )
             page = Page(html=html, csp=None)
         self.page_cache = (retry_after, page)
@@ -317,16 +335,78 @@ class Answers:
         )
 
 
+# Prometheus text exposition, version 0.0.4.
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+MetricsRenderer = Callable[[], bytes]
+
+
+def peer_allowed(
+    peer: str | None, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
+    """True when ``peer`` (an address as the socket gives it) is in one of ``networks``.
+
+    An IPv4 client on a dual-stack socket (``::ffff:127.0.0.1``) counts as its IPv4
+    address."""
+    if peer is None:
+        return False
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
+
+
 class HttpShared:
     """State shared by every connection of one responder; swapped, never mutated in place."""
 
-    def __init__(self, settings: HttpSettings, view: ScopeView) -> None:
+    def __init__(
+        self,
+        settings: HttpSettings,
+        view: ScopeView,
+        *,
+        counts: list[int] | None = None,
+        render_metrics: MetricsRenderer | None = None,
+    ) -> None:
         self.settings = settings
         self.answers = Answers(view, settings)
         self.gate = Gate(settings.gate)
         self.accept_cache: dict[bytes, bool] = {}
         self.head_cache: dict[bytes, ParsedRequest] = {}
         self.connections: set[HttpConnection] = set()
+        # Requests answered, per Kind: one list item bumped per request (next to
+        # free), read only when /metrics is scraped.
+        self.counts = counts if counts is not None else [0] * len(ANSWER_LABELS)
+        self.render_metrics = render_metrics
+        # /metrics renderings in flight (kept referenced until done).
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def metrics_allowed(self, peer: str | None) -> bool:
+        """``peer`` may read /metrics (and there is something to render)."""
+        return self.render_metrics is not None and peer_allowed(peer, self.settings.metrics_allow)
+
+    def render_metrics_body(self) -> bytes | None:
+        """The exposition text (worker thread); None when rendering failed."""
+        assert self.render_metrics is not None
+        try:
+            return self.render_metrics()
+        except Exception:
+            log.exception("rendering /metrics failed")
+            return None
+
+    def metrics_wire(
+        self, body: bytes | None, head_only: bool, persist: Persist, now: float
+    ) -> bytes:
+        """The /metrics answer around a rendered ``body`` (None: 500)."""
+        if body is None:
+            reply = Reply(500, TEXT, b"metrics unavailable; see guardd's log\n")
+        else:
+            reply = Reply(200, METRICS_TYPE, body)
+        return frame(
+            reply, date=formatdate(int(now), usegmt=True), head_only=head_only, persist=persist
+        )
 
     def publish(self, settings: HttpSettings, view: ScopeView) -> None:
         """New settings or state: one assignment swaps every answer at once."""

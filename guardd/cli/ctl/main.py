@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, TextIO
@@ -16,19 +17,27 @@ from guardd.cli.ctl.ops import (
     _actor,
     add_window,
     all_windows,
+    audit,
     check_mode,
     get_status,
+    guardd_absent_warning,
     remove_window,
     run_locks,
     turn_off,
     turn_on,
 )
-from guardd.cli.ctl.output import DrainView, format_jobs, format_status, format_windows
+from guardd.cli.ctl.output import (
+    DrainView,
+    format_event,
+    format_jobs,
+    format_status,
+    format_windows,
+)
 from guardd.cli.drain import THEN_CHOICES, Then, drain
 from guardd.config.load import load_config
 from guardd.config.model import Config
 from guardd.core.durations import format_duration, parse_duration, parse_time
-from guardd.core.flag import make_flag
+from guardd.core.flag import make_flag, read_flag
 from guardd.core.jobs import list_jobs
 from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.schedule import (
@@ -38,10 +47,16 @@ from guardd.core.switch import first_on, mirror_file, own_files, probe
 from guardd.errors import (
     EXIT_DRAIN_TIMEOUT,
     EXIT_OK,
+    EXIT_USAGE,
     Unreachable,
     UsageError,
     run_cli,
 )
+
+# Ctrl-C: the shell's convention, 128 + SIGINT.
+EXIT_INTERRUPTED = 130
+# watch: pauses between attempts to reach a restarting guardd (seconds).
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0)
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
@@ -77,39 +92,77 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     if args.fleet:
         return _fleet_on(config, args, scope=scope, until=until, now=now, out=out)
     path, existing = turn_on(
-        config=config, scope=scope, reason=args.reason, until=until, now=now, mode=args.mode
+        config=config,
+        scope=scope,
+        reason=args.reason,
+        until=until,
+        now=now,
+        mode=args.mode,
+        note=args.note,
     )
+    flag = read_flag(path)
+    by = _actor()
     if existing is not None:
         what = f"{scope}: already on ({path} exists and is the application's: left as it is"
-        ignored = args.reason or until or args.mode is not None
-        what += "; --reason/--until/--mode not applied)" if ignored else ")"
+        ignored = args.reason or until or args.mode is not None or args.note
+        what += "; --reason/--until/--mode/--note not applied)" if ignored else ")"
     else:
-        what = f"{scope}: maintenance on ({path})"
-        if args.mode is not None:
-            what = f"{scope}: maintenance on, mode {args.mode} ({path})"
-        if until is not None:
-            what += f", expected until {until.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+        what = f"{scope}: maintenance on ({path}) by {by}"
+        if flag is not None and flag.mode is not None:
+            what = f"{scope}: maintenance on, mode {flag.mode} ({path}) by {by}"
+        if flag is not None and flag.until is not None:
+            what += f", expected until {flag.until}"
     out.write(what + "\n")
     out.flush()
+    audit(
+        "on",
+        scope=scope,
+        by=by,
+        note=flag.note if flag else args.note,
+        reason=flag.reason if flag else args.reason,
+    )
+    _warn_if_unseen(config)
     if not args.wait:
         return EXIT_OK
     view = DrainView(out, scope)
-    result = drain(
-        run_lock=run_lock_path(config.runtime_dir, scope),
-        run_locks=run_locks(config),
-        scope=scope,
-        timeout=args.timeout,
-        then=args.then or "wait",
-        grace=args.grace if args.grace is not None else 30.0,
-        on_progress=view.progress,
-        on_signal=view.signalled,
-    )
+    try:
+        result = drain(
+            run_lock=run_lock_path(config.runtime_dir, scope),
+            run_locks=run_locks(config),
+            scope=scope,
+            timeout=args.timeout,
+            then=args.then or "wait",
+            grace=args.grace if args.grace is not None else 30.0,
+            on_progress=view.progress,
+            on_signal=view.signalled,
+        )
+    except KeyboardInterrupt:
+        return _interrupted(scope)
     if result.drained:
         out.write(f"{scope}: drained, no guarded job running\n")
         return EXIT_OK
     out.write(f"{scope}: drain timed out; maintenance stays on; still running:\n")
     format_jobs(result.remaining, out)
     return EXIT_DRAIN_TIMEOUT
+
+
+def _interrupted(scope: str, *, fleet: bool = False) -> int:
+    """Ctrl-C while waiting: stop waiting, never undo the flag, and say so."""
+    off = f"guardctl off {scope}{' --fleet' if fleet else ''}"
+    sys.stderr.write(
+        f"\nguardctl: interrupted: stopped waiting; {scope} stays in maintenance "
+        f"(end it with: {off})\n"
+    )
+    sys.stderr.flush()
+    return EXIT_INTERRUPTED
+
+
+def _warn_if_unseen(config: Config) -> None:
+    """on/off: say so when no guardd will carry the change to the load balancers."""
+    warning = guardd_absent_warning(config)
+    if warning is not None:
+        sys.stderr.write(f"guardctl: {warning}\n")
+        sys.stderr.flush()
 
 
 def _fleet_on(
@@ -129,7 +182,9 @@ def _fleet_on(
         )
     if args.mode is not None:
         check_mode(config, scope, args.mode)
-    info = make_flag(reason=args.reason, until=until, by=_actor(), now=now, mode=args.mode)
+    info = make_flag(
+        reason=args.reason, until=until, by=_actor(), now=now, mode=args.mode, note=args.note
+    )
     revision = fleetctl.fleet_on(config=config, scope=scope, info=info)
     out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
     out.flush()
@@ -141,9 +196,16 @@ def _fleet_on(
             out.write(f"draining {scope} on {len(pending)} node(s): {', '.join(pending)}\n")
             out.flush()
 
-    pending = fleetctl.fleet_wait(
-        config=config, scope=scope, revision=revision, timeout=args.timeout, on_progress=progress
-    )
+    try:
+        pending = fleetctl.fleet_wait(
+            config=config,
+            scope=scope,
+            revision=revision,
+            timeout=args.timeout,
+            on_progress=progress,
+        )
+    except KeyboardInterrupt:
+        return _interrupted(scope, fleet=True)
     if not pending:
         out.write(f"{scope}: every live node reports it drained\n")
         return EXIT_OK
@@ -158,6 +220,8 @@ def _until(args: argparse.Namespace, now: datetime) -> datetime | None:
     if args.until is not None and args.for_ is not None:
         raise UsageError("give --until or --for, not both")
     if args.for_ is not None:
+        if args.for_ <= 0:
+            raise UsageError("--for must be longer than 0s (how long maintenance should last)")
         return now + timedelta(seconds=args.for_)
     if args.until is None:
         return None
@@ -178,10 +242,14 @@ def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         removed = fleetctl.fleet_off(config=config, scope=scope)
         out.write(f"{scope}: fleet maintenance {'off' if removed else 'was not on'}\n")
         return EXIT_OK
+    by = _actor()
     if turn_off(config=config, scope=scope, force=args.force):
-        out.write(f"{scope}: maintenance off\n")
+        note = f", note: {args.note}" if args.note else ""
+        out.write(f"{scope}: maintenance off by {by}{note}\n")
+        audit("off", scope=scope, by=by, note=args.note, reason=None)
     else:
         out.write(f"{scope}: was not in maintenance\n")
+    _warn_if_unseen(config)
     view = config.run_view()
     if scope != DEFAULT_SCOPE and first_on(own_files(view, DEFAULT_SCOPE)) is not None:
         out.write(
@@ -271,14 +339,60 @@ def cmd_unschedule(config: Config, args: argparse.Namespace, out: TextIO) -> int
 
 
 def cmd_watch(config: Config, args: argparse.Namespace, out: TextIO) -> int:
-    with ControlClient(config.control.socket, timeout=STATUS_TIMEOUT) as client:
-        first = client.request({"op": "watch"})
-        if first.get("ok") is not True:
-            raise Unreachable(f"guardd refused to stream: {first.get('error')}")
-        _emit_watch(first, args.json, out, initial=True)
-        for event in client.stream():
-            _emit_watch(event, args.json, out, initial=False)
-    raise AssertionError("unreachable: the stream only ends with Unreachable")
+    """Stream guardd's changes; follow guardd across restarts.
+
+    guardd not reachable at the start is exit 4 (nothing to watch, most likely a
+    wrong config or a stopped service); once watching, a lost stream is said in one
+    line and guardd is reached again, its full state shown anew.
+    """
+    client = _watch_connect(config)
+    while True:
+        try:
+            with client:
+                _emit_watch(_start_watch(client), args.json, out, initial=True)
+                for event in client.stream():
+                    _emit_watch(event, args.json, out, initial=False)
+        except Unreachable as lost:
+            _emit_note(
+                {"event": "disconnected", "error": lost.message},
+                f"guardd went away ({lost.message}); reconnecting",
+                args.json,
+                out,
+            )
+        client = _watch_reconnect(config)
+        _emit_note({"event": "reconnected"}, "reconnected to guardd", args.json, out)
+
+
+def _start_watch(client: ControlClient) -> dict[str, Any]:
+    first = client.request({"op": "watch"})
+    if first.get("ok") is not True:
+        raise Unreachable(f"guardd refused to stream: {first.get('error')}")
+    return first
+
+
+def _watch_connect(config: Config) -> ControlClient:
+    return ControlClient(config.control.socket, timeout=STATUS_TIMEOUT)
+
+
+def _watch_reconnect(config: Config) -> ControlClient:
+    """Try again, a little slower each time, until guardd answers (Ctrl-C ends it)."""
+    attempt = 0
+    while True:
+        time.sleep(RECONNECT_DELAYS[min(attempt, len(RECONNECT_DELAYS) - 1)])
+        attempt += 1
+        try:
+            return _watch_connect(config)
+        except Unreachable:
+            continue
+
+
+def _emit_note(event: dict[str, Any], text: str, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        out.write(json.dumps(event, separators=(",", ":")) + "\n")
+    else:
+        stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+        out.write(f"{stamp}  {text}\n")
+    out.flush()
 
 
 def _emit_watch(message: dict[str, Any], as_json: bool, out: TextIO, *, initial: bool) -> None:
@@ -288,15 +402,34 @@ def _emit_watch(message: dict[str, Any], as_json: bool, out: TextIO, *, initial:
         format_status(message, sorted(message.get("scopes", {})), out)
     else:
         stamp = datetime.now().astimezone().strftime("%H:%M:%S")
-        reason = f"  ({message.get('reason')})" if message.get("reason") else ""
-        out.write(
-            f"{stamp}  {message.get('scope')}  {message.get('state')}  "
-            f"jobs={message.get('jobs')}{reason}\n"
-        )
+        out.write(f"{stamp}  {format_event(message)}\n")
     out.flush()
 
 
 # --------------------------------------------------------------------------- CLI
+
+
+EXIT_CODES = """\
+exit status:
+  0    ok
+  1    other failure (permission denied, a lock_file guardctl did not write, ...)
+  2    usage or config error (unknown scope, bad option, bad duration or time)
+  3    drain timed out (on --wait --timeout): maintenance stays on
+  4    guardd (watch) or, with --fleet, etcd not reachable
+  130  interrupted (Ctrl-C); a flag already written stays: maintenance stays on
+"""
+
+HELP = f"""\
+examples:
+  guardctl status                          every scope's state
+  guardctl on shop --reason "Database upgrade" --for 30m --wait
+                                           take shop down, wait for its jobs
+  guardctl on --note "ticket OPS-42"       the whole host (scope default)
+  guardctl off shop                        back in service
+  guardctl jobs                            guarded jobs running now
+  guardctl watch                           follow changes live
+
+{EXIT_CODES}"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -308,9 +441,63 @@ class _Parser(argparse.ArgumentParser):
 
 def _duration(text: str) -> float:
     try:
-        return parse_duration(text)
+        value = parse_duration(text)
     except ValueError as err:
+        if text.strip().startswith("-"):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is negative: give a length of time such as 30s, 10m, 2h"
+            ) from None
         raise argparse.ArgumentTypeError(str(err)) from None
+    return value
+
+
+# Options that take a value: "--for -5m" must reach the option as its value (argparse
+# would take "-5m" for an option and say "expected one argument").
+_VALUE_OPTIONS = frozenset(
+    {"--for", "--until", "--timeout", "--grace", "--reason", "--note", "--at", "--notice"}
+)
+
+
+def _join_values(argv: Sequence[str]) -> list[str]:
+    """``--for -5m`` becomes ``--for=-5m``, so that the value is checked as a value."""
+    joined: list[str] = []
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
+        if (
+            arg in _VALUE_OPTIONS
+            and index + 1 < len(argv)
+            and argv[index + 1].startswith("-")
+            and argv[index + 1] != "--"
+        ):
+            joined.append(f"{arg}={argv[index + 1]}")
+            index += 2
+            continue
+        joined.append(arg)
+        index += 1
+    return joined
+
+
+def _sub(
+    sub: argparse._SubParsersAction[_Parser],
+    name: str,
+    common: _Parser,
+    *,
+    summary: str,
+    description: str,
+    examples: str,
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        parents=[common],
+        help=summary,
+        description=description,
+        epilog=f"examples:\n{examples}\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+_SCOPE_HELP = "scope name (default: default, the whole host: every scope counts as on)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,36 +507,95 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         metavar="PATH",
         default=argparse.SUPPRESS,
-        help="YAML config (default: $GUARDD_CONFIG, /etc/guardd/config.yaml)",
+        help="YAML config (default: $GUARDD_CONFIG, else /etc/guardd/config.yaml)",
     )
     parser = _Parser(
         prog="guardctl",
         parents=[common],
-        description="Put scopes in and out of maintenance; see state and jobs.",
+        description=(
+            "Put scopes in and out of maintenance; see their state, jobs and changes. "
+            "Everything but watch works without guardd: the flag files are the truth."
+        ),
+        epilog=HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"guardctl {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
 
-    status = sub.add_parser("status", parents=[common], help="every scope's state")
-    status.add_argument("scopes", nargs="*", metavar="SCOPE")
-    status.add_argument("--json", action="store_true")
+    status = _sub(
+        sub,
+        "status",
+        common,
+        summary="every scope's state",
+        description=(
+            "Each scope's state (off, draining, on), since, until (OVERDUE once passed), "
+            "jobs, who switched it (by), the public reason and the internal note; "
+            "'on (via default)' for a scope on only because default is. Asks guardd, "
+            "else reads the flag files itself."
+        ),
+        examples=("  guardctl status\n  guardctl status shop --json\n  guardctl status --fleet"),
+    )
+    status.add_argument("scopes", nargs="*", metavar="SCOPE", help="only these scopes")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help="the status reply as JSON (fields state, since, until, reason, jobs, "
+        "overdue, via, by, note)",
+    )
     status.add_argument("--fleet", action="store_true", help="every node's states from etcd")
     status.set_defaults(func=cmd_status)
 
-    on = sub.add_parser("on", parents=[common], help="put a scope in maintenance")
-    on.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE")
-    on.add_argument("--reason", metavar="TEXT")
+    on = _sub(
+        sub,
+        "on",
+        common,
+        summary="put a scope in maintenance",
+        description=(
+            "Write the scope's flag (atomically). Without SCOPE: scope default, which "
+            "puts the whole host in maintenance (every scope counts as on). On a scope "
+            "already on: keeps since, and keeps until, reason, mode and note unless given "
+            "again. Warns when guardd is configured for load balancers but not running."
+        ),
+        examples=(
+            '  guardctl on shop --reason "Database upgrade" --for 30m\n'
+            "  guardctl on shop --until 2026-12-01T23:00:00Z --wait --timeout 10m --then term\n"
+            '  guardctl on shop --mode read-only --reason "Sign-up and checkout paused"\n'
+            '  sudo guardctl on --note "kernel update, ask Ana"   # whole host\n'
+            "  guardctl on shop --fleet --wait                    # every node"
+        ),
+    )
+    on.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE", help=_SCOPE_HELP)
+    on.add_argument(
+        "--reason",
+        metavar="TEXT",
+        help="public text: shown on the maintenance page, JSON answers, HAProxy",
+    )
+    on.add_argument(
+        "--note",
+        metavar="TEXT",
+        help="internal text for operators: status, watch and logs only, never public",
+    )
     on.add_argument(
         "--mode",
         metavar="NAME",
         help="partial maintenance: only the requests the scope's mode NAME matches "
         "(built in: read-only); jobs still skip and --wait still drains",
     )
-    on.add_argument("--until", metavar="TIME", help="RFC 3339 time maintenance should end")
+    on.add_argument("--until", metavar="TIME", help="expected end, RFC 3339 (2026-12-01T23:00:00Z)")
     on.add_argument(
-        "--for", dest="for_", type=_duration, metavar="DUR", help="expected duration (sets until)"
+        "--for",
+        dest="for_",
+        type=_duration,
+        metavar="DUR",
+        help="expected length (30s, 10m, 1h30m): sets until; maintenance does not end by itself",
     )
-    on.add_argument("--wait", action="store_true", help="drain: wait until no job runs")
+    on.add_argument(
+        "--wait",
+        action="store_true",
+        help="drain: wait until no guarded job of the scope runs (exit 0)",
+    )
     on.add_argument(
         "--fleet",
         action="store_true",
@@ -359,13 +605,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_duration,
         metavar="DUR",
-        help="with --wait: give up waiting after DUR (default: wait for ever)",
+        help="with --wait: stop waiting after DUR (default: wait for ever)",
     )
     on.add_argument(
         "--then",
         choices=THEN_CHOICES,
         default=None,
-        help="at --timeout: wait (exit 3), term (TERM then KILL), kill",
+        help="at --timeout: wait (list the jobs, exit 3; default), term (TERM, then "
+        "KILL after --grace), kill",
     )
     on.add_argument(
         "--grace",
@@ -375,8 +622,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     on.set_defaults(func=cmd_on)
 
-    off = sub.add_parser("off", parents=[common], help="end a scope's maintenance")
-    off.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE")
+    off = _sub(
+        sub,
+        "off",
+        common,
+        summary="end a scope's maintenance",
+        description=(
+            "Remove the scope's flag; idempotent. Without SCOPE: scope default (the "
+            "whole host). A scope stays on while default (or its fleet flag) is on; "
+            "guardctl says so."
+        ),
+        examples=(
+            "  guardctl off shop\n"
+            '  guardctl off --note "kernel updated, rebooted"\n'
+            "  guardctl off shop --fleet"
+        ),
+    )
+    off.add_argument("scope", nargs="?", default=DEFAULT_SCOPE, metavar="SCOPE", help=_SCOPE_HELP)
+    off.add_argument(
+        "--note", metavar="TEXT", help="internal text for the audit line (journal/syslog)"
+    )
     off.add_argument("--fleet", action="store_true", help="remove the fleet flag in etcd")
     off.add_argument(
         "--force",
@@ -385,20 +650,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     off.set_defaults(func=cmd_off)
 
-    jobs = sub.add_parser("jobs", parents=[common], help="running guarded jobs")
-    jobs.add_argument("scope", nargs="?", metavar="SCOPE")
-    jobs.add_argument("--json", action="store_true")
+    jobs = _sub(
+        sub,
+        "jobs",
+        common,
+        summary="running guarded jobs",
+        description="Guarded jobs running now (found from the run locks): pid, scope, "
+        "start time, command line.",
+        examples="  guardctl jobs\n  guardctl jobs shop --json",
+    )
+    jobs.add_argument("scope", nargs="?", metavar="SCOPE", help="only this scope's jobs")
+    jobs.add_argument("--json", action="store_true", help='as JSON: {"jobs": [...]}')
     jobs.set_defaults(func=cmd_jobs)
 
-    schedule = sub.add_parser(
-        "schedule", parents=[common], help="plan a maintenance window (or --list them)"
+    schedule = _sub(
+        sub,
+        "schedule",
+        common,
+        summary="plan a maintenance window (or --list them)",
+        description="Plan a window: announced --notice before (page banner, status), "
+        "maintenance on at --at; off at the end only with --auto-off.",
+        examples=(
+            '  guardctl schedule shop --at 2026-12-01T23:00:00Z --for 1h --reason "Upgrade"\n'
+            "  guardctl schedule --list"
+        ),
     )
-    schedule.add_argument("scope", nargs="?", metavar="SCOPE")
-    schedule.add_argument("--at", metavar="TIME", help="RFC 3339 start time")
+    schedule.add_argument("scope", nargs="?", metavar="SCOPE", help=_SCOPE_HELP)
+    schedule.add_argument("--at", metavar="TIME", help="start, RFC 3339")
     schedule.add_argument(
         "--for", dest="for_", type=_duration, metavar="DUR", help="length of the window"
     )
-    schedule.add_argument("--reason", metavar="TEXT")
+    schedule.add_argument("--reason", metavar="TEXT", help="public text, as for on")
     schedule.add_argument(
         "--notice", type=_duration, metavar="DUR", help="announce it this long before (default 24h)"
     )
@@ -409,19 +691,42 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("--json", action="store_true", help="with --list: JSON")
     schedule.set_defaults(func=cmd_schedule)
 
-    unschedule = sub.add_parser("unschedule", parents=[common], help="remove a window")
-    unschedule.add_argument("id", metavar="ID")
+    unschedule = _sub(
+        sub,
+        "unschedule",
+        common,
+        summary="remove a window",
+        description="Remove a scheduled window; one already started leaves maintenance on.",
+        examples="  guardctl unschedule 3f2a9c",
+    )
+    unschedule.add_argument("id", metavar="ID", help="the window's id (schedule --list)")
     unschedule.set_defaults(func=cmd_unschedule)
 
-    watch = sub.add_parser("watch", parents=[common], help="stream state changes from guardd")
-    watch.add_argument("--json", action="store_true")
+    watch = _sub(
+        sub,
+        "watch",
+        common,
+        summary="stream state changes from guardd",
+        description=(
+            "The state, then one line per change (state, reason, until, jobs, by, note, "
+            "overdue). When guardd restarts, a line says so and watch reconnects; "
+            "guardd not reachable at the start is exit 4."
+        ),
+        examples="  guardctl watch\n  guardctl watch --json | jq .",
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per line")
     watch.set_defaults(func=cmd_watch)
     return parser
 
 
 def run(argv: Sequence[str] | None, out: TextIO) -> int:
     """Parse, load the config, dispatch. Errors propagate as GuardError."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    if not arguments:
+        parser.print_help(out)
+        return EXIT_USAGE
+    args = parser.parse_args(_join_values(arguments))
     config = load_config(getattr(args, "config", None))
     code: int = args.func(config, args, out)
     return code

@@ -9,7 +9,7 @@ import getpass
 import os
 import socket
 import sys
-from dataclasses import replace
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
@@ -18,7 +18,15 @@ from guardd.cli.client import ControlClient
 from guardd.config.model import Config
 from guardd.core import lockfile
 from guardd.core.durations import format_time
-from guardd.core.flag import FlagInfo, make_flag, read_flag, read_scope, remove_flag, write_flag
+from guardd.core.flag import (
+    FlagInfo,
+    make_flag,
+    read_flag,
+    read_scope,
+    remove_flag,
+    renew_flag,
+    write_flag,
+)
 from guardd.core.jobs import count_jobs
 from guardd.core.paths import LOCK_DIR_MODE, group_id, make_dir, run_lock_path
 from guardd.core.runlock import ensure_run_locks
@@ -69,7 +77,7 @@ def local_status(config: Config, *, err: TextIO | None = None) -> dict[str, Scop
         return info
 
     flags = {scope: read_scope(view, scope, read) for scope in config.scopes}
-    return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes())
+    return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes(), now=time.time())
 
 
 def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
@@ -154,6 +162,7 @@ def remove_window(*, config: Config, window_id: str) -> Window:
 
 
 def _actor() -> str:
+    """Who is asking: the user behind sudo when there is one, at this host."""
     user = os.environ.get("SUDO_USER") or getpass.getuser()
     return f"{user}@{socket.gethostname()}"
 
@@ -166,12 +175,14 @@ def turn_on(
     until: datetime | None,
     now: datetime,
     mode: str | None = None,
+    note: str | None = None,
 ) -> tuple[str, FlagInfo | None]:
     """Put ``scope`` on; returns the flag's path and, for an application's lock_file
     that was already there, what it says (left untouched: it is the application's).
 
-    A flag of guardd's own is rewritten atomically, keeping ``since`` if already on,
-    and the mode unless one is given.
+    A flag of guardd's own is rewritten atomically. Over one that is already there:
+    keeps ``since``, and ``reason``, ``until``, ``mode`` and ``note`` unless given
+    again (``by`` is whoever asked last).
     """
     if mode is not None:
         check_mode(config, scope, mode)
@@ -183,7 +194,7 @@ def turn_on(
         raise GuardError(
             f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
         ) from None
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode)
+    info = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode, note=note)
     if config.scopes[scope].lock_file is not None:
         try:
             return path, lockfile.create(path, info)
@@ -191,19 +202,59 @@ def turn_on(
             raise GuardError(err.message()) from None
         except OSError as err:
             raise GuardError(f"cannot write {path}: {err.strerror}") from None
-    existing = read_flag(path)
-    if existing is not None:
-        info = replace(
-            info,
-            since=existing.since or info.since,
-            mode=mode if mode is not None else existing.mode,
-        )
+    info = renew_flag(read_flag(path), info)
     try:
         make_dir(config.lock_dir, LOCK_DIR_MODE, gid=gid)
         write_flag(path, info)
     except OSError as err:
         raise GuardError(f"cannot write {path}: {err.strerror}") from None
     return path, None
+
+
+def guardd_absent_warning(config: Config) -> str | None:
+    """A warning for ``on``/``off`` when guardd is configured to answer load balancers
+    (HTTP or agent listeners) but is not running: the flag changed, yet nothing will
+    tell the load balancers. None when guardd answers, or has nothing to answer."""
+    listeners = [
+        key
+        for key, addresses in (
+            ("http.listen", config.http.listen),
+            ("agent.listen", config.agent.listen),
+        )
+        if addresses
+    ]
+    if not listeners:
+        return None
+    try:
+        with ControlClient(config.control.socket, timeout=STATUS_TIMEOUT) as client:
+            if client.request({"op": "ping"}).get("ok") is True:
+                return None
+    except Unreachable:
+        pass
+    return (
+        f"warning: guardd is not running (no answer on {config.control.socket}), "
+        f"but {' and '.join(listeners)} {'is' if len(listeners) == 1 else 'are'} "
+        "configured: load balancers will not see "
+        "this change until guardd runs (systemctl start guardd)"
+    )
+
+
+def audit(action: str, *, scope: str, by: str, note: str | None, reason: str | None) -> None:
+    """Record who switched what in the journal or syslog (never on stderr)."""
+    from guardd.cli.trace import LOG_NOTICE, record
+
+    message = f"{scope}: maintenance {action} by {by}"
+    if reason:
+        message += f" (reason: {reason})"
+    if note:
+        message += f" (note: {note})"
+    record(
+        "guardctl",
+        message,
+        {"GUARD_SCOPE": scope, "GUARD_ACTION": action, "GUARD_BY": by, "GUARD_NOTE": note or ""},
+        priority=LOG_NOTICE,
+        stderr_fallback=False,
+    )
 
 
 def check_mode(config: Config, scope: str, mode: str) -> None:

@@ -24,37 +24,73 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
         out.write("  ".join([*cells, row[-1]]).rstrip() + "\n")
 
 
+def state_cell(fields: dict[str, Any]) -> str:
+    """The state, with the mode in force and why it holds: ``on (read-only)``,
+    ``on (via default)``, ``draining (read-only, via default)``."""
+    state = _cell(fields.get("state"))
+    details = []
+    if fields.get("mode"):
+        details.append(str(fields["mode"]))
+    if fields.get("via") and state != "off":
+        details.append(f"via {fields['via']}")
+    return f"{state} ({', '.join(details)})" if details else state
+
+
+def until_cell(fields: dict[str, Any]) -> str:
+    """The expected end, marked once it has passed and maintenance is still on."""
+    until = _cell(fields.get("until"))
+    return f"{until} OVERDUE" if fields.get("overdue") else until
+
+
 def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> None:
-    """Human table of the status reply."""
-    rows = [["SCOPE", "STATE", "SINCE", "UNTIL", "JOBS", "REASON"]]
+    """Human table of the status reply; internal notes below it."""
+    rows = [["SCOPE", "STATE", "SINCE", "UNTIL", "JOBS", "BY", "REASON"]]
+    notes = []
     for name in scopes:
-        fields = reply["scopes"].get(name, {})
+        fields = reply["scopes"].get(name) or {}
         rows.append(
             [
                 name,
-                _state_cell(fields),
+                state_cell(fields),
                 _cell(fields.get("since")),
-                _cell(fields.get("until")),
+                until_cell(fields),
                 _cell(fields.get("jobs")),
+                _cell(fields.get("by")),
                 _cell(fields.get("reason")),
             ]
         )
+        if fields.get("note"):
+            notes.append(f"note ({name}): {fields['note']}")
     _table(rows, out)
+    for line in notes:
+        out.write(line + "\n")
     for window in reply.get("upcoming") or []:
         out.write(
             f"upcoming: {window.get('scope')} from {window.get('at')} to "
             f"{window.get('until')}{_reason_suffix(window.get('reason'))} "
             f"[{window.get('id')}]\n"
         )
+    if any((reply["scopes"].get(name) or {}).get("overdue") for name in scopes):
+        out.write(
+            "OVERDUE: the expected end has passed; maintenance does not end by itself "
+            "(guardctl off SCOPE, or on SCOPE --for DUR to extend it)\n"
+        )
     if reply.get("source") == "files":
         out.write("(guardd is not running: read from the flag files)\n")
 
 
-def _state_cell(fields: dict[str, Any]) -> str:
-    """The state, with the mode in force: ``on (read-only)``."""
-    state = _cell(fields.get("state"))
-    mode = fields.get("mode")
-    return f"{state} ({mode})" if mode else state
+def format_event(event: dict[str, Any]) -> str:
+    """One watch event as a line: scope, state, jobs, then what the flag says."""
+    parts = [_cell(event.get("scope")), state_cell(event), f"jobs={event.get('jobs')}"]
+    if event.get("until"):
+        parts.append(f"until={until_cell(event)}")
+    if event.get("reason"):
+        parts.append(f"reason={event['reason']!r}")
+    if event.get("by"):
+        parts.append(f"by={event['by']}")
+    if event.get("note"):
+        parts.append(f"note={event['note']!r}")
+    return "  ".join(parts)
 
 
 def _reason_suffix(reason: object) -> str:
