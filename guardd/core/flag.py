@@ -7,6 +7,7 @@ agent lines); ``note`` is for operators only (status, watch, logs).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 
 # Read no more than this: a flag is a few hundred bytes, a huge file is garbage.
 MAX_FLAG_BYTES = 64 * 1024
+# Errors that say nothing about the file, only that no descriptor was to be had.
+NO_DESCRIPTOR = frozenset({errno.EMFILE, errno.ENFILE})
 MAX_REASON_CHARS = 1000
 MAX_PLAIN_REASON_CHARS = 200
 MAX_NOTE_CHARS = 1000
@@ -146,7 +149,11 @@ def read_flag(path: str) -> FlagInfo | None:
         return FlagInfo(reason=None, until=None, since=None, by=None, doubt=hit.doubt)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+    except OSError as err:
+        if err.errno in NO_DESCRIPTOR:
+            # Present (the probe said so), but its content cannot be known now: a doubt,
+            # so that guardd keeps what it last read rather than blank it.
+            return FlagInfo(reason=None, until=None, since=None, by=None, doubt=err.strerror)
         # Symlink (O_NOFOLLOW), permissions, or gone since the probe: the probe decided.
         return FlagInfo(reason=None, until=None, since=_time_of(path), by=None)
     try:

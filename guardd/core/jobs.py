@@ -9,6 +9,7 @@ carry it (their fdinfo ``lock:`` lines name the lock's original owner).
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -79,7 +80,9 @@ class _OpenFiles:
         if self.pending is None:
             try:
                 names = os.listdir(f"/proc/{self.pid}/fd")
-            except OSError:
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE):
+                    raise  # out of descriptors: proves nothing either way
                 names = []  # gone, or not ours to look at: holds nothing we can prove
             self.pending = sorted(int(n) for n in names if n.isdigit() and int(n) not in self.tried)
         while self.pending:
@@ -103,7 +106,9 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
         fd_dir = f"/proc/{pid}/fd"
         try:
             names = os.listdir(fd_dir)
-        except OSError:
+        except OSError as err:
+            if err.errno in (errno.EMFILE, errno.ENFILE):
+                raise
             continue
         for name in names:
             try:
@@ -117,7 +122,9 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
                     f"/proc/{pid}/fdinfo/{name}", encoding="ascii", errors="replace"
                 ) as stream:
                     info = stream.read()
-            except OSError:
+            except OSError as err:
+                if err.errno in (errno.EMFILE, errno.ENFILE):
+                    raise
                 continue
             lock_lines = "\n".join(
                 line[len("lock:") :] for line in info.splitlines() if line.startswith("lock:")

@@ -10,6 +10,7 @@ every cron job. The listing half lives in jobs.py.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -111,9 +112,12 @@ def parse_proc_locks(text: str, inodes: set[int]) -> list[tuple[int, int]]:
 
 
 def read_proc_locks() -> str:
-    """The kernel's lock table ("" where /proc is not mounted)."""
+    """The kernel's lock table ("" where /proc is not mounted). Raises OSError when no
+    descriptor is to be had (EMFILE, ENFILE)."""
     try:
         with open("/proc/locks", encoding="ascii", errors="replace") as stream:
             return stream.read()
-    except OSError:
+    except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE):
+            raise  # out of descriptors: no job count is better than a count of 0
         return ""

@@ -14,15 +14,16 @@ import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
 from guardd.core import lockfile
 from guardd.core.flag import FlagInfo, read_flag, read_scope, remove_flag, write_flag
-from guardd.core.jobs import describe_jobs, find_holders
+from guardd.core.jobs import Job, describe_jobs, find_holders
 from guardd.core.paths import (
     DEFAULT_SCOPE,
     LOCK_DIR_MODE,
@@ -51,15 +52,26 @@ from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
 from guardd.daemon.notify import Notifier, watchdog_interval
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
+from guardd.fleet.etcd import require_client
 from guardd.protocol import status_reply
 
 log = logging.getLogger("guardd")
+T = TypeVar("T")
 
 # While a scope drains, jobs are recounted this often: a job's end has no file
 # event we can count on (a lock inherited by a child outlives the parent's close).
 DRAIN_RECOUNT_INTERVAL = 0.25
+# The longest the schedule sleeps while a window is pending: a window whose start
+# came early through a forward step of the wall clock starts at most this late.
+SCHEDULE_RECHECK = 30.0
 # Delay between a run lock's open/close event and the recount it triggers.
 JOB_EVENT_DELAY = 0.05
+
+
+# A read done off the loop: its number (see Daemon.read_number), the config it was
+# read for, and what was read.
+FlagRead = tuple[int, Config, dict[str, FlagInfo | None]]
+JobsRead = tuple[int, Config, dict[str, set[int]]]  # run-lock holders per scope
 
 
 class StateListener(Protocol):
@@ -71,8 +83,16 @@ class StateListener(Protocol):
     def update(self, snapshot: Snapshot) -> None:
         """The state changed: rebuild prebuilt answers."""
 
-    async def reconfigure(self, config: Config) -> None:
-        """A reload brought a new valid config."""
+    async def prepare(self, config: Config) -> None:
+        """A reload brings a new valid config: read what answering from it needs
+        (nothing is answered from it yet)."""
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Answer from the prepared config and ``snapshot`` from now on (synchronous:
+        every answer is from the old config and state or from the new ones)."""
+
+    async def rebind(self) -> None:
+        """Bind the applied config's new addresses; close the ones it dropped."""
 
     async def close(self) -> None:
         """Stop serving."""
@@ -108,6 +128,14 @@ class Daemon:
         self.unknown_flags: dict[str, FlagInfo] = {}
         self.windows: dict[str, list[Window]] = {}
         self.jobs: dict[str, int] = {}
+        # Reads of flags and job counts run off the loop and may overlap (a refresh
+        # while a reload reads). Each is numbered when it starts, and only a read
+        # started later than what is held replaces it: a slow read never undoes a
+        # change a quicker one already took in.
+        self.read_number = 0
+        self.flag_read: dict[str, int] = {}  # scope -> number of the read it holds
+        self.jobs_read = 0
+        self.count_failing = False  # logged once until counting works again
         # The pids holding each scope's run lock (jobs' counts are their sizes).
         self.holders: dict[str, set[int]] = {}
         self.statuses: dict[str, ScopeStatus] = {}
@@ -124,6 +152,15 @@ class Daemon:
         self.schedule_timer: asyncio.TimerHandle | None = None
         self.refresh_wanted = asyncio.Event()
         self.refresher: asyncio.Task[None] | None = None
+        self.jobs_wanted = asyncio.Event()
+        self.counter: asyncio.Task[None] | None = None
+        # Threads, by kind of work, so that none waits behind another: flag and
+        # schedule reads (quick, on every change), job counts for the state, and job
+        # listings for ``jobs`` requests (any local user may ask in a loop).
+        self.flag_pool = ThreadPoolExecutor(1, thread_name_prefix="guardd-flags")
+        self.count_pool = ThreadPoolExecutor(1, thread_name_prefix="guardd-count")
+        self.listing_pool = ThreadPoolExecutor(1, thread_name_prefix="guardd-jobs")
+        self.listing = Coalesced(self._list_jobs, self.listing_pool)
         self.drain_timer: asyncio.TimerHandle | None = None
         self.recount_timer: asyncio.TimerHandle | None = None
         self.overdue_timer: asyncio.TimerHandle | None = None
@@ -162,9 +199,11 @@ class Daemon:
             loop.add_signal_handler(signum, self._request_stop)
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         self._prepare_dirs(self.config)
+        self.watcher = self._make_watcher(self.config, self._on_change)
+        self.watcher.start(loop)
         await self._read_everything()
-        self._start_watcher(loop)
         self.refresher = loop.create_task(self._refresh_loop())
+        self.counter = loop.create_task(self._jobs_loop())
         self.schedule_dirty = True  # a start missed while guardd was down happens now
         self.refresh_wanted.set()
         self.control = ControlServer(
@@ -227,9 +266,12 @@ class Daemon:
             await self.control.close()
         if self.watcher is not None:
             self.watcher.close()
-        if self.refresher is not None:
-            self.refresher.cancel()
-            await asyncio.gather(self.refresher, return_exceptions=True)
+        tasks = [t for t in (self.refresher, self.counter) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for pool in (self.flag_pool, self.count_pool, self.listing_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         await self.hooks.close()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
@@ -259,28 +301,77 @@ class Daemon:
             self.notifier.reloaded()
 
     async def _apply_config(self, new: Config) -> None:
+        """Build everything the new config answers from, then swap it in at once.
+
+        Until the swap every answer comes from the old config and its state; from it,
+        from the new config and the state read for it (no scope it adds is "off"
+        because it was not read yet). A change seen while the reload read is re-read
+        after the swap: it wins over what the reload read.
+        """
         old = self.config
+        if new.fleet.endpoints:
+            require_client()  # fleet mode added without the etcd client: refused
         self._prepare_dirs(new)
         if new.control.socket != old.control.socket:
             raise ConfigError("control.socket cannot change on reload; restart guardd")
         assert self.control is not None
         self.control.apply_permissions(mode=new.control.mode, group=new.control.group)
-        self.config = new
-        self.hooks.reconfigure(new.hooks)
-        self.schedule_dirty = True
-        if new.fleet != old.fleet or new.node != old.node or new.scopes != old.scopes:
-            if self.fleet is not None:
-                await self.fleet.close()
-                self.fleet = None
-            self._start_fleet()
-        for listener in self.listeners:
-            await listener.reconfigure(new)
+        # Watch the new paths before reading them; what they report before the swap
+        # is kept and replayed after it (the old watcher serves the old config).
+        seen: set[str] = set()
+
+        def on_change(paths: set[str]) -> None:
+            if self.config is new:
+                self._on_change(paths)
+            else:
+                seen.update(paths)
+
+        watcher = self._make_watcher(new, on_change)
+        watcher.start(asyncio.get_running_loop())
+        try:
+            for listener in self.listeners:
+                await listener.prepare(new)
+            # Jobs first, flags last: the flags taken in at the swap are the freshest.
+            jobs = await self._count_jobs(new)
+            flags = await self._read_flags(new, list(new.scopes))
+        except BaseException:
+            watcher.close()
+            raise
+        # ---- the swap: no await from here to the listeners' apply
         if self.watcher is not None:
             self.watcher.close()
-        self._start_watcher(asyncio.get_running_loop())
-        # The flags are replaced whole once read, not cleared first: a refresh that
-        # publishes meanwhile would show every scope as off (health 200 mid-maintenance).
-        await self._read_everything(publish=True)
+        self.watcher = watcher
+        self.config = new
+        self.hooks.reconfigure(new.hooks)
+        number, _, read = flags
+        self.flags = read
+        self.flag_read = dict.fromkeys(read, number)
+        if jobs is not None:
+            self.jobs_read = jobs[0]
+            self._take_holders(jobs[2])
+        else:  # not countable now: the last counts of the scopes that stay
+            self.holders = {s: pids for s, pids in self.holders.items() if s in new.scopes}
+            self.jobs = {scope: n for scope, n in self.jobs.items() if scope in new.scopes}
+        old_fleet = None
+        if new.fleet != old.fleet or new.node != old.node or new.scopes != old.scopes:
+            old_fleet, self.fleet = self.fleet, None
+        self._publish()
+        snapshot = self.snapshot()
+        for listener in self.listeners:
+            listener.apply(snapshot)
+        # ---- swapped
+        self.schedule_dirty = True
+        self.jobs_dirty = True
+        self.dirty_scopes.update(new.scopes)  # anything that changed while reading
+        if seen:
+            self._on_change(seen)
+        self.refresh_wanted.set()
+        for listener in self.listeners:
+            await listener.rebind()
+        if old_fleet is not None:
+            await old_fleet.close()
+        if self.fleet is None:
+            self._start_fleet()
 
     # ------------------------------------------------------------------ state
 
@@ -299,9 +390,19 @@ class Daemon:
             scope: run_lock_path(self.config.runtime_dir, scope) for scope in self.config.scopes
         }
 
-    def _read_flags(self, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
+    def _next_read(self) -> int:
+        self.read_number += 1
+        return self.read_number
+
+    async def _read_flags(self, config: Config, scopes: Sequence[str]) -> FlagRead:
+        """Read scopes' flags off the loop, numbered for ``_take_flags``."""
+        number = self._next_read()
+        loop = asyncio.get_running_loop()
+        read = await loop.run_in_executor(self.flag_pool, self._read_flag_files, config, scopes)
+        return number, config, read
+
+    def _read_flag_files(self, config: Config, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
         """What each scope's own files say (switch.own_files: flag, fleet mirror)."""
-        config = self.config
         view = config.run_view()
         return {
             scope: read_scope(view, scope, self._probe)
@@ -309,9 +410,46 @@ class Daemon:
             if scope in config.scopes  # not one a reload dropped since it was marked
         }
 
-    def _take_flags(self, flags: dict[str, FlagInfo | None]) -> None:
-        """Take in flags read off the loop, but none of a scope a reload dropped meanwhile."""
-        self.flags.update((s, f) for s, f in flags.items() if s in self.config.scopes)
+    def _take_flags(self, read: FlagRead) -> None:
+        """Take in flags read off the loop, unless a reload replaced the config they
+        were read for, or a read started later is already in."""
+        number, config, flags = read
+        if config is not self.config:
+            return
+        for scope, flag in flags.items():
+            if number > self.flag_read.get(scope, 0):
+                self.flags[scope] = flag
+                self.flag_read[scope] = number
+
+    async def _count_jobs(self, config: Config) -> JobsRead | None:
+        """Find every scope's jobs off the loop, numbered for ``_take_jobs``; None when
+        they cannot be counted now (no descriptor left): the last counts stay, since
+        a count of 0 would show a draining scope as on."""
+        number = self._next_read()
+        locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
+        loop = asyncio.get_running_loop()
+        try:
+            holders = await loop.run_in_executor(self.count_pool, find_holders, locks)
+        except OSError as err:
+            if not self.count_failing:
+                self.count_failing = True
+                log.error(
+                    "cannot count jobs (%s): keeping the last counts until it works again",
+                    err.strerror or err,
+                )
+            return None
+        if self.count_failing:
+            self.count_failing = False
+            log.info("jobs can be counted again")
+        return number, config, holders
+
+    def _take_jobs(self, read: JobsRead | None) -> None:
+        if read is None:
+            return
+        number, config, holders = read
+        if config is self.config and number > self.jobs_read:
+            self._take_holders(holders)
+            self.jobs_read = number
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
@@ -325,7 +463,7 @@ class Daemon:
                 unknown = self.last_read.get(path) or flag
                 self.unknown_flags[path] = unknown
                 log.error(
-                    "cannot tell whether flag %s exists (%s): counting it as present",
+                    "cannot read flag %s (%s): counting it as present",
                     path,
                     flag.doubt,
                 )
@@ -350,38 +488,35 @@ class Daemon:
 
     async def _mirror_written(self, scope: str) -> None:
         """The fleet agent updated a mirror file: take it in before reporting it applied."""
-        self._take_flags(await asyncio.to_thread(self._read_flags, [scope]))
+        self._take_flags(await self._read_flags(self.config, [scope]))
         self._publish()
 
     def _fleet_view_changed(self) -> None:
         self._update_listeners()
 
-    async def _read_everything(self, *, publish: bool = False) -> None:
-        flags = await asyncio.to_thread(self._read_flags, list(self.config.scopes))
-        holders = await asyncio.to_thread(find_holders, self._run_locks())
-        self.flags = flags
-        if publish:
-            self._take_holders(holders)
-            self._publish()
-        else:
-            self.holders = holders
-            self.jobs = {scope: len(pids) for scope, pids in holders.items()}
-            self.statuses = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
-            self.published_flags = dict(self.flags)
-            self._schedule_drain_recount()
-            self._arm_overdue_timer()
+    async def _read_everything(self) -> None:
+        """Startup: every scope's flag and jobs, before anything is answered."""
+        jobs = await self._count_jobs(self.config)
+        flags = await self._read_flags(self.config, list(self.config.scopes))
+        if jobs is not None:
+            self.jobs_read, _, self.holders = jobs
+            self.jobs = {scope: len(pids) for scope, pids in self.holders.items()}
+        self._take_flags(flags)
+        self.statuses = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
+        self.published_flags = dict(self.flags)
+        self._schedule_drain_recount()
+        self._arm_overdue_timer()
 
-    def _start_watcher(self, loop: asyncio.AbstractEventLoop) -> None:
-        view = self.config.run_view()
-        flag_paths = {path for scope in self.config.scopes for path in own_files(view, scope)}
-        flag_paths |= {schedule_path(self.config.lock_dir, scope) for scope in self.config.scopes}
-        self.watcher = Watcher(
+    def _make_watcher(self, config: Config, on_change: Callable[[set[str]], None]) -> Watcher:
+        view = config.run_view()
+        flag_paths = {path for scope in config.scopes for path in own_files(view, scope)}
+        flag_paths |= {schedule_path(config.lock_dir, scope) for scope in config.scopes}
+        return Watcher(
             files=flag_paths,
-            run_dir=self.config.runtime_dir,
-            poll_interval=self.config.poll_interval,
-            on_change=self._on_change,
+            run_dir=config.runtime_dir,
+            poll_interval=config.poll_interval,
+            on_change=on_change,
         )
-        self.watcher.start(loop)
 
     def _on_change(self, paths: set[str]) -> None:
         """From the watcher: mark what must be re-read and wake the refresher."""
@@ -423,38 +558,57 @@ class Daemon:
         self.refresh_wanted.set()
 
     async def _refresh_loop(self) -> None:
-        """Re-read what changed, off the loop, then publish. Bursts coalesce."""
+        """Re-read changed flags and the schedule, off the loop, then publish. Bursts
+        coalesce. Job counts run in a loop of their own (``_jobs_loop``): a slow count
+        never holds up the next flag change."""
         while True:
             await self.refresh_wanted.wait()
             self.refresh_wanted.clear()
             scopes, self.dirty_scopes = sorted(self.dirty_scopes), set()
-            jobs_dirty, self.jobs_dirty = self.jobs_dirty, False
             schedule_dirty, self.schedule_dirty = self.schedule_dirty, False
             try:
                 if schedule_dirty:
                     await self._refresh_schedule()
                 if scopes:
-                    # Flags first: the flip reaches HTTP answers before jobs are counted.
-                    self._take_flags(await asyncio.to_thread(self._read_flags, scopes))
+                    self._take_flags(await self._read_flags(self.config, scopes))
                     self._publish()
-                    jobs_dirty = True  # a new flag may start a drain
-                if jobs_dirty:
-                    self._take_holders(await asyncio.to_thread(find_holders, self._run_locks()))
-                    self._publish()
+                    self.jobs_dirty = True  # a new flag may start a drain
             except Exception:
                 log.exception("refreshing the state failed; retrying on the next change")
+            if self.jobs_dirty:
+                self.jobs_wanted.set()
+
+    async def _jobs_loop(self) -> None:
+        """Recount jobs when asked (run-lock events, drains, new flags); coalesced."""
+        while True:
+            await self.jobs_wanted.wait()
+            self.jobs_wanted.clear()
+            if not self.jobs_dirty:
+                continue
+            self.jobs_dirty = False
+            try:
+                self._take_jobs(await self._count_jobs(self.config))
+                self._publish()
+            except Exception:
+                log.exception("counting jobs failed; retrying on the next change")
 
     async def _refresh_schedule(self) -> None:
         """Carry out due windows; a schedule that cannot be read (an unreadable lock
         directory, say) is logged and never holds up the flags read after it."""
         try:
-            self.windows = await asyncio.to_thread(self._run_schedule)
+            loop = asyncio.get_running_loop()
+            self.windows, acted = await loop.run_in_executor(self.flag_pool, self._run_schedule)
         except OSError as err:
             log.error(
                 "cannot read the schedule in %s: %s", self.config.lock_dir, err.strerror or err
             )
             return
         self._arm_schedule_timer()
+        if acted:
+            # Flags it wrote or removed: read them now, not when a file event (which a
+            # polled directory never sends) comes.
+            self.dirty_scopes.update(acted)
+            self.refresh_wanted.set()
         self._publish(force=True)
 
     def _take_holders(self, holders: dict[str, set[int]]) -> None:
@@ -558,12 +712,14 @@ class Daemon:
 
     # ------------------------------------------------------------------ schedule
 
-    def _run_schedule(self) -> dict[str, list[Window]]:
-        """Carry out due windows (worker thread); return every scope's windows."""
+    def _run_schedule(self) -> tuple[dict[str, list[Window]], set[str]]:
+        """Carry out due windows (worker thread); return every scope's windows, and
+        the scopes whose windows had steps carried out."""
         now = datetime.now(UTC)
         result: dict[str, list[Window]] = {scope: [] for scope in self.config.scopes}
+        acted: set[str] = set()
         if not os.path.isdir(self.config.lock_dir):
-            return result  # deleted: no schedule files, and no mutex to create there
+            return result, acted  # deleted: no schedule files, and no mutex to create there
         with locked(self.config.lock_dir, create_dir=False):
             for scope in self.config.scopes:
                 windows = read_windows(self.config.lock_dir, scope)
@@ -573,8 +729,9 @@ class Daemon:
                     windows = [done if w.id == done.id else w for w in windows]
                 if steps:
                     write_windows(self.config.lock_dir, scope, windows)
+                    acted.add(scope)
                 result[scope] = windows
-        return result
+        return result, acted
 
     def _carry_out(self, action: str, window: Window) -> Window:
         path = self.config.flag_path(window.scope)
@@ -634,7 +791,9 @@ class Daemon:
         return mark(window, done=True)
 
     def _arm_schedule_timer(self) -> None:
-        """Wake up at the next notice, start or end (at most an hour ahead: clocks move)."""
+        """Wake up at the next notice, start or end, and at least every SCHEDULE_RECHECK
+        meanwhile: the timer runs on the monotonic clock, and the wall clock may be
+        stepped forward under it (a VM resumed, NTP catching up)."""
         if self.schedule_timer is not None:
             self.schedule_timer.cancel()
             self.schedule_timer = None
@@ -642,7 +801,7 @@ class Daemon:
         wakeup = next_wakeup(all_windows, datetime.now(UTC))
         if wakeup is None:
             return
-        delay = min(max(wakeup.timestamp() - time.time(), 0.0) + 0.01, 3600.0)
+        delay = min(max(wakeup.timestamp() - time.time(), 0.0) + 0.01, SCHEDULE_RECHECK)
         self.schedule_timer = asyncio.get_running_loop().call_later(delay, self._schedule_tick)
 
     def _schedule_tick(self) -> None:
@@ -707,11 +866,45 @@ class Daemon:
                 "ok": False,
                 "error": {"code": "bad_request", "message": f"unknown scope {scope!r} ({known})"},
             }
-        holders = await asyncio.to_thread(find_holders, self._run_locks())
-        jobs = await asyncio.to_thread(describe_jobs, holders)
+        jobs = await self.listing.get()
         if scope is not None and scope != DEFAULT_SCOPE:
             jobs = [job for job in jobs if job.scope == scope]
         return {"ok": True, "jobs": [job.to_json_obj() for job in jobs]}
+
+    def _list_jobs(self) -> list[Job]:
+        """Every scope's jobs, described (a worker thread of the listing pool)."""
+        return describe_jobs(find_holders(self._run_locks()))
+
+
+class Coalesced(Generic[T]):
+    """``fn`` run in ``executor`` for every caller, at most one run at a time: callers
+    arriving while a run is under way share the next one (which starts after they
+    asked, so none gets an answer older than its request)."""
+
+    def __init__(self, fn: Callable[[], T], executor: Executor) -> None:
+        self.fn = fn
+        self.executor = executor
+        self.current: asyncio.Future[T] | None = None  # the run under way
+        self.pending: asyncio.Future[T] | None = None  # the next run, shared
+
+    async def get(self) -> T:
+        """The result of a run that started after this call."""
+        if self.pending is None:
+            self.pending = asyncio.ensure_future(self._run(self.current))
+            # Its error is every caller's; retrieved here too, for when all hung up.
+            self.pending.add_done_callback(lambda run: run.cancelled() or run.exception())
+        return await asyncio.shield(self.pending)
+
+    async def _run(self, before: asyncio.Future[T] | None) -> T:
+        if before is not None:
+            await asyncio.wait([before])
+        me, self.pending = self.pending, None  # later callers wait for the next run
+        self.current = me
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.fn)
+        finally:
+            if self.current is me:
+                self.current = None
 
 
 def job_changes(

@@ -26,6 +26,9 @@ OUTPUT_LIMIT = 2000  # characters of a failing hook's output kept for the log
 # Bytes of output kept while a hook runs (the rest is read and dropped as it comes):
 # enough for OUTPUT_LIMIT characters of UTF-8, whatever the hook prints.
 OUTPUT_KEPT = 4 * OUTPUT_LIMIT
+# After a hook exits, how long what it printed last may take to arrive. Only a
+# process it left in the background holds the pipe open longer; it is not waited for.
+OUTPUT_GRACE = 0.2
 
 
 @dataclass(frozen=True)
@@ -114,34 +117,42 @@ class HookRunner:
             }
         )
         name = f"{call.kind} hook {argv[0]!r} for {status.scope}"
+        # Our own pipe, not asyncio's: the hook's output is read only until the hook
+        # itself has exited (plus a moment for what it printed last). A process it
+        # left in the background keeps the write end open; waiting for EOF would
+        # wait for that process, and call a hook that exited 0 "timed out".
+        read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stdout=write_end,
+                stderr=write_end,
                 start_new_session=True,  # its own group: a timeout kills its children too
             )
         except OSError as err:
+            os.close(read_end)
             log.error("%s could not start: %s", name, err.strerror or err)
             return
-        assert process.stdout is not None
+        finally:
+            os.close(write_end)
+        tail = _Tail(read_end, OUTPUT_KEPT)
         try:
-            output, _ = await asyncio.wait_for(
-                asyncio.gather(_tail(process.stdout, OUTPUT_KEPT), process.wait()),
-                self.config.timeout,
-            )
+            await asyncio.wait_for(process.wait(), self.config.timeout)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             await process.wait()
+            tail.close()
             log.error("%s timed out after %ss and was killed", name, self.config.timeout)
             return
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+            tail.close()
             raise
+        output = await tail.finish(OUTPUT_GRACE)
         text = output.decode(errors="replace").strip()[-OUTPUT_LIMIT:]
         if process.returncode != 0:
             log.error(
@@ -154,10 +165,46 @@ class HookRunner:
             log.info("%s done%s", name, f": {text}" if text else "")
 
 
-async def _tail(stream: asyncio.StreamReader, keep: int) -> bytes:
-    """Read ``stream`` to its end, keeping only its last ``keep`` bytes: a hook that
-    prints without end must not grow guardd's memory (communicate() keeps it all)."""
-    tail = b""
-    while chunk := await stream.read(65536):
-        tail = (tail + chunk)[-keep:]
-    return tail
+class _Tail:
+    """Read a hook's output pipe as it comes, keeping only its last ``keep`` bytes: a
+    hook that prints without end must not grow guardd's memory."""
+
+    def __init__(self, fd: int, keep: int) -> None:
+        self.fd = fd
+        self.keep = keep
+        self.data = b""
+        self.loop = asyncio.get_running_loop()
+        self.eof = asyncio.Event()
+        self.loop.add_reader(fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            for _ in range(16):  # then let the loop breathe: a hook may print without end
+                chunk = os.read(self.fd, 65536)
+                if not chunk:
+                    break
+                self.data = (self.data + chunk)[-self.keep :]
+            else:
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self.eof.set()  # EOF (or a broken pipe): nothing more will come
+        self.loop.remove_reader(self.fd)
+
+    async def finish(self, grace: float) -> bytes:
+        """What was printed, waiting at most ``grace`` for the rest; the pipe is closed
+        after (a background process still writing to it gets EPIPE)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.eof.wait(), grace)
+        self._readable()
+        self.close()
+        return self.data
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        self.loop.remove_reader(self.fd)
+        os.close(self.fd)
+        self.fd = -1

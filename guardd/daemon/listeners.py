@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
+import resource
 import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -34,6 +36,21 @@ BACKLOG = 1024
 MAX_TEMPLATE_BYTES = 1024 * 1024
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+def connection_budget() -> int:
+    """How many HTTP connections may be open at once: the open-files limit, less
+    the descriptors open now (listeners, inotify, logs), less a reserve for what
+    comes and goes (flag and /proc reads, hook pipes, control and agent clients)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 64
+    reserve = 64 + soft // 64
+    return max(soft - in_use - reserve, 16)
 
 
 def bind_sockets(address: ListenAddress) -> list[socket.socket]:
@@ -229,6 +246,7 @@ class HttpListener:
             counts=counts,
             render_metrics=render_metrics,
         )
+        self.pending: tuple[Config, HttpSettings] | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "http.listen", lambda: HttpConnection(self.shared, loop_getter())
@@ -250,6 +268,7 @@ class HttpListener:
         settings = await self._settings(self.config, strict=True)
         self.shared.publish(settings, self.snapshot.view(settings.scope))
         await self.endpoints.bind(self.config.http.listen)
+        self.shared.max_connections = connection_budget()
 
     def update(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
@@ -259,11 +278,18 @@ class HttpListener:
             self.shared.publish(settings, view)
         self.endpoints.start_serving()
 
-    async def reconfigure(self, config: Config) -> None:
-        settings = await self._settings(config, strict=False)
-        self.config = config
-        self.shared.publish(settings, self.snapshot.view(settings.scope))
-        await self.endpoints.rebind(config.http.listen)
+    async def prepare(self, config: Config) -> None:
+        self.pending = (config, await self._settings(config, strict=False))
+
+    def apply(self, snapshot: Snapshot) -> None:
+        assert self.pending is not None
+        self.config, settings = self.pending
+        self.pending = None
+        self.snapshot = snapshot
+        self.shared.publish(settings, snapshot.view(settings.scope))
+
+    async def rebind(self) -> None:
+        await self.endpoints.rebind(self.config.http.listen)
 
     async def close(self) -> None:
         await _close(self.endpoints, self.shared.close_all)
@@ -283,6 +309,7 @@ class AgentListener:
         self.config = config
         self.snapshot = Snapshot(statuses={})
         self.shared = AgentShared()
+        self.pending: Config | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
         self.endpoints = Endpoints(
             "agent.listen", lambda: AgentConnection(self.shared, loop_getter())
@@ -302,10 +329,17 @@ class AgentListener:
         self._publish()
         self.endpoints.start_serving()
 
-    async def reconfigure(self, config: Config) -> None:
-        self.config = config
+    async def prepare(self, config: Config) -> None:
+        self.pending = config
+
+    def apply(self, snapshot: Snapshot) -> None:
+        assert self.pending is not None
+        self.config, self.pending = self.pending, None
+        self.snapshot = snapshot
         self._publish()
-        await self.endpoints.rebind(config.agent.listen)
+
+    async def rebind(self) -> None:
+        await self.endpoints.rebind(self.config.agent.listen)
 
     async def close(self) -> None:
         await _close(self.endpoints, self.shared.close_all)

@@ -46,6 +46,28 @@ def setup_logging() -> None:
     root.setLevel(logging.DEBUG if os.environ.get("GUARDD_DEBUG") else logging.INFO)
 
 
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every connection is a descriptor, and
+    the 1,024 a shell or cron hands down is soon reached (systemd's unit sets its own)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            with open("/proc/sys/fs/nr_open", encoding="ascii") as stream:
+                wanted = int(stream.read())
+        except (OSError, ValueError):
+            wanted = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as err:
+            logging.getLogger("guardd").warning(
+                "cannot raise the open-files limit from %d to %d: %s", soft, wanted, err
+            )
+
+
 # --------------------------------------------------------------------------- CLI
 
 HELP_EPILOG = """\
@@ -67,12 +89,17 @@ exit status:
 def run(*, config_path: str | None, check_config: bool) -> int:
     """Load the config, then either print it (--check-config) or serve until stopped."""
     config = resolve_secrets(load_config(config_path))
+    if config.fleet.endpoints:
+        from guardd.fleet.etcd import require_client
+
+        require_client()
     if check_config:
         import yaml
 
         sys.stdout.write(yaml.safe_dump(describe(config), sort_keys=False))
         return 0
     setup_logging()
+    raise_open_files_limit()
     daemon = Daemon(config=config, config_path=config_path)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(daemon.serve())

@@ -8,6 +8,7 @@ them off the event loop and no request waits on the disk.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import select
@@ -31,6 +32,22 @@ _FILE_EVENTS = (
 # Opens and closes of run locks: a job starting or ending (guard-run only reads them).
 _RUN_LOCK_EVENTS = inflags.OPEN | inflags.CLOSE_NOWRITE | inflags.CLOSE_WRITE
 _SELF_GONE = inflags.DELETE_SELF | inflags.MOVE_SELF | inflags.IGNORED | inflags.UNMOUNT
+# On each directory above a watched one: the next path component created, removed,
+# renamed or re-pointed (a deploy's ``mv -T`` of a ``current`` symlink, ``mv app
+# app.old && mv app.new app``), or its permissions changed.
+_CHAIN_EVENTS = (
+    inflags.CREATE
+    | inflags.DELETE
+    | inflags.MOVED_FROM
+    | inflags.MOVED_TO
+    | inflags.ATTRIB
+    | inflags.DELETE_SELF
+    | inflags.MOVE_SELF
+    | inflags.ONLYDIR
+    | inflags.DONT_FOLLOW
+)
+# Symlinks followed while working out a chain, as the kernel's own limit (ELOOP).
+MAX_SYMLINKS = 40
 
 # File systems where changes made elsewhere never reach this kernel's inotify.
 NETWORK_FS = frozenset(
@@ -53,6 +70,9 @@ NETWORK_FS = frozenset(
         "beegfs",
     }
 )
+
+# Why a directory is polled when it is missing: it is watched again once it is back.
+_MISSING = ("it does not exist (yet)", "it was deleted or moved away")
 
 RESCAN = "*"  # reported instead of paths when everything must be re-read
 MOUNTINFO = "/proc/self/mountinfo"  # polls EPOLLPRI whenever a mount comes or goes
@@ -85,6 +105,41 @@ def fs_type(path: str, mounts: list[tuple[str, str]]) -> str:
 def needs_polling(fstype: str) -> bool:
     """True where inotify cannot be trusted to see every change."""
     return fstype in NETWORK_FS or fstype.startswith("fuse.") or fstype == "fuse"
+
+
+def path_chain(path: str) -> dict[str, set[str]]:
+    """Every directory whose entries decide what the absolute ``path`` leads to, with
+    the names in it that do: each component of the path, and of every symlink's
+    target met on the way (resolved as the kernel does). A component that does not
+    exist ends the chain there: its creation is what to wait for.
+    """
+    chain: dict[str, set[str]] = {}
+    pending = [part for part in path.split("/") if part]
+    current = "/"
+    hops = 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        chain.setdefault(current, set()).add(name)
+        candidate = os.path.join(current, name)
+        try:
+            target = os.readlink(candidate)
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                break  # missing (or unreadable): its appearance is the event
+            current = candidate  # not a symlink: a directory, we go down into it
+            continue
+        hops += 1
+        if hops > MAX_SYMLINKS:
+            break
+        if target.startswith("/"):
+            current = "/"
+        pending[:0] = [part for part in target.split("/") if part]
+    return chain
 
 
 def _read_mounts() -> list[tuple[str, str]]:
@@ -143,6 +198,12 @@ class Watcher:
         # Mount changes: an inotify watch stays on the directory a new mount covers.
         self.mountinfo: int | None = None
         self.mount_poll: select.epoll | None = None
+        # The directories above the watched ones (path_chain), on an inotify instance
+        # of their own so that their masks never mix with a watched directory's.
+        self.chain_inotify: inotify_simple.INotify | None = None
+        self.chain_names: dict[str, set[str]] = {}  # directory -> names that matter
+        self.chain_wds: dict[str, int] = {}  # directory -> its watch
+        self.chain_by_wd: dict[int, set[str]] = {}  # watch -> directories (bind mounts)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -160,12 +221,18 @@ class Watcher:
         if self.inotify is not None:
             loop.add_reader(self.inotify.fileno(), self._on_readable)
             self._watch_mounts(loop)
+            self._start_chain(loop)
         mounts = _read_mounts()
         for entry in self.dirs.values():
             if force_poll:
                 self._poll(entry, f"{POLL_ENV}=1 is set")
                 continue
             self._watch_or_poll(entry, mounts)
+        if self.chain_inotify is not None:
+            # Anything replaced while the watches went on is caught here.
+            changed = self._recheck()
+            if changed:
+                self.on_change(changed)
         self._schedule_poll()
 
     def _watch_or_poll(self, entry: _Dir, mounts: list[tuple[str, str]]) -> None:
@@ -193,6 +260,11 @@ class Watcher:
                 self.loop.remove_reader(self.inotify.fileno())
             self.inotify.close()
             self.inotify = None
+        if self.chain_inotify is not None:
+            if self.loop is not None:
+                self.loop.remove_reader(self.chain_inotify.fileno())
+            self.chain_inotify.close()
+            self.chain_inotify = None
 
     @property
     def polled_dirs(self) -> list[str]:
@@ -296,6 +368,144 @@ class Watcher:
             return
         self._poll(entry, "it was deleted or moved away")
 
+    # ------------------------------------------------------------------ the path above
+
+    def _start_chain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Follow the directories above the watched ones: a watch stays on a directory
+        (inode), not on its path, so a directory replaced higher up (a re-pointed
+        symlink, a renamed parent) would leave guardd watching the old one."""
+        try:
+            self.chain_inotify = inotify_simple.INotify(nonblocking=True)
+        except OSError as err:
+            log.warning(
+                "cannot follow the directories above the flags (%s): a replaced parent "
+                "directory is only seen after a reload",
+                err.strerror or err,
+            )
+            return
+        loop.add_reader(self.chain_inotify.fileno(), self._on_chain_readable)
+
+    def _watch_chain(self) -> None:
+        """Put watches on every directory of every watched path, until what the paths
+        lead to is the same after the watches as before them (a directory made in
+        between would otherwise go unseen)."""
+        if self.chain_inotify is None:
+            return
+        for _ in range(8):
+            wanted = self._chain_wanted()
+            for directory in [d for d in self.chain_wds if d not in wanted]:
+                self._unwatch_chain(directory)
+            for directory in wanted:
+                self._watch_chain_dir(directory)
+            self.chain_names = wanted
+            if self._chain_wanted() == wanted:
+                return
+
+    def _chain_wanted(self) -> dict[str, set[str]]:
+        wanted: dict[str, set[str]] = {}
+        for entry in self.dirs.values():
+            for directory, names in path_chain(entry.path).items():
+                wanted.setdefault(directory, set()).update(names)
+        return wanted
+
+    def _watch_chain_dir(self, directory: str) -> None:
+        assert self.chain_inotify is not None
+        try:
+            wd = self.chain_inotify.add_watch(directory, _CHAIN_EVENTS)
+        except OSError:
+            self._unwatch_chain(directory)  # gone or unreadable: its parent tells us
+            return
+        old = self.chain_wds.get(directory)
+        if old is not None and old != wd:
+            self._unwatch_chain(directory)
+        self.chain_wds[directory] = wd
+        self.chain_by_wd.setdefault(wd, set()).add(directory)
+
+    def _unwatch_chain(self, directory: str) -> None:
+        wd = self.chain_wds.pop(directory, None)
+        if wd is None:
+            return
+        paths = self.chain_by_wd.get(wd, set())
+        paths.discard(directory)
+        if paths:
+            return
+        self.chain_by_wd.pop(wd, None)
+        if self.chain_inotify is not None:
+            try:
+                self.chain_inotify.rm_watch(wd)
+            except OSError:
+                pass  # the kernel dropped it already (the directory is gone)
+
+    def _on_chain_readable(self) -> None:
+        assert self.chain_inotify is not None
+        try:
+            events = self.chain_inotify.read(timeout=0)
+        except OSError as err:
+            log.error("reading inotify events failed (%s): rescanning", err)
+            events = []
+            overflow = True
+        else:
+            overflow = False
+        moved = False
+        for event in events:
+            if event.mask & inflags.Q_OVERFLOW:
+                overflow = True
+                continue
+            directories = self.chain_by_wd.get(event.wd)
+            if not directories:
+                continue
+            if event.name:
+                moved |= any(event.name in self.chain_names.get(d, ()) for d in directories)
+            else:
+                moved |= bool(
+                    event.mask & (inflags.DELETE_SELF | inflags.MOVE_SELF | inflags.ATTRIB)
+                )
+        if not (moved or overflow):
+            return
+        changed = self._recheck()
+        if overflow:
+            changed.add(RESCAN)
+        if changed:
+            self.on_change(changed)
+        self._schedule_poll()
+
+    def _recheck(self) -> set[str]:
+        """A directory above (or at) a watched path changed: watch what each path
+        leads to now. Returns the files to re-read (all of a directory that moved)."""
+        self._watch_chain()
+        changed: set[str] = set()
+        for entry in self.dirs.values():
+            files = {os.path.join(entry.path, name) for name in entry.files}
+            if entry.polled:
+                if (
+                    entry.why_polled in _MISSING
+                    and not self._forced()
+                    and os.path.isdir(entry.path)
+                    and self._add_watch(entry)
+                ):
+                    changed |= files
+                    if entry.run_locks:
+                        changed.add(RESCAN)
+                continue
+            try:
+                info = os.stat(entry.path)
+                identity: tuple[int, int] | None = (info.st_dev, info.st_ino)
+            except OSError:
+                identity = None
+            if identity == entry.identity:
+                continue
+            self._drop_watch(entry)
+            entry.identity = None
+            if identity is None:
+                self._poll(entry, "it was deleted or moved away")
+            else:
+                log.info("%s leads to another directory now: watching that one", entry.path)
+                self._watch_or_poll(entry, _read_mounts())
+            changed |= files
+            if entry.run_locks:
+                changed.add(RESCAN)
+        return changed
+
     # ------------------------------------------------------------------ mounts
 
     def _watch_mounts(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -390,9 +600,6 @@ class Watcher:
             if entry.run_locks:
                 # No open/close events here: let the daemon recount jobs each tick.
                 changed.add(os.path.join(entry.path, ".run"))
-            if entry.why_polled in (
-                "it does not exist (yet)",
-                "it was deleted or moved away",
-            ) and os.path.isdir(entry.path):
+            if entry.why_polled in _MISSING and os.path.isdir(entry.path):
                 back.append(entry)
         return changed, back

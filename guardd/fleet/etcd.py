@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from guardd.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -54,13 +56,22 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
 
 
 def _import_aetcd() -> Any:
+    """The etcd client module. Its absence is a configuration error (exit 2), not an
+    etcd outage: no retry or wait will mend it, installing it will."""
     try:
         import aetcd
     except ImportError:
-        raise EtcdUnavailable(
-            "fleet mode needs the etcd client: pip install 'guardd[fleet]' (aetcd)"
+        raise ConfigError(
+            "fleet.endpoints is set but the etcd client is not installed: "
+            "pip install 'guardd[fleet]' (aetcd)"
         ) from None
     return aetcd
+
+
+def require_client() -> None:
+    """Raise ConfigError unless the etcd client can be imported (fleet mode's check
+    at start, on reload and in ``--check-config``)."""
+    _import_aetcd()
 
 
 class Etcd:

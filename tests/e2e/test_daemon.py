@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ControlClient, Guardd, command, free_port, wait_until
-from tests.httpclient import get
+from tests.httpclient import get, write_flag
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -436,7 +436,7 @@ def test_asyncio_loop_fallback_serves(make_guardd: MakeGuardd) -> None:
     ).start()
     with daemon.connect() as client:
         client.request({"op": "watch"})
-        daemon.flag().write_text("on the fallback loop\n")
+        write_flag(daemon.flag(), "on the fallback loop\n")  # atomic: never seen empty
         assert client.read_line()["reason"] == "on the fallback loop"
     response = get(port, "/healthz")
     assert response.status == 503 and response.header("Guard-Maintenance") == "default"

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from guardd.core.durations import format_time
 from guardd.core.schedule import Window, read_windows, write_windows
+from guardd.daemon.app import SCHEDULE_RECHECK
 from tests.helpers import Guardd, command, free_port, wait_until
-from tests.httpclient import get
+from tests.httpclient import get, write_flag
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -198,8 +203,10 @@ def test_hooks_run_with_environment_in_order(make_guardd: MakeGuardd, tmp_short:
             },
         }
     ).start()
-    daemon.flag("shop").write_text(
-        '{"reason": "db", "until": "2099-01-01T00:00:00Z", "by": "ana@h", "note": "n1"}'
+    # Atomically, as guardctl does: a plain write can be seen empty (on, no reason).
+    write_flag(
+        daemon.flag("shop"),
+        {"reason": "db", "until": "2099-01-01T00:00:00Z", "by": "ana@h", "note": "n1"},
     )
     wait_until(lambda: log.exists() and log.read_text().count("\n") >= 2, what="enter hooks")
     daemon.flag("shop").unlink()
@@ -270,3 +277,134 @@ def test_upcoming_window_is_in_maintenance_json(make_guardd: MakeGuardd) -> None
     ctl(daemon, "schedule", "shop", "--at", at(5 * 3600), "--for", "30m", "--notice", "1h")
     time.sleep(0.3)
     assert len(get(port, "/maintenance.json").json()["upcoming"]) == 1
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_hook_leaving_a_background_process_is_done_and_leaks_nothing(
+    make_guardd: MakeGuardd, tmp_short: Path, loop: str
+) -> None:
+    """A hook that exits 0 leaving background processes (holding its output pipe) is
+    logged as done with what it printed, not as timed out; over 20 transitions
+    guardd's descriptor count stays where it was (the processes are left alone). On
+    both event loops: asyncio's kept one pipe per transition."""
+    pids = tmp_short / "pids"
+    # One left in the hook's process group, one in a session of its own (out of reach
+    # of a kill of the group): both hold the hook's output pipe open.
+    script = f"sleep 60 & echo $! >> {pids}; setsid sleep 60 & echo $! >> {pids}; echo started"
+    daemon = make_guardd(
+        {"hooks": {"timeout": "2", "on_enter": [["sh", "-c", script]]}}, env={"GUARDD_LOOP": loop}
+    ).start()
+    assert daemon.process is not None
+    fd_dir = f"/proc/{daemon.process.pid}/fd"
+    try:
+        for flip in range(20):
+            daemon.flag().touch()
+            wait_until(
+                lambda flip=flip: daemon.log().count("on_enter hook 'sh' for default") > flip,
+                what=f"hook {flip + 1} logged",
+            )
+            if flip == 0:
+                before = fd_list(fd_dir)  # after the first: its pipes warmed up
+            daemon.flag().unlink()
+            wait_until(lambda: default_off(daemon), what="off")
+        after = fd_list(fd_dir)
+        assert len(after) <= len(before), sorted(set(after) - set(before))
+        log = daemon.log()
+        assert log.count("on_enter hook 'sh' for default done: started") == 20, log[-2000:]
+        assert "timed out" not in log
+    finally:
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def default_off(daemon: Guardd) -> bool:
+    """The default scope is off."""
+    return bool(daemon.request({"op": "status"})["scopes"]["default"]["state"] == "off")
+
+
+def fd_list(fd_dir: str) -> list[str]:
+    """guardd's pipes (where a hook's output comes; sockets and files come and go
+    with status requests and job counts)."""
+    targets = []
+    for name in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            targets.append(f"{name}:{os.readlink(f'{fd_dir}/{name}')}")
+    return [target for target in targets if ":pipe:" in target]
+
+
+def unseen_window(daemon: Guardd, *, lead: float) -> None:
+    """Add a window starting ``lead`` seconds from now next to one two hours ahead,
+    where guardd cannot see the file change (polling once an hour): only its own
+    re-planning can find it, as after a forward clock step."""
+    now = datetime.now(UTC)
+    near = Window(
+        id="near1",
+        scope="shop",
+        at=format_time(now + timedelta(seconds=lead)),
+        end=format_time(now + timedelta(hours=1)),
+        reason="clock stepped",
+        notice=60,
+        auto_off=True,
+    )
+    write_windows(str(daemon.lock_dir), "shop", [far_window(), near])
+
+
+def polled_hourly(make_guardd: MakeGuardd) -> Guardd:
+    """A guardd with scope shop that learns of file changes only by polling, hourly,
+    planned around one window two hours ahead."""
+    daemon = make_guardd(
+        {"scopes": {"shop": None}, "poll_interval": "1h"}, env={"GUARDD_POLL_ONLY": "1"}
+    )
+    daemon.lock_dir.mkdir(parents=True)
+    write_windows(str(daemon.lock_dir), "shop", [far_window()])
+    daemon.start()
+    # READY comes before the first schedule pass: wait for it (the window is shown).
+    wait_until(
+        lambda: [w["id"] for w in daemon.request({"op": "status"})["upcoming"]] == ["far1"],
+        what="the first schedule pass",
+    )
+    return daemon
+
+
+def far_window() -> Window:
+    """A window two hours ahead, announced from now on."""
+    now = datetime.now(UTC)
+    return Window(
+        id="far1",
+        scope="shop",
+        at=format_time(now + timedelta(hours=2)),
+        end=format_time(now + timedelta(hours=3)),
+        reason="later",
+        notice=3 * 3600,
+        auto_off=True,
+    )
+
+
+def test_reload_re_plans_the_schedule(make_guardd: MakeGuardd) -> None:
+    """SIGHUP runs the schedule again: a window due now (that guardd could not have
+    seen coming) starts at the reload, not at the next planned wake-up."""
+    daemon = polled_hourly(make_guardd)
+    unseen_window(daemon, lead=0.5)
+    time.sleep(1.0)
+    assert shop_state(daemon) == "off"  # not seen: nothing re-planned yet
+    daemon.signal(signal.SIGHUP)
+    wait_until(lambda: shop_state(daemon) == "on", timeout=5.0, what="window started")
+
+
+@pytest.mark.heavy
+def test_schedule_sleeps_at_most_the_recheck_interval(make_guardd: MakeGuardd) -> None:
+    """With the next window two hours away guardd still wakes within
+    SCHEDULE_RECHECK (30 s): a window whose start came while it slept (a forward
+    clock step, here a file change it could not see) starts at most that late."""
+    assert SCHEDULE_RECHECK <= 30.0
+    daemon = polled_hourly(make_guardd)
+    started = time.monotonic()
+    unseen_window(daemon, lead=0.5)
+    wait_until(
+        lambda: shop_state(daemon) == "on",
+        timeout=40.0,
+        interval=0.5,
+        what="window started by the bounded re-check",
+    )
+    assert time.monotonic() - started <= 35.0

@@ -10,6 +10,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,34 @@ def tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+# --------------------------------------------------------------------------- slow job counts
+
+
+# Holds ``count`` POSIX locks on byte ranges of one file (each its own line in
+# /proc/locks), so that every job count, which reads /proc/locks, takes tens of ms.
+HOLD_LOCKS = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+    "for i in range(int(sys.argv[2])):\n"
+    "    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 2 * i)\n"
+    "print('held', flush=True)\n"
+    "sys.stdin.read()\n"
+)
+
+
+@contextlib.contextmanager
+def slow_job_counts(directory: Path, count: int = 2500) -> Iterator[None]:
+    """Make /proc/locks long (and every job count slow) for the block."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCKS, str(directory / "many.locks"), str(count)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield
+    finally:
+        holder.communicate(timeout=10)  # closes its stdin: it exits

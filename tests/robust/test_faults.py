@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from tests.robust.support import (
     kernel_setting,
     run_as_nobody,
     scope_fields,
+    slow_job_counts,
     tmpfs,
     wait_state,
 )
@@ -155,6 +157,58 @@ def test_lock_dir_replaced_by_another_directory(make_guardd: MakeGuardd, mode: s
     wait_state(daemon, "on", reason="deployed")
     daemon.flag().unlink()
     wait_state(daemon, "off")
+
+
+def _replace(link: Path, target: Path, how: str) -> None:
+    """Point ``link`` at ``target`` the way a deploy does: an atomic symlink re-point
+    (``ln -sfn`` to a temporary name, then ``mv -T``), or a directory rename
+    (``mv app app.old && mv app.new app``)."""
+    if how == "symlink":
+        temporary = link.with_name(link.name + ".tmp")
+        temporary.symlink_to(target)
+        os.rename(temporary, link)
+    else:
+        old = link.with_name(link.name + f".old{time.monotonic_ns()}")
+        link.rename(old)
+        target.rename(link)
+
+
+@pytest.mark.parametrize("how", ["symlink", "rename"])
+def test_directory_above_a_flag_replaced_is_followed(make_guardd: MakeGuardd, how: str) -> None:
+    """A directory above a scope's lock_file replaced by a deploy (a re-pointed
+    ``current`` symlink, or a renamed app directory): the flag under the new directory
+    is what counts, on and off, with flips inside it seen as before, at flip latency
+    (no poll: the poll interval here is an hour)."""
+    base = Path(tempfile.mkdtemp(prefix="gd-app-", dir="/tmp"))
+    try:
+        releases = [base / "releases" / str(n) for n in range(4)]
+        for release in releases:
+            (release / "storage").mkdir(parents=True)
+        (releases[1] / "storage" / "down").write_text("")  # release 1 is "down"
+        app = base / "current"
+        if how == "symlink":
+            app.symlink_to(releases[0])
+        else:
+            releases[0].rename(app)
+        daemon = make_guardd(
+            {"poll_interval": "1h", "scopes": {"app": {"lock_file": f"{app}/storage/down"}}}
+        ).start()
+        wait_state(daemon, "off", scope="app")
+        for number, state in ((1, "on"), (2, "off"), (3, "off")):
+            _replace(app, releases[number], how)
+            wait_until(
+                lambda state=state: scope_fields(daemon, "app")["state"] == state,
+                timeout=3.0,
+                what=f"app {state} after release {number}",
+            )
+        # Flips inside the directory now in place are seen too.
+        (app / "storage" / "down").write_text("")
+        wait_until(lambda: scope_fields(daemon, "app")["state"] == "on", timeout=3.0, what="on")
+        (app / "storage" / "down").unlink()
+        wait_until(lambda: scope_fields(daemon, "app")["state"] == "off", timeout=3.0, what="off")
+        assert_no_crash(daemon.log())
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_unreadable_lock_dir_fails_closed_and_recovers(
@@ -360,6 +414,70 @@ def test_disk_full_keeps_the_old_flag_and_says_so_in_one_line(make_guardd: MakeG
 
 
 # --------------------------------------------------------------------------- reloads
+
+
+def test_flag_change_during_a_reload_wins(make_guardd: MakeGuardd, tmp_short: Path) -> None:
+    """A flag created or removed while a SIGHUP reload reads (its job count made slow):
+    the change wins, on and off, every time; never the state the reload read first."""
+    daemon = make_guardd().start()
+    rng = random.Random(12)
+    with slow_job_counts(tmp_short):
+        for round_ in range(16):
+            present = round_ % 2 == 0
+            sent = len(daemon.notify.collect())
+            daemon.signal(signal.SIGHUP)
+            time.sleep(rng.uniform(0.0, 0.06))  # within the reload's slow job count
+            if present:
+                write_flag(daemon.flag(), {"reason": f"round {round_}"})
+            else:
+                daemon.flag().unlink()
+            daemon.notify.wait_for("READY=1", after=sent)
+            want = "on" if present else "off"
+            wait_until(
+                lambda want=want: scope_fields(daemon)["state"] == want,
+                timeout=3.0,
+                what=f"{want} after reload {round_}",
+            )
+    assert_no_crash(daemon.log())
+
+
+def test_reload_to_a_new_http_scope_never_answers_from_half_of_it(
+    make_guardd: MakeGuardd, tmp_short: Path
+) -> None:
+    """A reload that adds scope b, in maintenance, and makes it http.scope, while
+    /maintenance.json is asked for without pause: every answer is the old config's
+    (http.scope default, off) or the new one's with b's true state; none says b off."""
+    port = free_port()
+    settings = {"http": {"listen": [f"127.0.0.1:{port}"]}, "scopes": {"a": None}}
+    daemon = make_guardd(settings).start()
+    write_flag(daemon.flag("b"), {"reason": "b is down"})
+    answers: list[tuple[str, str]] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        while not stop.is_set():
+            body = get(port, "/maintenance.json").json()
+            answers.append((body["scope"], body["state"]))
+
+    with slow_job_counts(tmp_short):
+        asker = threading.Thread(target=ask)
+        asker.start()
+        try:
+            wait_until(lambda: len(answers) > 20, what="answers before the reload")
+            daemon.settings["scopes"] = {"a": None, "b": None}
+            daemon.settings["http"]["scope"] = "b"
+            daemon.write_config()
+            sent = len(daemon.notify.collect())
+            daemon.signal(signal.SIGHUP)
+            daemon.notify.wait_for("READY=1", after=sent)
+            seen = len(answers)
+            wait_until(lambda: len(answers) > seen + 20, what="answers after the reload")
+        finally:
+            stop.set()
+            asker.join()
+    assert set(answers) == {("default", "off"), ("b", "on")}, sorted(set(answers))
+    assert answers[-1] == ("b", "on")
+    assert_no_crash(daemon.log())
 
 
 def test_reload_storm_under_job_churn_never_shows_the_scope_off(make_guardd: MakeGuardd) -> None:

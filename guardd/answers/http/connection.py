@@ -69,8 +69,11 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        self.shared.connections.add(self)
-        self._arm(self.loop.time() + self.shared.settings.header_timeout)
+        shared = self.shared
+        shared.connections.add(self)
+        self._arm(self.loop.time() + shared.settings.header_timeout)
+        if shared.max_connections is not None and len(shared.connections) > shared.max_connections:
+            shared.shed(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.shared.connections.discard(self)
@@ -339,6 +342,17 @@ class HttpConnection(asyncio.Protocol):
             return
         # An unfinished head, an idle keep-alive, or a client that never hung up.
         self.drop()
+
+    def idle(self) -> bool:
+        """Between requests, nothing half-read or unsent: closing it loses nothing."""
+        transport = self.transport
+        return (
+            transport is not None
+            and not self.buffer
+            and not self.body_left
+            and not self.lingering
+            and not transport.get_write_buffer_size()
+        )
 
     def drop(self) -> None:
         """Close now, without waiting for anything."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import ipaddress
 import json
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -48,6 +50,10 @@ _CONNECTION_HEADER = {
 
 if TYPE_CHECKING:
     from guardd.answers.http.connection import HttpConnection
+
+
+def _deadline(connection: HttpConnection) -> float:
+    return connection.deadline
 
 
 @dataclass(frozen=True)
@@ -359,6 +365,11 @@ def peer_allowed(
     return any(address in network for network in networks)
 
 
+# Connections closed at once when over max_connections: a burst sheds in batches.
+SHED_SLACK = 8
+SHED_LOG_INTERVAL = 60.0  # seconds between two log lines about it
+
+
 class HttpShared:
     """State shared by every connection of one responder; swapped, never mutated in place."""
 
@@ -376,6 +387,11 @@ class HttpShared:
         self.accept_cache: dict[bytes, bool] = {}
         self.head_cache: dict[bytes, ParsedRequest] = {}
         self.connections: set[HttpConnection] = set()
+        # Open connections allowed before the oldest idle ones are closed (None: no
+        # limit): what the open-files limit leaves after guardd's own descriptors.
+        self.max_connections: int | None = None
+        self.shed_count = 0  # connections closed to stay under it, for the log
+        self.shed_logged = -SHED_LOG_INTERVAL
         # Requests answered, per Kind: one list item bumped per request (next to
         # free), read only when /metrics is scraped.
         self.counts = counts if counts is not None else [0] * len(ANSWER_LABELS)
@@ -423,6 +439,33 @@ class HttpShared:
                 self.accept_cache.clear()
             cached = self.accept_cache[accept] = prefers_json(accept)
         return cached
+
+    def shed(self, newcomer: HttpConnection) -> None:
+        """Over max_connections: close the connections idle longest (answered keep-
+        alives, or never a byte sent), then if need be the oldest others, so that the
+        newcomer (a fresh health probe, say) is served and descriptors stay free for
+        reading flags. Never the newcomer itself."""
+        assert self.max_connections is not None
+        excess = len(self.connections) - self.max_connections + SHED_SLACK
+        others = [c for c in self.connections if c is not newcomer]
+        idle = [c for c in others if c.idle()]
+        victims = heapq.nsmallest(excess, idle, key=_deadline)
+        if len(victims) < excess:
+            busy = [c for c in others if not c.idle()]
+            victims += heapq.nsmallest(excess - len(victims), busy, key=_deadline)
+        for connection in victims:
+            connection.drop()
+        self.shed_count += len(victims)
+        now = time.monotonic()
+        if now >= self.shed_logged + SHED_LOG_INTERVAL:
+            self.shed_logged = now
+            log.warning(
+                "%d HTTP connections open, the most the open-files limit leaves room "
+                "for: closed %d, idle ones first (%d so far)",
+                len(self.connections),
+                len(victims),
+                self.shed_count,
+            )
 
     def close_all(self) -> None:
         """Close every open connection (shutdown: idle keep-alives must not hold it up)."""
