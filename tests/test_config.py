@@ -118,6 +118,22 @@ def test_scopes_and_lock_files() -> None:
         ({"http": {"policy": "fleet"}}, "http.policy: 'fleet' needs fleet.endpoints"),
         ({"http": {"page_status": "503"}}, "http.page_status: expected a whole number"),
         ({"http": {"page_status": 99}}, "from 200 to 599"),
+        (
+            {"http": {"page_status": 204}},
+            "http.page_status: expected a whole number from 200 to 599 for a status that carries",
+        ),
+        (
+            {"http": {"page_status": 205}},
+            "http.page_status: expected a whole number from 200 to 599 for a status that carries",
+        ),
+        (
+            {"http": {"page_status": 304}},
+            "http.page_status: expected a whole number from 200 to 599 for a status that carries",
+        ),
+        (
+            {"http": {"page_status": 101}},
+            "http.page_status: expected a whole number from 200 to 599 for a status that carries",
+        ),
         ({"http": {"scope": "shop"}}, "http.scope: expected a configured scope"),
         ({"http": {"health_path": "healthz"}}, "http.health_path: expected a URL path"),
         ({"http": {"page_template": "/nonexistent/page.html"}}, "http.page_template: cannot read"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hmac
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardd.answers import gate as gate_module
 from guardd.answers.gate import (
@@ -31,6 +34,7 @@ from guardd.answers.gate import (
     normalize_path,
     parse_address,
     parse_networks,
+    unambiguous_path,
 )
 from guardd.answers.http.parse import gate_headers, parse_head
 from guardd.config.model import BypassConfig
@@ -78,6 +82,10 @@ def rules(**bypass: Any) -> GateRules:
         (b"/a/..b/c", "/a/..b/c"),
         (b"http://example.test/static/x?q", "/static/x"),
         (b"HTTPS://example.test", "/"),
+        # Dot segments first (an empty segment is one), then slashes merged (SPEC).
+        (b"/admin//../static/x", "/admin/static/x"),
+        (b"/a//..//b", "/a/b"),
+        (b"/a/b//./..", "/a/b/"),
     ],
 )
 def test_normalize_path(target: bytes, expected: str) -> None:
@@ -113,6 +121,59 @@ def test_ambiguous_paths_are_never_exempt(target: bytes) -> None:
     assert not rules(paths=(".*",)).path_exempt(target)
 
 
+def _rfc3986_remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4, written out as the RFC gives it (string buffers)."""
+    out = ""
+    while path:
+        if path.startswith("../"):
+            path = path[3:]
+        elif path.startswith("./"):
+            path = path[2:]
+        elif path.startswith("/./"):
+            path = "/" + path[3:]
+        elif path == "/.":
+            path = "/"
+        elif path.startswith("/../"):
+            path = "/" + path[4:]
+            out = out[: max(out.rfind("/"), 0)]
+        elif path == "/..":
+            path = "/"
+            out = out[: max(out.rfind("/"), 0)]
+        elif path in (".", ".."):
+            path = ""
+        else:
+            start = 1 if path.startswith("/") else 0
+            end = path.find("/", start)
+            end = len(path) if end < 0 else end
+            out, path = out + path[:end], path[end:]
+    return out
+
+
+def _reference(path: str) -> str:
+    """The SPEC's order: resolve dot segments, then merge repeated slashes."""
+    return re.sub("/+", "/", _rfc3986_remove_dot_segments(path))
+
+
+_SEGMENTS = st.sampled_from(["", "", ".", "..", "a", "b", "static", "..b", ".a", "%2e", "%2E."])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(segments=st.lists(_SEGMENTS, max_size=10), query=st.sampled_from(["", "?x=/..", "#/a"]))
+def test_normalize_path_agrees_with_rfc3986(segments: list[str], query: str) -> None:
+    """normalize_path gives what the written-out RFC 3986 remove_dot_segments plus a
+    slash merge gives (on the percent-decoded path); unambiguous_path gives the same
+    or None, and None exactly when merging slashes first would give another path."""
+    target = "/" + "/".join(segments)
+    decoded = target.replace("%2e", ".").replace("%2E", ".")
+    expected = _reference(decoded)
+    assert normalize_path((target + query).encode()) == expected
+    merged_first = _rfc3986_remove_dot_segments(re.sub("/+", "/", decoded))
+    unambiguous = unambiguous_path((target + query).encode())
+    assert unambiguous == (expected if merged_first == expected else None)
+    if unambiguous is None:
+        assert not rules(paths=(".*",)).path_exempt(target.encode())
+
+
 @pytest.mark.parametrize(
     ("target", "exempt"),
     [
@@ -128,6 +189,7 @@ def test_ambiguous_paths_are_never_exempt(target: bytes) -> None:
         (b"/static/../admin", False),
         (b"/static/%2e%2e/admin", False),
         (b"/admin/../static/x", True),
+        (b"/admin//../static/x", False),
     ],
 )
 def test_path_exempt_matches_from_the_start(target: bytes, exempt: bool) -> None:

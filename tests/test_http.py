@@ -537,6 +537,9 @@ def test_expect_continue_body_closes(served: Served) -> None:
         b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
         b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding:\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: \t \r\nContent-Length: 3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: ,\r\n\r\n",
     ],
 )
 def test_malformed_request_gets_400_and_close(served: Served, raw: bytes) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from guardd.core.jobs import count_jobs, describe_jobs, find_holders, list_jobs
 from tests.helpers import wait_until
-from tests.run_helpers import Site, kill_session
+from tests.run_helpers import NOBODY, Site, kill_session, open_to_nobody
 
 
 @pytest.fixture
@@ -46,6 +46,8 @@ def test_guard_run_job_listed_under_its_scope(site: Site) -> None:
     command line and start time."""
     proc = site.popen("--scope", "shop", "--", "sleep", "30")
     try:
+        # The locks are taken before the exec (and the keeper's fork): wait for it.
+        wait_until(lambda: Path(f"/proc/{proc.pid}/comm").read_text() == "sleep\n", what="exec")
         holders = wait_until(
             lambda: (h := find_holders(_locks(site)))["shop"] and h, what="the job's locks"
         )
@@ -82,7 +84,11 @@ def test_job_killed_mid_run_leaves_no_holder(site: Site) -> None:
     wait_until(lambda: find_holders(_locks(site))["shop"] == {proc.pid}, what="job running")
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
-    assert find_holders(_locks(site)) == {"default": set(), "shop": set()}
+    # Its keeper lets go as soon as it sees the job's group empty (milliseconds).
+    wait_until(
+        lambda: find_holders(_locks(site)) == {"default": set(), "shop": set()},
+        what="no holder once the job is gone",
+    )
 
 
 def test_supervisor_sigkilled_leaves_lock_with_live_job_only(site: Site) -> None:
@@ -119,3 +125,33 @@ def test_supervisor_sigkilled_leaves_lock_with_live_job_only(site: Site) -> None
         lambda: find_holders(_locks(site)) == {"default": set(), "shop": set()},
         what="no holder after the job died",
     )
+
+
+def test_another_users_holder_is_listed_when_its_descriptors_are_hidden(site: Site) -> None:
+    """An unprivileged lister cannot look into another user's descriptors: the holder
+    /proc/locks names is still listed (a hanging drain must not look empty)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to look as another user")
+    proc = site.popen("--scope", "shop", "--", "sleep", "30")
+    try:
+        wait_until(lambda: find_holders(_locks(site))["shop"], what="the job")
+        open_to_nobody(site.run_lock("shop"), site.run_lock("default"))
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover -- the child; its answer is checked below
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setgid(NOBODY.pw_gid)
+                os.setuid(NOBODY.pw_uid)
+                found = find_holders(_locks(site))
+                os.write(write_end, repr(sorted(found["shop"])).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as stream:
+            answer = stream.read().decode()
+        os.waitpid(child, 0)
+        assert answer == repr([proc.pid])
+    finally:
+        kill_session(proc)

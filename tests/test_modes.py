@@ -127,6 +127,8 @@ def test_unknown_method_and_ambiguous_path_fail_safe() -> None:
     assert checkout.stops(b"GET", b"/checkout/pay")
     assert checkout.stops(b"GET", b"/a/../checkout")  # normalised first
     assert checkout.stops(b"GET", b"/x/..%2Fcheckout")  # ambiguous: stopped
+    # Slashes merged before ".." (nginx) give /checkout, RFC 3986 /x/checkout: stopped.
+    assert checkout.stops(b"GET", b"/x//../checkout")
     assert not checkout.stops(b"GET", b"/products/checkout")
     assert not checkout.stops(None, b"/products")  # no methods named: method irrelevant
 

@@ -220,7 +220,11 @@ def test_exec_in_place_holds_both_run_locks(site: Site) -> None:
     try:
         wait_until(lambda: site.holders("shop") == {proc.pid}, what="shop lock held")
         assert site.holders("default") == {proc.pid}
-        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes() == b"sleep\x0030\x00"
+        # The locks are taken before the exec (and its keeper's fork): wait for it.
+        wait_until(
+            lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes() == b"sleep\x0030\x00",
+            what="the exec",
+        )
         assert not exclusive_now(site.run_lock("shop"))
     finally:
         kill_session(proc)

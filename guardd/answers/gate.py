@@ -72,17 +72,39 @@ class Verdict(IntEnum):
 
 
 def normalize_path(target: bytes) -> str | None:
-    """The path of a request target as the application will resolve it, or None
-    when that is ambiguous (and the path must then never count as exempt).
+    """The path of a request target as the SPEC resolves it, or None when even its
+    segments are ambiguous (and the path must then never count as exempt).
 
-    Drops the query, percent-decodes once, merges repeated slashes and resolves
-    dot segments (RFC 3986 5.2.4; ``..`` never climbs above ``/``). None for: an
-    encoded slash or backslash (``%2F``, ``%5C``: servers disagree whether they
-    separate segments, so ``/static/..%2Fadmin`` could reach ``/admin``), a
+    Drops the query, percent-decodes once, resolves dot segments (RFC 3986 5.2.4;
+    ``..`` never climbs above ``/``, and an empty segment is a segment), *then*
+    merges repeated slashes: ``/admin//../static/x`` is ``/admin/static/x``. None
+    for: an encoded slash or backslash (``%2F``, ``%5C``: servers disagree whether
+    they separate segments, so ``/static/..%2Fadmin`` could reach ``/admin``), a
     literal backslash, control characters (``%00``, ``%0A``: ``$`` in a pattern
     would match before a newline), a dot segment with parameters (``..;``), text
     that is not UTF-8, or a target that is not a path.
     """
+    path = _decoded_path(target)
+    if path is None:
+        return None
+    return _merge_slashes(remove_dot_segments(path))
+
+
+def unambiguous_path(target: bytes) -> str | None:
+    """normalize_path's answer when every server resolves the target alike; None when
+    the order matters: merging slashes first (as nginx does) gives another path
+    (``/admin//../static/x`` is ``/static/x`` there), so the target is ambiguous."""
+    path = _decoded_path(target)
+    if path is None:
+        return None
+    resolved = _merge_slashes(remove_dot_segments(path))
+    if "//" in path and remove_dot_segments(_merge_slashes(path)) != resolved:
+        return None
+    return resolved
+
+
+def _decoded_path(target: bytes) -> str | None:
+    """The target's path, percent-decoded once; None where that is ambiguous."""
     if target[:1] != b"/":
         scheme, sep, rest = target.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
@@ -106,6 +128,15 @@ def normalize_path(target: bytes) -> str | None:
         return None
     if "\\" in path or any(ch < " " or ch == "\x7f" for ch in path):
         return None
+    if any(_DOT_WITH_PARAMS.match(segment) for segment in path.split("/")):
+        return None
+    return path
+
+
+def remove_dot_segments(path: str) -> str:
+    """RFC 3986 5.2.4 on an absolute path, segment by segment: ``.`` goes, ``..``
+    removes the segment before it (an empty one too); a final ``.`` or ``..`` leaves
+    a trailing slash."""
     segments: list[str] = []
     parts = path.split("/")[1:]
     for index, segment in enumerate(parts):
@@ -118,11 +149,15 @@ def normalize_path(target: bytes) -> str | None:
         elif segment == ".":
             if last:
                 segments.append("")
-        elif _DOT_WITH_PARAMS.match(segment):
-            return None
-        elif segment or last:
-            segments.append(segment)  # empty segments are merged slashes
+        else:
+            segments.append(segment)
     return "/" + "/".join(segments)
+
+
+def _merge_slashes(path: str) -> str:
+    while "//" in path:
+        path = path.replace("//", "/")
+    return path
 
 
 # --------------------------------------------------------------------------- addresses
@@ -350,7 +385,7 @@ class GateRules:
 
     def path_exempt(self, original_uri: bytes) -> bool:
         """True when the original request's path matches one of ``paths`` from its start."""
-        path = normalize_path(original_uri)
+        path = unambiguous_path(original_uri)
         return path is not None and any(pattern.match(path) for pattern in self.paths)
 
     def address_allowed(

@@ -4,7 +4,7 @@ A mode matches a request when its method is one of the mode's ``methods`` and it
 normalised path matches one of the mode's ``paths`` (a missing key matches every
 request). Whatever cannot be known fails safe: a request whose method was not
 passed on (no ``X-Original-Method``) is stopped by a mode that names methods, and
-an ambiguous path (see ``normalize_path``) by a mode that names paths.
+an ambiguous path (see ``unambiguous_path``) by a mode that names paths.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from guardd.answers.gate import normalize_path
+from guardd.answers.gate import unambiguous_path
 from guardd.config.model import READ_ONLY, ModeConfig
 
 
@@ -42,7 +42,7 @@ class ModeRule:
             return method is None  # unknown method: fail safe
         if self.paths is None:
             return True
-        path = normalize_path(original_uri) if original_uri is not None else None
+        path = unambiguous_path(original_uri) if original_uri is not None else None
         return path is None or any(pattern.match(path) for pattern in self.paths)
 
 

@@ -468,9 +468,10 @@ def run_guarded(
         if flag is None:
             # No flag, yet a run lock stays exclusively locked: not a drain as we
             # know it. Running would break the protocol; waiting for ever hangs cron.
+            # Any user who can open the lock can do this: name who, so one can act.
             raise GuardError(
-                f"run lock {busy} stayed exclusively locked for {lock_timeout:g}s; "
-                f"not running {_shown(command)}",
+                f"run lock {busy} stayed exclusively locked for {lock_timeout:g}s"
+                f"{_lock_holders(busy)}; not running {_shown(command)}",
                 exit_code=EXIT_TEMPFAIL,
             )
         if when_on == "skip":
@@ -499,6 +500,18 @@ def run_guarded(
     raise AssertionError("exec_in_place returned")  # pragma: no cover
 
 
+def _lock_holders(path: str | None) -> str:
+    """`` by pid N (user U: COMMAND)`` for whoever holds ``path`` exclusively, or ""."""
+    from guardd.core.runlock import describe_process, exclusive_holders, read_proc_locks
+
+    try:
+        inode = os.stat(path).st_ino if path else -1
+    except OSError:
+        return ""
+    pids = exclusive_holders(read_proc_locks(), inode)
+    return " by " + ", ".join(describe_process(pid) for pid in pids) if pids else ""
+
+
 def wait_until_off(flags: Sequence[str], *, deadline: float | None) -> bool:
     """Poll until no flag is present; False when ``deadline`` (monotonic) passes first."""
     while present_flag(flags) is not None:
@@ -522,15 +535,23 @@ def _exec_error(program: str, err: OSError) -> GuardError:
 def exec_in_place(command: Sequence[str], fds: Sequence[int]) -> None:
     """Become ``command``, keeping the lock descriptors open across exec.
 
-    The command, and every child it forks, then holds the locks for its whole life:
-    nothing of guard-run is left to die or to linger.
+    The command, and every child it forks, then holds the locks for its whole life;
+    a keeper (guardd.cli.keeper) holds them on until no process of the job's process
+    group is left, for children that close their inherited descriptors.
     """
     # The C module behind ``signal``: the latter imports enum (~3 ms at start-up),
     # for names this path does not need.
     import _signal
 
+    from guardd.cli.keeper import job_group, start_keeper
+
     for fd in fds:
         os.set_inheritable(fd, True)
+    # The job is its process group: a keeper holds the locks until the group is gone,
+    # so children that close their inherited descriptors still count (SPEC).
+    group = job_group()
+    if group is not None and fds:
+        start_keeper(fds, group)
     # Python ignores these at start-up; an exec'd program must get the defaults
     # (``guard-run -- yes | head`` must end on SIGPIPE).
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
@@ -583,6 +604,7 @@ def supervise(
     kill_at: float | None = None  # set once maintenance made us send SIGTERM
     killed = False
     next_poll = time.monotonic() + POLL_INTERVAL
+    status: int | None = None  # the command's, once it has exited
     while True:
         info = signal.sigtimedwait(watched, max(next_poll - time.monotonic(), 0.0))
         if info is not None and info.si_signo != signal.SIGCHLD:
@@ -590,8 +612,13 @@ def supervise(
             # twice (KillMode=mixed avoids that; see docs/guard-run.md).
             _signal_group(pid, info.si_signo)
             continue
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
+        if status is None:
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = wait_status
+        # The job is the command's process group: children that closed their
+        # inherited lock descriptors keep it (and our locks) alive (SPEC).
+        if status is not None and (kill_at is not None or not _group_alive(pid)):
             break
         now = time.monotonic()
         if now < next_poll:
@@ -640,6 +667,12 @@ def _spawn_in_own_group(
         finally:
             os._exit(EXIT_NOT_FOUND)
     os.close(status_write)
+    try:
+        # Both sides set the group, as shells do: whoever looks at the child (our
+        # signals, a listing) finds it in its own group from now on.
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # it has exec'd already (EACCES), having set it itself
     try:
         report = b""
         while chunk := os.read(status_read, 64):

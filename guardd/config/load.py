@@ -43,6 +43,9 @@ from guardd.core.paths import (
 from guardd.errors import ConfigError
 
 T = TypeVar("T")
+# Statuses whose answers never carry a body (RFC 9110 15.3.5, 15.3.6, 15.4.5; 1xx are
+# below the allowed range): the maintenance page cannot be sent with them.
+BODYLESS_STATUSES = (204, 205, 304)
 
 
 def load_config(path: str | None = None) -> Config:
@@ -239,7 +242,7 @@ def _http(top: _Section, scopes: Mapping[str, ScopeConfig]) -> HttpConfig:
         policy=section.choice("policy", POLICIES, default="withdraw"),  # type: ignore[arg-type]
         health_path=section.url_path("health_path", default=defaults.health_path),
         gate_path=section.url_path("gate_path", default=defaults.gate_path),
-        page_status=section.integer("page_status", default=503, low=200, high=599),
+        page_status=section.body_status("page_status", default=503),
         retry_after=section.integer("retry_after", default=300, low=0, high=10**9),
         page_template=section.readable_file("page_template"),
         api_prefixes=section.string_list("api_prefixes", default=("/api/",), item_check=_url_path),
@@ -509,6 +512,27 @@ class _Section:
         def check(value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise self.error(self.key(name), f"a whole number from {low} to {high}", value)
+            return value
+
+        return self._typed(name, default, check)
+
+    def body_status(self, name: str, *, default: int) -> int:
+        """An HTTP status whose answer carries a body (the page): 200-599 except 204,
+        205 and 304, which must not have one (a body would desync keep-alive)."""
+
+        def check(value: Any) -> int:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 200 <= value <= 599
+                or value in BODYLESS_STATUSES
+            ):
+                raise self.error(
+                    self.key(name),
+                    "a whole number from 200 to 599 for a status that carries a body "
+                    "(not 204, 205 or 304)",
+                    value,
+                )
             return value
 
         return self._typed(name, default, check)

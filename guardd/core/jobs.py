@@ -4,7 +4,9 @@
 a child that inherited the descriptor still holds it (a job that forked and exited),
 and its pid may since have been reused. So each holder is verified through its file
 descriptors, and an orphaned lock is traced to the live processes whose descriptors
-carry it (their fdinfo ``lock:`` lines name the lock's original owner).
+carry it (their fdinfo ``lock:`` lines name the lock's original owner). One of those
+may be guard-run's keeper (guardd.cli.keeper), which holds the locks while the job's
+process group lives: it stands for the processes of its group.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from guardd.cli.run import LOCK_FD_FLOOR
 from guardd.core.durations import format_timestamp
 from guardd.core.paths import DEFAULT_SCOPE
+from guardd.core.procfs import KEEPER_COMM, group_members, stat_fields
 from guardd.core.runlock import parse_proc_locks, read_proc_locks
 
 
@@ -52,18 +55,22 @@ class _OpenFiles:
     locks each), so this is the loop that has to be cheap.
     """
 
-    __slots__ = ("pending", "pid", "seen", "tried")
+    __slots__ = ("hidden", "pending", "pid", "seen", "tried")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.seen: set[tuple[int, int]] = set()
         self.tried: set[int] = set()
         self.pending: list[int] | None = None  # descriptors not looked at yet, once listed
+        self.hidden = False  # its descriptors are not ours to look at (another user's)
 
     def _look(self, fd: int) -> tuple[int, int] | None:
         self.tried.add(fd)
         try:
             info = os.stat(f"/proc/{self.pid}/fd/{fd}")
+        except PermissionError:
+            self.hidden = True
+            return None
         except OSError:
             return None  # no such descriptor, or the process is gone
         found = (info.st_dev, info.st_ino)
@@ -80,10 +87,13 @@ class _OpenFiles:
         if self.pending is None:
             try:
                 names = os.listdir(f"/proc/{self.pid}/fd")
+            except PermissionError:
+                self.hidden = True
+                names = []
             except OSError as err:
                 if err.errno in (errno.EMFILE, errno.ENFILE):
                     raise  # out of descriptors: proves nothing either way
-                names = []  # gone, or not ours to look at: holds nothing we can prove
+                names = []  # gone
             self.pending = sorted(int(n) for n in names if n.isdigit() and int(n) not in self.tried)
         while self.pending:
             if self._look(self.pending.pop()) == target:
@@ -135,6 +145,11 @@ def _inheritors(orphans: set[tuple[int, int]], paths: set[str]) -> dict[tuple[in
     return found
 
 
+def _alive(pid: int) -> bool:
+    fields = stat_fields(pid)
+    return fields is not None and fields[1] not in ("Z", "X", "x")
+
+
 def _parent(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
@@ -163,17 +178,61 @@ def find_holders(run_locks: dict[str, str]) -> dict[str, set[int]]:
         files = open_files.get(pid)
         if files is None:
             files = open_files[pid] = _OpenFiles(pid)
-        if files.has(target):
+        if files.has(target) or (files.hidden and _alive(pid)):
+            # Another user's process we may not look into: /proc/locks says it took
+            # the lock, and it lives, so it is shown (an unlisted holder would leave
+            # a hanging drain unexplained).
             holders[scope].add(pid)
         else:
             # The owner is gone (or its pid reused): whoever inherited the lock holds it.
             orphans.add((pid, inode))
     if orphans:
         paths = {os.path.realpath(path) for path in run_locks.values()}
-        for (_, inode), inheritors in _inheritors(orphans, paths).items():
+        found = _inheritors(orphans, paths)
+        kept = _kept_groups(found)
+        for (_, inode), inheritors in found.items():
             scope = by_inode[inode][0]
-            holders[scope].update(p for p in inheritors if _parent(p) not in inheritors)
+            holders[scope].update(_topmost(inheritors, kept))
     return holders
+
+
+def _kept_groups(found: dict[tuple[int, int], set[int]]) -> dict[int, dict[int, int]]:
+    """For each keeper among the inheritors (guard-run's process holding a job's locks
+    while the job's process group lives), the live processes of that group: pid ->
+    parent. These are the job now, children that closed their descriptors included.
+
+    guard-run makes the job's group its own, so the group's number is the pid that
+    took the lock (which the kernel keeps from reuse while the group has a process).
+    """
+    groups: dict[int, int] = {}
+    for (owner, _), inheritors in found.items():
+        for pid in inheritors:
+            fields = stat_fields(pid)
+            if fields is not None and fields[0] == KEEPER_COMM:
+                groups[pid] = owner
+    if not groups:
+        return {}
+    members = group_members(set(groups.values()))
+    return {
+        keeper: {
+            pid: parent
+            for pid, (comm, parent, member_group) in members.items()
+            if member_group == group and comm != KEEPER_COMM
+        }
+        for keeper, group in groups.items()
+    }
+
+
+def _topmost(inheritors: set[int], kept: dict[int, dict[int, int]]) -> set[int]:
+    """The jobs among the processes holding an orphaned lock: keepers stand for their
+    groups' processes, and a process whose parent is listed too is part of that job."""
+    parents: dict[int, int] = {}
+    for pid in inheritors:
+        if pid in kept:
+            parents.update(kept[pid])
+        else:
+            parents[pid] = _parent(pid)
+    return {pid for pid, parent in parents.items() if parent not in parents}
 
 
 def count_jobs(run_locks: dict[str, str]) -> dict[str, int]:

@@ -111,6 +111,45 @@ def parse_proc_locks(text: str, inodes: set[int]) -> list[tuple[int, int]]:
     return found
 
 
+def exclusive_holders(text: str, inode: int) -> list[int]:
+    """Pids that took a granted exclusive FLOCK on ``inode`` (from /proc/locks). Pure."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[3] != "WRITE":
+            continue
+        try:
+            pid = int(fields[4])
+            if int(fields[5].rsplit(":", 1)[1]) == inode:
+                found.append(pid)
+        except (ValueError, IndexError):
+            continue
+    return found
+
+
+def describe_process(pid: int) -> str:
+    """``pid 1234 (user alice: flock -x /run/guardd/default.run sleep 600)``, as far as
+    /proc shows it: so that an operator can tell who holds a lock and act."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return f"pid {pid} (gone)"
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid {uid}"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as stream:
+            raw = stream.read(4096)
+    except OSError:
+        raw = b""
+    words = [os.fsdecode(arg) for arg in raw.rstrip(b"\0").split(b"\0") if arg]
+    shown = " ".join("".join(c if c.isprintable() else "?" for c in w) for w in words)
+    return f"pid {pid} (user {user}: {shown[:200] or '?'})"
+
+
 def read_proc_locks() -> str:
     """The kernel's lock table ("" where /proc is not mounted). Raises OSError when no
     descriptor is to be had (EMFILE, ENFILE)."""

@@ -13,16 +13,19 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from guardd.core.atomic import write_atomic
-from guardd.core.durations import format_time, parse_time
+from guardd.core.durations import check_duration, format_time, parse_time
+
+log = logging.getLogger(__name__)
 
 SCHEDULE_SUFFIX = ".schedule.json"
 MAX_SCHEDULE_BYTES = 1024 * 1024  # a schedule is a few windows; more is garbage
@@ -82,9 +85,14 @@ def new_id() -> str:
 # --------------------------------------------------------------------------- file I/O
 
 
-def _window_from(obj: object, scope: str) -> Window | None:
+class BadWindow(ValueError):
+    """A window in a schedule file that cannot be used (hand-edited, say)."""
+
+
+def _window_from(obj: object, scope: str) -> Window:
+    """One window of a schedule file; BadWindow says why it cannot be used."""
     if not isinstance(obj, dict):
-        return None
+        raise BadWindow("not a JSON object")
     try:
         window = Window(
             id=str(obj["id"]),
@@ -92,32 +100,76 @@ def _window_from(obj: object, scope: str) -> Window | None:
             at=format_time(parse_time(str(obj["at"]))),
             end=format_time(parse_time(str(obj["end"]))),
             reason=obj.get("reason") if isinstance(obj.get("reason"), str) else None,
-            notice=float(obj.get("notice", 0)),
+            notice=_notice(obj.get("notice", 0)),
             auto_off=bool(obj.get("auto_off", False)),
             started=bool(obj.get("started", False)),
             done=bool(obj.get("done", False)),
             wrote_flag=bool(obj.get("wrote_flag", False)),
         )
-    except (KeyError, ValueError, TypeError):
-        return None
+    except KeyError as err:
+        raise BadWindow(f"no {err.args[0]!r}") from None
+    except (ValueError, TypeError, OverflowError) as err:
+        raise BadWindow(str(err)) from None
+    if window.end_time <= window.at_time:
+        raise BadWindow("it ends before it starts")
+    # Its notice may reach back before year 1, where no clock can show it.
+    try:
+        datetime.fromtimestamp(window.at_time.timestamp() - window.notice, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise BadWindow("its notice begins before any clock") from None
     return window
 
 
-def read_windows(lock_dir: str, scope: str) -> list[Window]:
+def _notice(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise BadWindow(f"notice: {value!r} is not a number of seconds")
+    try:
+        return check_duration(float(value), value)
+    except (ValueError, OverflowError) as err:
+        raise BadWindow(f"notice: {err}") from None
+
+
+# Bad windows already reported: (path, content), not their position, which a rewrite
+# changes (they are kept at the end); each is said once per process.
+_reported: set[tuple[str, str]] = set()
+
+
+def _report_once(path: str, position: int, item: object, why: str) -> None:
+    key = (path, repr(item)[:500])
+    if key in _reported:
+        return
+    _reported.add(key)
+    ident = item.get("id") if isinstance(item, dict) else None
+    name = f"window {ident!r}" if isinstance(ident, str) else f"window #{position + 1}"
+    log.warning("%s: %s skipped, the others kept: %s", path, name, why)
+
+
+def read_windows(lock_dir: str, scope: str, *, skipped: list[object] | None = None) -> list[Window]:
     """The scope's windows; a missing or damaged file reads as none (never raises).
 
+    A window that cannot be used (a hand edit: ``Infinity``, a bad time, an end
+    before the start) is skipped and logged once; the others are kept, and the raw
+    skipped items are appended to ``skipped`` (so that a rewrite can keep them).
     Only a regular file is read: not a symlink (guardd runs as root, and the link
     could point at any file it may read) nor a FIFO or device, whose read would
     never return and hold up every refresh behind it.
     """
+    path = schedule_path(lock_dir, scope)
     try:
-        data = json.loads(_read_regular(schedule_path(lock_dir, scope)).decode(errors="replace"))
+        data = json.loads(_read_regular(path).decode(errors="replace"))
     except (OSError, ValueError, RecursionError):
         return []
     items = data.get("windows") if isinstance(data, dict) else None
     if not isinstance(items, list):
         return []
-    windows = [w for w in (_window_from(item, scope) for item in items) if w is not None]
+    windows = []
+    for position, item in enumerate(items):
+        try:
+            windows.append(_window_from(item, scope))
+        except BadWindow as err:
+            _report_once(path, position, item, str(err))
+            if skipped is not None:
+                skipped.append(item)
     return sorted(windows, key=lambda w: w.at)
 
 
@@ -137,12 +189,21 @@ def _read_regular(path: str) -> bytes:
         os.close(fd)
 
 
-def write_windows(lock_dir: str, scope: str, windows: list[Window]) -> None:
-    """Replace the scope's schedule file atomically (temp file, fsync, rename)."""
+def write_windows(
+    lock_dir: str, scope: str, windows: list[Window], *, kept: Sequence[object] = ()
+) -> None:
+    """Replace the scope's schedule file atomically (temp file, fsync, rename).
+
+    ``kept``: raw items read_windows skipped, written back as they were (an
+    operator's bad edit is theirs to mend, not ours to delete).
+    """
     payload = {
         "windows": [
-            {k: v for k, v in asdict(w).items() if k != "scope"}
-            for w in sorted(windows, key=lambda w: w.at)
+            *(
+                {k: v for k, v in asdict(w).items() if k != "scope"}
+                for w in sorted(windows, key=lambda w: w.at)
+            ),
+            *kept,
         ]
     }
     data = (json.dumps(payload, indent=1) + "\n").encode()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
@@ -66,6 +66,9 @@ DRAIN_RECOUNT_INTERVAL = 0.25
 SCHEDULE_RECHECK = 30.0
 # Delay between a run lock's open/close event and the recount it triggers.
 JOB_EVENT_DELAY = 0.05
+CLAIM_CONNECT_WAIT = (
+    3.0  # at start: how long etcd may take to answer before guardd starts without it
+)
 
 
 # A read done off the loop: its number (see Daemon.read_number), the config it was
@@ -136,6 +139,10 @@ class Daemon:
         self.flag_read: dict[str, int] = {}  # scope -> number of the read it holds
         self.jobs_read = 0
         self.count_failing = False  # logged once until counting works again
+        # The fleet flag revisions applied when each job count started, by read number:
+        # a node confirms a fleet flag only with a count taken after it saw the flag.
+        self.count_revisions: dict[int, dict[str, int]] = {}
+        self.jobs_revisions: dict[str, int] = {}  # those of the count in self.jobs
         # The pids holding each scope's run lock (jobs' counts are their sizes).
         self.holders: dict[str, set[int]] = {}
         self.statuses: dict[str, ScopeStatus] = {}
@@ -215,6 +222,7 @@ class Daemon:
         )
         await self.control.start()
         self._start_fleet()
+        await self._fleet_claimed()
         self.listeners = build_listeners(
             self.config, counts=self.http_counts, render_metrics=self.metrics.render
         )
@@ -349,6 +357,7 @@ class Daemon:
         if jobs is not None:
             self.jobs_read = jobs[0]
             self._take_holders(jobs[2])
+            self._jobs_taken(jobs[0])
         else:  # not countable now: the last counts of the scopes that stay
             self.holders = {s: pids for s, pids in self.holders.items() if s in new.scopes}
             self.jobs = {scope: n for scope, n in self.jobs.items() if scope in new.scopes}
@@ -426,6 +435,7 @@ class Daemon:
         they cannot be counted now (no descriptor left): the last counts stay, since
         a count of 0 would show a draining scope as on."""
         number = self._next_read()
+        self.count_revisions[number] = dict(self.fleet.applied) if self.fleet is not None else {}
         locks = {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
         loop = asyncio.get_running_loop()
         try:
@@ -443,6 +453,13 @@ class Daemon:
             log.info("jobs can be counted again")
         return number, config, holders
 
+    def _jobs_taken(self, number: int) -> None:
+        """The count numbered ``number`` is now the one in ``self.jobs``: its fleet
+        revisions go with it (older pending ones are dropped)."""
+        self.jobs_revisions = self.count_revisions.get(number, {})
+        for key in [k for k in self.count_revisions if k <= number]:
+            del self.count_revisions[key]
+
     def _take_jobs(self, read: JobsRead | None) -> None:
         if read is None:
             return
@@ -450,6 +467,7 @@ class Daemon:
         if config is self.config and number > self.jobs_read:
             self._take_holders(holders)
             self.jobs_read = number
+            self._jobs_taken(number)
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
@@ -481,14 +499,56 @@ class Daemon:
         self.fleet = FleetAgent(
             config=self.config,
             statuses=lambda: self.statuses,
+            counted_revisions=lambda: self.jobs_revisions,
             mirror_written=self._mirror_written,
             view_changed=self._fleet_view_changed,
         )
         self.fleet.start()
 
+    async def _fleet_claimed(self) -> None:
+        """At start: exit 1 when another live guardd holds this node's name.
+
+        Waits for the first etcd session to claim the name: at most
+        CLAIM_CONNECT_WAIT for etcd to answer at all (an etcd that does not lets
+        guardd start without it, as before), then at most one lease_ttl (plus a
+        few seconds) for a dead holder's lease to expire.
+        """
+        if self.fleet is None or self.fleet.first_outcome is None:
+            return
+        outcome: asyncio.Future[str | None] = asyncio.shield(self.fleet.first_outcome)
+        connected: asyncio.Future[Any] = asyncio.ensure_future(self.fleet.connected_once.wait())
+        waiting: list[asyncio.Future[Any]] = [outcome, connected]
+        try:
+            await asyncio.wait(waiting, timeout=CLAIM_CONNECT_WAIT)
+        finally:
+            connected.cancel()
+        if not outcome.done():
+            if not self.fleet.connected_once.is_set():
+                log.warning(
+                    "etcd did not answer within %ss: starting without it", CLAIM_CONNECT_WAIT
+                )
+                return
+            try:
+                await asyncio.wait_for(outcome, self.config.fleet.lease_ttl + 5.0)
+            except TimeoutError:
+                return
+        holder = outcome.result()
+        if holder is not None:
+            raise GuardError(
+                f"node {self.config.node} is held by another live guardd, {holder}: "
+                "refusing fleet mode (give this host its own node name)"
+            )
+
     async def _mirror_written(self, scope: str) -> None:
-        """The fleet agent updated a mirror file: take it in before reporting it applied."""
+        """The fleet agent updated a mirror file: take it in, then count the jobs.
+
+        The count starts after the mirror is on disk, so a guard-run that has not
+        taken its run lock by then reads the flag and does not start; the node's
+        record shows the flag's revision only with this count (``jobs_revisions``).
+        """
         self._take_flags(await self._read_flags(self.config, [scope]))
+        self._publish()
+        self._take_jobs(await self._count_jobs(self.config))
         self._publish()
 
     def _fleet_view_changed(self) -> None:
@@ -501,6 +561,7 @@ class Daemon:
         if jobs is not None:
             self.jobs_read, _, self.holders = jobs
             self.jobs = {scope: len(pids) for scope, pids in self.holders.items()}
+            self._jobs_taken(self.jobs_read)
         self._take_flags(flags)
         self.statuses = all_statuses(self.flags, self.jobs, self.known_modes, now=time.time())
         self.published_flags = dict(self.flags)
@@ -662,6 +723,8 @@ class Daemon:
         self._schedule_drain_recount()
         self._arm_overdue_timer()
         self.hooks.fire(calls)
+        if self.fleet is not None:
+            self.fleet.local_changed()  # a count may confirm a revision without a change
         if not changed:
             if force:
                 self._update_listeners()
@@ -678,8 +741,6 @@ class Daemon:
             self.control.broadcast(changed)
         self._update_listeners()
         self.notifier.status(summary(self.statuses))
-        if self.fleet is not None:
-            self.fleet.local_changed()
 
     def _schedule_drain_recount(self) -> None:
         """Recount jobs on a timer only while a scope drains: no idle wake-ups."""
@@ -722,13 +783,14 @@ class Daemon:
             return result, acted  # deleted: no schedule files, and no mutex to create there
         with locked(self.config.lock_dir, create_dir=False):
             for scope in self.config.scopes:
-                windows = read_windows(self.config.lock_dir, scope)
+                skipped: list[object] = []  # bad windows: logged once, kept in the file
+                windows = read_windows(self.config.lock_dir, scope, skipped=skipped)
                 steps = due_steps(windows, now)
                 for step in steps:
                     done = self._carry_out(step.action, step.window)
                     windows = [done if w.id == done.id else w for w in windows]
                 if steps:
-                    write_windows(self.config.lock_dir, scope, windows)
+                    write_windows(self.config.lock_dir, scope, windows, kept=skipped)
                     acted.add(scope)
                 result[scope] = windows
         return result, acted
@@ -824,7 +886,9 @@ class Daemon:
             degraded = not view.connected
             if view.ever_connected:
                 others = {
-                    scope: bool(view.others_serving(scope, self.config.node))
+                    scope: bool(
+                        view.others_serving(scope, self.config.node, self.fleet.flipping(scope))
+                    )
                     for scope in self.config.scopes
                 }
         return Snapshot(

@@ -7,6 +7,7 @@ imported here, lazily, so guard-run and the non-fleet paths never load gRPC.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ class KeyValue:
     key: bytes
     value: bytes
     mod_revision: int
+    lease: int = 0  # the id of the lease the key is attached to (0: none)
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,41 @@ class Etcd:
             return revision
         return int(response.header.revision)
 
+    async def put_and_read(
+        self, key: bytes, value: bytes, prefixes: Sequence[bytes]
+    ) -> tuple[int, list[KeyValue]]:
+        """Store ``value`` and read every key under ``prefixes`` in one transaction:
+        the keys as they were at the write. Returns the write's revision and the keys."""
+        tx = self.aetcd.Transactions()
+        reads = [tx.get(p, self.aetcd.utils.prefix_range_end(p)) for p in prefixes]
+        _, responses = await self._call(
+            "transaction", compare=[], success=[tx.put(key, value), *reads], failure=[]
+        )
+        revision = int(responses[0].response_put.header.revision)
+        kvs = [
+            KeyValue(kv.key, kv.value, int(kv.mod_revision))
+            for response in responses[1:]
+            for _, kv in response
+        ]
+        return revision, kvs
+
+    async def create(self, key: bytes, value: bytes, *, lease: Any) -> KeyValue | None:
+        """Put ``value`` under ``lease`` only if ``key`` is absent. None when it was
+        created; else the key as it is (created by someone else)."""
+        tx = self.aetcd.Transactions()
+        succeeded, responses = await self._call(
+            "transaction",
+            compare=[tx.version(key) == 0],
+            success=[tx.put(key, value, lease=lease)],
+            failure=[tx.get(key)],
+        )
+        if succeeded:
+            return None
+        if not responses or not responses[0]:
+            return KeyValue(key, b"", 0)  # deleted in between: the caller tries again
+        _, kv = responses[0][0]
+        return KeyValue(kv.key, kv.value, int(kv.mod_revision), int(kv.lease))
+
     async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
         """Every key under ``prefix`` and the store's revision at that read."""
         response = await self._call("get_prefix", prefix)
@@ -141,6 +178,10 @@ class Etcd:
     async def grant(self, ttl: int) -> Any:
         """A new lease of ``ttl`` seconds."""
         return await self._call("lease", ttl)
+
+    async def revoke_id(self, lease_id: int) -> None:
+        """End another process's lease by its id (its keys go with it)."""
+        await self._call("revoke_lease", lease_id)
 
     async def refresh(self, lease: Any) -> None:
         """Keep the lease alive."""
@@ -170,6 +211,11 @@ class Etcd:
         except Exception as err:
             await self.close()
             raise EtcdUnavailable(f"etcd watch ended: {type(err).__name__}") from None
+        finally:
+            # Left early (a cancelled task, a loop that broke out): stop the server's
+            # watch, or its events keep coming into a queue nobody reads.
+            with contextlib.suppress(Exception):
+                await watch.cancel()
         await self.close()
         raise EtcdUnavailable("etcd watch ended")
 

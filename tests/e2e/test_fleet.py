@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
 import os
 import signal
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -306,6 +310,202 @@ def test_fleet_policy_without_any_fleet_view_acts_as_withdraw(
     ).start()
     daemon.flag().touch()
     wait_until(lambda: health(port) == (503, "fail"), what="withdrawn without a fleet view")
+
+
+def node_records_after(cluster: EtcdCluster, revision: int, seconds: float) -> list[Any]:
+    """Every put to a node key from ``revision`` on, for ``seconds`` (a real etcd watch)."""
+    import aetcd
+
+    async def collect() -> list[Any]:
+        host, port = cluster.endpoints[0].removeprefix("http://").rsplit(":", 1)
+        records: list[Any] = []
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            watch = await client.watch_prefix(b"/t/nodes/", start_revision=revision)
+
+            async def drain() -> None:
+                async for event in watch:
+                    records.append(json.loads(bytes(event.kv.value) or b"null"))
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(drain(), seconds)
+        return records
+
+    return asyncio.run(collect())
+
+
+def test_fleet_wait_needs_a_job_count_taken_after_the_flag(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A job whose flock raised no event yet is counted after the fleet flag: never `on`."""
+    daemon = node(make_guardd, etcd, "web-a").start()
+    wait_until(lambda: len(fleet_nodes(daemon)) == 1, what="node registered")
+    for _ in range(5):
+        # Open the run lock early (the open is the only event the daemon sees), let the
+        # recount it triggers find nothing, then take the lock: guardd's count is stale.
+        fd = os.open(daemon.runtime_dir / "shop.run", os.O_RDONLY)
+        try:
+            time.sleep(0.3)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            assert daemon.request({"op": "status"})["scopes"]["shop"]["jobs"] == 0  # stale
+            result = ctl(daemon, "on", "shop", "--fleet")
+            assert result.returncode == 0, result.stderr
+            revision = int(result.stdout.rsplit("revision ", 1)[1].split(")")[0])
+            records = node_records_after(etcd, revision, 1.0)
+            claims = [
+                r["scopes"]["shop"]
+                for r in records
+                if r
+                and r["scopes"]["shop"]["state"] == "on"
+                and (r["scopes"]["shop"]["revision"] or 0) >= revision
+            ]
+            assert not claims, f"drained claimed while a job holds the lock: {claims}"
+            wait_until(lambda: state(daemon) == "draining", what="job counted")
+        finally:
+            os.close(fd)
+        assert ctl(daemon, "on", "shop", "--fleet", "--wait", "--timeout", "20").returncode == 0
+        assert ctl(daemon, "off", "shop", "--fleet").returncode == 0
+        wait_until(lambda: state(daemon) == "off", what="back in service")
+
+
+def test_fleet_wait_names_a_node_whose_lease_expired_as_lost(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A draining node killed mid-wait (lease expires): exit 3 naming it lost; a clean
+    stop mid-wait counts as a clean leave: 0."""
+    a = node(make_guardd, etcd, "web-a").start()
+    b = node(make_guardd, etcd, "web-b").start()
+    wait_until(lambda: len(fleet_nodes(a)) == 2, what="two nodes registered")
+    job = subprocess.Popen(
+        ["flock", "-s", str(b.runtime_dir / "shop.run"), "sleep", "60"], start_new_session=True
+    )
+    try:
+        wait_until(lambda: b.request({"op": "status"})["scopes"]["shop"]["jobs"] == 1, what="job")
+        waiter = subprocess.Popen(
+            [command("guardctl"), "on", "shop", "--fleet", "--wait", "--timeout", "30"],
+            env={**os.environ, "GUARDD_CONFIG": str(a.config_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_until(lambda: state(b) == "draining", what="b draining")
+        assert b.process is not None
+        b.process.kill()  # cut off as far as etcd can tell: its lease expires
+        b.process.wait()
+        out, err = waiter.communicate(timeout=LEASE_TTL * 10)
+        assert waiter.returncode == 3, out + err
+        assert "lost" in out and "web-b" in out.rsplit("lost", 1)[1]
+        # Now a clean stop while draining: it leaves cleanly, the wait returns 0.
+        assert ctl(a, "off", "shop", "--fleet").returncode == 0
+        assert ctl(a, "forget", "web-b").returncode == 0  # b is dead for good
+        c = node(make_guardd, etcd, "web-c").start()
+        c_job = subprocess.Popen(
+            ["flock", "-s", str(c.runtime_dir / "shop.run"), "sleep", "60"],
+            start_new_session=True,
+        )
+        try:
+            wait_until(lambda: "web-c" in fleet_nodes(a), what="c registered")
+            wait_until(
+                lambda: c.request({"op": "status"})["scopes"]["shop"]["jobs"] == 1, what="c job"
+            )
+            waiter = subprocess.Popen(
+                [command("guardctl"), "on", "shop", "--fleet", "--wait", "--timeout", "30"],
+                env={**os.environ, "GUARDD_CONFIG": str(a.config_path)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            wait_until(lambda: state(c) == "draining", what="c draining")
+            code, _ = c.stop()
+            assert code == 0
+            out, err = waiter.communicate(timeout=20)
+            assert waiter.returncode == 0, out + err
+        finally:
+            os.killpg(c_job.pid, signal.SIGKILL)
+            c_job.wait()
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+
+def test_duplicate_node_name_is_refused_and_a_quick_restart_is_not(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A second live guardd with the same node: exit 1 naming the holder; the first
+    keeps the name; the same node SIGKILLed and restarted at once takes it back."""
+    a = node(make_guardd, etcd, "web-a").start()
+    wait_until(lambda: "web-a" in fleet_nodes(a), what="a registered")
+    twin = node(make_guardd, etcd, "web-a").start(wait_ready=False)
+    assert twin.process is not None
+    assert twin.process.wait(timeout=LEASE_TTL * 5 + 15) == 1
+    log = twin.log()
+    assert "node web-a is held by another live guardd" in log, log
+    assert f"pid {a.process.pid if a.process else 0}" in log
+    assert "Traceback" not in log
+    assert not (twin.lock_dir / "shop.fleet.lock").exists()
+    assert ctl(a, "on", "shop", "--fleet").returncode == 0
+    wait_until(lambda: state(a) == "on", what="a still follows the fleet")
+    assert ctl(a, "off", "shop", "--fleet").returncode == 0
+    wait_until(lambda: state(a) == "off", what="a back in service")
+    assert "held by" not in a.log()  # the twin never disturbed a's key
+    # A quick restart after SIGKILL (the old lease still alive): takes the name back
+    # at once, because the holder is this host's guardd and its pid is gone.
+    assert a.process is not None
+    a.process.kill()
+    a.process.wait()
+    started = time.monotonic()
+    a.start()
+    assert time.monotonic() - started < LEASE_TTL
+    assert "taking the name over" in a.log()
+    wait_until(lambda: "web-a" in fleet_nodes(a), what="a registered again")
+
+
+def test_name_held_by_a_dead_holder_elsewhere_is_taken_once_its_lease_expires(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A node key left by a guardd on another host whose lease is not renewed: the new
+    guardd waits for the lease to expire (at most lease_ttl), then takes the name."""
+    import aetcd
+
+    async def plant() -> None:
+        host, port = etcd.endpoints[0].removeprefix("http://").rsplit(":", 1)
+        async with aetcd.Client(host=host, port=int(port)) as client:
+            lease = await client.lease(LEASE_TTL)
+            value = json.dumps({"scopes": {}, "instance": "x", "host": "elsewhere", "pid": 1})
+            await client.put(b"/t/nodes/web-a", value.encode(), lease=lease)
+
+    asyncio.run(plant())
+    started = time.monotonic()
+    a = node(make_guardd, etcd, "web-a").start()
+    assert time.monotonic() - started > 0.5  # it waited for the lease
+    assert "held by pid 1 on elsewhere" in a.log()
+    wait_until(lambda: fleet_nodes(a).get("web-a", {}).get("shop"), what="a registered")
+
+
+def test_fleet_wait_counts_a_member_whose_lease_expired_before_the_flag_as_lost(
+    make_guardd: MakeGuardd, etcd: EtcdCluster
+) -> None:
+    """A node cut off (here killed) before the flag is written is still a member: the
+    wait names it lost (exit 3) instead of 0; `guardctl forget` drops a dead node."""
+    a = node(make_guardd, etcd, "web-a").start()
+    b = node(make_guardd, etcd, "web-b").start()
+    wait_until(lambda: len(fleet_nodes(a)) == 2, what="two nodes registered")
+    assert b.process is not None
+    b.process.kill()
+    b.process.wait()
+    wait_until(lambda: "web-b" not in fleet_nodes(a), timeout=LEASE_TTL * 5, what="b expired")
+    result = ctl(a, "status", "--fleet")
+    assert "lost" in result.stdout and "web-b" in result.stdout, result.stdout
+    result = ctl(a, "on", "shop", "--fleet", "--wait", "--timeout", "20")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "lost" in result.stdout and "web-b" in result.stdout.rsplit("lost", 1)[1]
+    result = ctl(a, "forget", "web-a")
+    assert result.returncode == 1 and "is live" in result.stderr
+    assert ctl(a, "forget", "web-b").returncode == 0
+    result = ctl(a, "on", "shop", "--fleet", "--wait", "--timeout", "20")
+    assert result.returncode == 0, result.stdout + result.stderr
+    code, _ = a.stop()  # a clean stop leaves the membership too
+    assert code == 0
+    assert ctl(a, "on", "shop", "--fleet", "--wait", "--timeout", "5").returncode == 0
 
 
 def test_fleet_metrics(make_guardd: MakeGuardd, etcd: EtcdCluster) -> None:

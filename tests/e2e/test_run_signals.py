@@ -24,6 +24,8 @@ def record(signum, frame):
     with open(out, "a") as stream:
         stream.write(signal.Signals(signum).name + "\n")
     if signum == signal.SIGTERM:
+        # A second TERM (systemd's and guard-run's both) must not kill it mid-exit.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sys.exit(40)
 for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"):
     signal.signal(getattr(signal, name), record)

@@ -279,6 +279,36 @@ def test_upcoming_window_is_in_maintenance_json(make_guardd: MakeGuardd) -> None
     assert len(get(port, "/maintenance.json").json()["upcoming"]) == 1
 
 
+def test_bad_window_is_skipped_and_every_other_window_runs(make_guardd: MakeGuardd) -> None:
+    """A hand-edited window guardd cannot use (a notice reaching past any clock) is
+    logged once and kept in the file; the scope's other windows and other scopes'
+    windows still start on time."""
+    daemon = make_guardd({"scopes": {"shop": None, "blog": None}})
+    near_window(daemon, auto_off=False)
+    path = daemon.lock_dir / "shop.schedule.json"
+    data = json.loads(path.read_text())
+    bad = {**data["windows"][0], "id": "bad1", "notice": -1e12}
+    path.write_text(json.dumps({"windows": [bad, *data["windows"]]}))
+    blog = Window(
+        id="blog1",
+        scope="blog",
+        at=at(1.0),
+        end=at(30.0),
+        reason=None,
+        notice=60,
+        auto_off=False,
+    )
+    write_windows(str(daemon.lock_dir), "blog", [blog])
+    daemon.start()
+
+    def state(scope: str) -> str:
+        return str(daemon.request({"op": "status"})["scopes"][scope]["state"])
+
+    wait_until(lambda: state("shop") == state("blog") == "on", timeout=15, what="both start")
+    assert daemon.log().count("'bad1' skipped") == 1
+    assert "bad1" in {w["id"] for w in json.loads(path.read_text())["windows"]}
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_hook_leaving_a_background_process_is_done_and_leaks_nothing(
     make_guardd: MakeGuardd, tmp_short: Path, loop: str

@@ -303,7 +303,7 @@ def parse_head(head: bytes) -> ParsedRequest:
 
     close = keep_alive = expect_continue = False
     content_length: int | None = None
-    codings: list[bytes] = []
+    codings: list[bytes] | None = None  # None: no Transfer-Encoding field at all
     accept: bytes | None = None
     for name, raw_value in _WANTED_HEADERS.findall(b"\n" + fields.lower()) if fields else ():
         value = raw_value.strip(b" \t")
@@ -320,15 +320,16 @@ def parse_head(head: bytes) -> ParsedRequest:
                 raise _Malformed(Kind.BAD_REQUEST)
             content_length = int(value)
         elif name == b"transfer-encoding":
-            codings += [c.strip() for c in value.split(b",") if c.strip()]
+            codings = (codings or []) + [c.strip() for c in value.split(b",") if c.strip()]
         else:  # expect
             expect_continue = value == b"100-continue"
 
     body_length = content_length or 0
-    if codings:
+    if codings is not None:
         # RFC 9112 6.1/6.3: with Transfer-Encoding the length is only knowable when
-        # chunked comes last; never together with Content-Length; not in HTTP/1.0.
-        if content_length is not None or not modern or codings[-1] != b"chunked":
+        # chunked comes last (so an empty field is malformed too); never together with
+        # Content-Length; not in HTTP/1.0.
+        if content_length is not None or not modern or codings[-1:] != [b"chunked"]:
             raise _Malformed(Kind.BAD_REQUEST)
         body_length = -1
     if expect_continue and body_length:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -57,6 +58,16 @@ from guardd.errors import (
 EXIT_INTERRUPTED = 130
 # watch: pauses between attempts to reach a restarting guardd (seconds).
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0)
+
+
+def cmd_forget(config: Config, args: argparse.Namespace, out: TextIO) -> int:
+    from guardd.cli.ctl import fleet as fleetctl
+
+    if fleetctl.fleet_forget(config=config, node=args.node):
+        out.write(f"node {args.node}: forgotten (no longer waited for by on --fleet --wait)\n")
+    else:
+        out.write(f"node {args.node}: was not a member of the fleet\n")
+    return EXIT_OK
 
 
 def cmd_status(config: Config, args: argparse.Namespace, out: TextIO) -> int:
@@ -185,8 +196,8 @@ def _fleet_on(
     info = make_flag(
         reason=args.reason, until=until, by=_actor(), now=now, mode=args.mode, note=args.note
     )
-    revision = fleetctl.fleet_on(config=config, scope=scope, info=info)
-    out.write(f"{scope}: fleet maintenance on (etcd revision {revision})\n")
+    written = fleetctl.fleet_on(config=config, scope=scope, info=info)
+    out.write(f"{scope}: fleet maintenance on (etcd revision {written.revision})\n")
     out.flush()
     if not args.wait:
         return EXIT_OK
@@ -197,22 +208,28 @@ def _fleet_on(
             out.flush()
 
     try:
-        pending = fleetctl.fleet_wait(
+        result = fleetctl.fleet_wait(
             config=config,
             scope=scope,
-            revision=revision,
+            written=written,
             timeout=args.timeout,
             on_progress=progress,
         )
     except KeyboardInterrupt:
         return _interrupted(scope, fleet=True)
-    if not pending:
+    if not result.pending and not result.lost:
         out.write(f"{scope}: every live node reports it drained\n")
         return EXIT_OK
-    out.write(
-        f"{scope}: fleet drain timed out; maintenance stays on; still draining: "
-        f"{', '.join(pending)}\n"
-    )
+    parts = []
+    if result.pending:
+        parts.append(f"still draining: {', '.join(result.pending)}")
+    if result.lost:
+        parts.append(
+            f"lost (lease expired without confirming; cut off from etcd, it may still "
+            f"start jobs): {', '.join(result.lost)}"
+        )
+    what = "fleet drain timed out" if result.pending else "fleet drain not confirmed"
+    out.write(f"{scope}: {what}; maintenance stays on; {'; '.join(parts)}\n")
     return EXIT_DRAIN_TIMEOUT
 
 
@@ -702,6 +719,21 @@ def build_parser() -> argparse.ArgumentParser:
     unschedule.add_argument("id", metavar="ID", help="the window's id (schedule --list)")
     unschedule.set_defaults(func=cmd_unschedule)
 
+    forget = _sub(
+        sub,
+        "forget",
+        common,
+        summary="drop a decommissioned fleet node that never left",
+        description=(
+            "A fleet node that joined and never stopped cleanly stays a member: "
+            "`on --fleet --wait` names it lost (exit 3). Once the host is gone for good, "
+            "forget it. A live node is refused (exit 1)."
+        ),
+        examples="  guardctl forget web-9",
+    )
+    forget.add_argument("node", metavar="NODE", help="the node name (status --fleet)")
+    forget.set_defaults(func=cmd_forget)
+
     watch = _sub(
         sub,
         "watch",
@@ -734,6 +766,8 @@ def run(argv: Sequence[str] | None, out: TextIO) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point."""
+    # Warnings from shared code (a schedule window skipped) as one "guardctl:" line.
+    logging.basicConfig(format="guardctl: %(message)s", level=logging.WARNING)
     return run_cli("guardctl", lambda: run(argv, sys.stdout))
 
 

@@ -119,24 +119,30 @@ def add_window(
         raise UsageError(f"--at {at.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ} is in the past")
     if duration <= 0:
         raise UsageError("--for must be longer than 0s")
+    try:
+        end = at + timedelta(seconds=duration)
+        end.astimezone(UTC)  # shown in UTC it must stay within year 9999 too
+    except OverflowError:
+        raise UsageError("--for: the window would end after the year 9999") from None
     window = Window(
         id=new_id(),
         scope=scope,
         at=format_time(at),
-        end=format_time(at + timedelta(seconds=duration)),
+        end=format_time(end),
         reason=reason,
         notice=notice,
         auto_off=auto_off,
     )
     try:
         with locked(config.lock_dir):
-            windows = read_windows(config.lock_dir, scope)
+            skipped: list[object] = []
+            windows = read_windows(config.lock_dir, scope, skipped=skipped)
             clash = overlaps(window, windows)
             if clash is not None:
                 raise UsageError(
                     f"overlaps window {clash.id} of {scope} ({clash.at} to {clash.end})"
                 )
-            write_windows(config.lock_dir, scope, [*windows, window])
+            write_windows(config.lock_dir, scope, [*windows, window], kept=skipped)
     except OSError as err:
         raise GuardError(
             f"cannot write the schedule in {config.lock_dir}: {err.strerror}"
@@ -149,10 +155,11 @@ def remove_window(*, config: Config, window_id: str) -> Window:
     try:
         with locked(config.lock_dir):
             for scope in config.scopes:
-                windows = read_windows(config.lock_dir, scope)
+                skipped: list[object] = []
+                windows = read_windows(config.lock_dir, scope, skipped=skipped)
                 kept = [w for w in windows if w.id != window_id]
                 if len(kept) != len(windows):
-                    write_windows(config.lock_dir, scope, kept)
+                    write_windows(config.lock_dir, scope, kept, kept=skipped)
                     return next(w for w in windows if w.id == window_id)
     except OSError as err:
         raise GuardError(
@@ -163,8 +170,19 @@ def remove_window(*, config: Config, window_id: str) -> Window:
 
 def _actor() -> str:
     """Who is asking: the user behind sudo when there is one, at this host."""
-    user = os.environ.get("SUDO_USER") or getpass.getuser()
-    return f"{user}@{socket.gethostname()}"
+    return f"{_user_name()}@{socket.gethostname()}"
+
+
+def _user_name() -> str:
+    """Who runs guardctl: ``SUDO_USER``, else the login name, else ``uid N`` (a uid
+    with no passwd entry, as in a container or under ``setpriv``, must not stop ``on``)."""
+    name = os.environ.get("SUDO_USER")
+    if name:
+        return name
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # KeyError up to Python 3.12, OSError after
+        return f"uid {os.getuid()}"
 
 
 def turn_on(

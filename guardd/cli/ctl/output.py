@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TextIO
@@ -15,6 +17,33 @@ from guardd.core.schedule import (
 
 def _cell(value: object) -> str:
     return "-" if value is None else str(value)
+
+
+def shown(text: str) -> str:
+    """``text`` safe for a terminal: control and other invisible characters (ESC, CR,
+    bidi overrides, ...) become escapes such as ``\\x1b``, so a job's command line
+    cannot move the cursor, clear the screen or hide itself."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def process_user(pid: int) -> str:
+    """The user a process runs as (its /proc entry's owner), ``uid N`` without a
+    passwd entry, ``?`` when it is gone."""
+    try:
+        uid = os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return "?"
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
+def command_line(cmd: Sequence[str]) -> str:
+    """A job's argv for human output: joined by spaces, each argument made safe."""
+    return " ".join(shown(arg) for arg in cmd)
 
 
 def _table(rows: list[list[str]], out: TextIO) -> None:
@@ -132,9 +161,16 @@ def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
     if not jobs:
         out.write("no guarded jobs running\n")
         return
-    rows = [["PID", "SCOPE", "STARTED", "COMMAND"]]
+    rows = [["PID", "SCOPE", "USER", "STARTED", "COMMAND"]]
     rows += [
-        [str(job.pid), job.scope, _cell(job.started), " ".join(job.cmd) or "?"] for job in jobs
+        [
+            str(job.pid),
+            job.scope,
+            process_user(job.pid),
+            _cell(job.started),
+            command_line(job.cmd) or "?",
+        ]
+        for job in jobs
     ]
     _table(rows, out)
 
@@ -153,7 +189,10 @@ class DrainView:
         if self.live and self.lines_shown:
             self.out.write(f"\x1b[{self.lines_shown}F\x1b[J")  # up N lines, clear below
         lines = [f"draining {self.scope}: {len(jobs)} job(s) still running"]
-        lines += [f"  {job.pid:>7}  {job.scope}  {' '.join(job.cmd)[:100]}" for job in jobs]
+        lines += [
+            f"  {job.pid:>7}  {job.scope}  {process_user(job.pid)}  {command_line(job.cmd)[:100]}"
+            for job in jobs
+        ]
         self.out.write("\n".join(lines) + "\n")
         self.out.flush()
         self.lines_shown = len(lines)

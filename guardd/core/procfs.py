@@ -1,0 +1,68 @@
+"""Reading processes from /proc with raw system calls (lean: guard-run's keeper uses it).
+
+Shared by the keeper (which waits for a job's process group) and job discovery
+(which lists the processes a keeper waits for), so that both agree on who is in a job.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+# What a keeper calls itself (/proc/<pid>/comm, at most 15 bytes): job listings show
+# the processes it waits for, not the keeper.
+KEEPER_COMM = "guard-run-keep"
+
+
+def stat_fields(pid: int) -> tuple[str, str, int, int] | None:
+    """(command name, state, parent pid, process group) of ``pid`` from
+    /proc/<pid>/stat; None when it is gone or unreadable. Out of descriptors
+    (EMFILE, ENFILE) raises: that proves nothing either way."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        if err.errno in (errno.EMFILE, errno.ENFILE):
+            raise
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    head, _, rest = data.rpartition(b")")
+    fields = rest.split()
+    try:
+        return (
+            head.partition(b"(")[2].decode("utf-8", "replace"),
+            fields[0].decode("ascii", "replace"),
+            int(fields[1]),
+            int(fields[2]),
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+def is_live(state: str) -> bool:
+    """A process in this /proc state can still run (zombies and the dead hold nothing)."""
+    return state not in ("Z", "X", "x")
+
+
+def group_members(groups: set[int], *, exclude: int = 0) -> dict[int, tuple[str, int, int]]:
+    """Live processes whose process group is in ``groups``: pid -> (command name,
+    parent pid, group). One pass over /proc; ``exclude`` is left out (the caller)."""
+    found: dict[int, tuple[str, int, int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == exclude:
+            continue
+        fields = stat_fields(int(name))
+        if fields is not None and fields[3] in groups and is_live(fields[1]):
+            found[int(name)] = (fields[0], fields[2], fields[3])
+    return found
+
+
+def in_group(pid: int, group: int) -> bool:
+    """True while ``pid`` lives in process group ``group``."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[3] == group and is_live(fields[1])
