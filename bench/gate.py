@@ -66,13 +66,15 @@ APP_SERVER = """\
     server {{ listen 127.0.0.1:{port}; location / {{ return 200 "APP OK\\n"; }} }}
 """
 DIRECT_SERVER = """\
-    upstream direct_app {{ server 127.0.0.1:{app}; keepalive 32; }}
+    upstream direct_app {{ server 127.0.0.1:{app}; }}
     server {{
         listen 127.0.0.1:{port};
+        # Proxied exactly as the gate examples proxy to the application, gate aside.
         location / {{
             proxy_pass http://direct_app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Real-IP $remote_addr;
         }}
     }}
 """

@@ -78,7 +78,10 @@ class ControlServer:
         if group is not None:
             try:
                 gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-                os.chown(self.path, -1, gid)
+                # Skip a chown that changes nothing: the packaged unit runs guardd with
+                # Group=guardd (the socket is born with it) and denies @privileged calls.
+                if os.stat(self.path).st_gid != gid:
+                    os.chown(self.path, -1, gid)
             except (KeyError, OSError) as err:
                 raise GuardError(
                     f"control.group: cannot give {self.path} to group {group!r}: {err}"

@@ -12,9 +12,11 @@ from typing import ClassVar
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
+from guardd.config.model import Config
 from guardd.config.show import describe
+from guardd.core.runlock import ensure_run_locks
 from guardd.daemon.app import Daemon
-from guardd.errors import run_cli
+from guardd.errors import GuardError, run_cli
 
 
 class _JournalFormatter(logging.Formatter):
@@ -86,8 +88,12 @@ exit status:
 """
 
 
-def run(*, config_path: str | None, check_config: bool) -> int:
-    """Load the config, then either print it (--check-config) or serve until stopped."""
+def run(*, config_path: str | None, check_config: bool, prepare_runtime: bool = False) -> int:
+    """Load the config, then either print it (--check-config), create the run locks
+    (--prepare-runtime), or serve until stopped."""
+    if prepare_runtime:
+        prepare_runtime_dir(load_config(config_path))
+        return 0
     config = resolve_secrets(load_config(config_path))
     if config.fleet.endpoints:
         from guardd.fleet.etcd import require_client
@@ -104,6 +110,20 @@ def run(*, config_path: str | None, check_config: bool) -> int:
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         runner.run(daemon.serve())
     return 0
+
+
+def prepare_runtime_dir(config: Config) -> None:
+    """Create the runtime directory and the run locks of every configured scope.
+
+    Run at boot by guardd-runtime.service (before cron and timers start), so that a
+    non-root guarded job finds its scope's run lock before guardd has started once.
+    """
+    try:
+        ensure_run_locks(config.runtime_dir, config.scopes)
+    except OSError as err:
+        raise GuardError(
+            f"cannot prepare {err.filename or config.runtime_dir}: {err.strerror}"
+        ) from None
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -144,9 +164,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="validate and print the effective config, then exit 0 or 2",
     )
+    parser.add_argument(
+        "--prepare-runtime",
+        action="store_true",
+        help="create the runtime directory and the configured scopes' run locks, then exit "
+        "(run at boot, before cron, by guardd-runtime.service)",
+    )
     parser.add_argument("--version", action="version", version=f"guardd {__version__}")
     args = parser.parse_args(argv)
-    return run_cli("guardd", lambda: run(config_path=args.config, check_config=args.check_config))
+    return run_cli(
+        "guardd",
+        lambda: run(
+            config_path=args.config,
+            check_config=args.check_config,
+            prepare_runtime=args.prepare_runtime,
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ source of truth, the daemon only publishes them."""
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
 import socket
@@ -225,8 +226,16 @@ def turn_on(
         make_dir(config.lock_dir, LOCK_DIR_MODE, gid=gid)
         write_flag(path, info)
     except OSError as err:
-        raise GuardError(f"cannot write {path}: {err.strerror}") from None
+        raise GuardError(f"cannot write {path}: {err.strerror}{_who_may(config, err)}") from None
     return path, None
+
+
+def _who_may(config: Config, err: OSError) -> str:
+    """On a permission error, who may switch maintenance (the group guardd's package
+    gives the flag directory and the socket)."""
+    if err.errno not in (errno.EACCES, errno.EPERM) or not config.control.group:
+        return ""
+    return f" (root and members of the group {config.control.group} may switch maintenance)"
 
 
 def guardd_absent_warning(config: Config) -> str | None:
@@ -294,7 +303,9 @@ def turn_off(*, config: Config, scope: str, force: bool = False) -> bool:
         try:
             return remove_flag(path)
         except OSError as err:
-            raise GuardError(f"cannot remove {path}: {err.strerror}") from None
+            raise GuardError(
+                f"cannot remove {path}: {err.strerror}{_who_may(config, err)}"
+            ) from None
     try:
         removed, info = lockfile.remove(path, force=force)
     except lockfile.SymlinkInPath as err:
