@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from guardd.core.paths import is_scope_name
 from guardd.core.state import ScopeStatus
 
 MAX_LINE = 64 * 1024
 Op = Literal["ping", "status", "jobs", "watch"]
-OPS: frozenset[str] = frozenset({"ping", "status", "jobs", "watch"})
+OPS: tuple[Op, ...] = get_args(Op)
 ErrorCode = Literal["bad_request", "unknown_op", "too_long"]
 
 
@@ -50,7 +50,7 @@ def parse_request(line: bytes) -> Request | ProtocolError:
     scope = obj.get("scope")
     if scope is not None and (not isinstance(scope, str) or not is_scope_name(scope)):
         return ProtocolError("bad_request", '"scope" must be a scope name')
-    return Request(op=op, scope=scope)  # type: ignore[arg-type]
+    return Request(op=OPS[OPS.index(op)], scope=scope)  # the member itself, typed Op
 
 
 def encode(obj: Mapping[str, object]) -> bytes:

@@ -10,7 +10,7 @@ import asyncio
 from typing import cast
 
 from guardd.answers.policy import agent_line
-from guardd.config.model import Policy, WithdrawAs
+from guardd.core.choices import Policy, WithdrawAs
 from guardd.core.state import ScopeView
 
 # HAProxy hangs up once it has the line; a checker that does not is cut after this.

@@ -18,9 +18,9 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TypeVar
 from urllib.parse import unquote_to_bytes
 
+from guardd.answers.cache import BoundedCache, V
 from guardd.config.model import BypassConfig
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -416,10 +416,12 @@ class Gate:
 
     def __init__(self, rules: GateRules) -> None:
         self.rules = rules
-        self.path_cache: dict[bytes, bool] = {}
-        self.address_cache: dict[tuple[str | None, bytes | None, bytes | None], bool] = {}
+        self.path_cache: BoundedCache[bytes, bool] = BoundedCache(CACHE_SIZE)
+        self.address_cache: BoundedCache[tuple[str | None, bytes | None, bytes | None], bool] = (
+            BoundedCache(CACHE_SIZE)
+        )
         # Only valid cookies are remembered, with their expiry (checked every time).
-        self.cookie_cache: dict[bytes, int] = {}
+        self.cookie_cache: BoundedCache[bytes, int] = BoundedCache(CACHE_SIZE)
 
     def decide(
         self,
@@ -446,7 +448,7 @@ class Gate:
             if allowed is None:
                 allowed = rules.address_allowed(peer, forwarded_for, real_ip)
                 if len(forwarded_for or b"") + len(real_ip or b"") <= MAX_CACHED_KEY:
-                    _store(self.address_cache, key, allowed)
+                    self.address_cache.put(key, allowed)
             if allowed:
                 return Verdict.ADDRESS
         if cookie is not None and rules.signer.enabled:
@@ -462,16 +464,6 @@ class Gate:
         return Verdict.DENY
 
 
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-def _remember(cache: dict[bytes, _V], key: bytes, value: _V) -> None:
+def _remember(cache: BoundedCache[bytes, V], key: bytes, value: V) -> None:
     if len(key) <= MAX_CACHED_KEY:
-        _store(cache, key, value)
-
-
-def _store(cache: dict[_K, _V], key: _K, value: _V) -> None:
-    if len(cache) >= CACHE_SIZE:
-        cache.clear()  # cheaper than LRU bookkeeping; refills from the hot keys
-    cache[key] = value
+        cache.put(key, value)

@@ -10,8 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from guardd.config.model import Policy, WithdrawAs
-from guardd.core.durations import parse_time
+from guardd.core.choices import Policy, WithdrawAs
 from guardd.core.state import ScopeStatus
 
 HealthStatus = Literal["pass", "warn", "fail"]
@@ -134,16 +133,6 @@ def agent_line(
         return AGENT_IN_SERVICE + "\n"
     reason = one_line(status.reason or "", limit=MAX_AGENT_REASON_CHARS)
     return f"{withdraw_as} #{reason}\n" if reason else f"{withdraw_as}\n"
-
-
-def until_epoch(until: str | None) -> float | None:
-    """The Unix time of an RFC 3339 ``until``, or None when absent or unreadable."""
-    if until is None:
-        return None
-    try:
-        return parse_time(until).timestamp()
-    except (ValueError, OverflowError):
-        return None
 
 
 def retry_after_seconds(until: float | None, *, now: float, default: int) -> int:

@@ -11,14 +11,12 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, get_args
 
+from guardd.core.choices import Then
 from guardd.core.jobs import Job, describe_jobs, find_holders
 from guardd.core.paths import DEFAULT_SCOPE
 from guardd.core.runlock import open_run_lock, try_exclusive, unlock
 
-Then = Literal["wait", "term", "kill"]
-THEN_CHOICES: tuple[str, ...] = get_args(Then)
 # How often the exclusive lock is tried: one non-blocking flock call, so the end of
 # the last job is noticed within this much.
 POLL_INTERVAL = 0.01

@@ -3,8 +3,9 @@
 The protocol (SPEC, "The drain guarantee"): take the shared run locks, *then* read
 the flags; the command inherits the locks and holds them for its whole life. This
 module sits in front of every cron job, so the decision is made with os, fcntl and
-the lean core paths/switch/runlock and runcache helpers; everything else (signal handling,
-durations, the journal/syslog trace, JSON) is imported only on the paths that need it.
+the lean guardd.core (paths, switch, runlock) and cli.runcache helpers; everything else (signal
+handling, durations, the journal/syslog trace, JSON) is imported only on the paths that
+need it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from guardd.core.paths import (
     make_dir,
     run_lock_path,
 )
-from guardd.core.runlock import lock_shared, open_run_lock
+from guardd.core.runlock import LOCK_FD_FLOOR, lock_shared, open_run_lock
 from guardd.core.switch import Hit, first_on, switch_files
 from guardd.errors import (
     EXIT_NOT_EXECUTABLE,
@@ -40,11 +41,11 @@ from guardd.errors import (
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up cost)
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping, Sequence
-    from typing import Literal
 
-    WhenOn = Literal["skip", "wait", "fail"]
+    from guardd.core.choices import WhenOn
 
 PROG = "guard-run"
+# core.choices.WHEN_ON, written out: importing typing would cost guard-run its start.
 WHEN_ON: tuple[WhenOn, ...] = ("skip", "wait", "fail")
 DEFAULT_GRACE = 30.0
 # How often the flags are looked at while waiting or supervising: a few lstat calls.
@@ -52,9 +53,6 @@ POLL_INTERVAL = 0.25
 # A drain holds a run lock exclusively only for an instant; longer means something
 # is wrong, and a stuck holder must not hang every cron job for ever.
 LOCK_TIMEOUT = 10.0
-# Lock descriptors are moved this high so that a job's own ``exec 3>file`` cannot
-# close them by accident (which would silently drop the lock mid-job).
-LOCK_FD_FLOOR = 200
 # Signals forwarded to the command's process group with --interrupt (SPEC).
 FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
 MAX_REASON_CHARS = 200
@@ -292,8 +290,8 @@ def present_flag(paths: Sequence[str]) -> Hit | None:
 def flag_reason(path: str) -> str | None:
     """The reason a flag file gives (JSON ``reason`` or its first line), cleaned.
 
-    A small twin of guardd.flag's reading, which would cost guard-run dataclasses and
-    datetime; only used to say why a job was skipped. Never raises.
+    A small twin of guardd.core.flag's reading, which would cost guard-run dataclasses
+    and datetime; only used to say why a job was skipped. Never raises.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -321,8 +319,9 @@ def flag_reason(path: str) -> str | None:
         reason = text.split("\n", 1)[0]
     if not isinstance(reason, str):
         return None
-    cleaned = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
-    return cleaned[:MAX_REASON_CHARS].strip() or None
+    from guardd.core.text import clean_text  # only when a job is skipped
+
+    return clean_text(reason, limit=MAX_REASON_CHARS)
 
 
 def _why(scope: str, flag: Hit) -> str:
@@ -712,17 +711,12 @@ def _group_alive(pgid: int) -> bool:
         os.killpg(pgid, 0)
     except (ProcessLookupError, PermissionError):
         return False
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as stream:
-                fields = stream.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
-            return True
-    return False
+    from guardd.core.procfs import group_members
+
+    try:
+        return bool(group_members({pgid}))
+    except OSError:
+        return True  # out of descriptors: cannot tell, so not gone (SIGKILL comes at kill_at)
 
 
 def _exit_status(status: int) -> int:

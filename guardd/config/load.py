@@ -13,12 +13,10 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from guardd.config.model import (
     BUILTIN_MODES,
-    POLICIES,
-    WITHDRAW_AS,
     AgentConfig,
     BypassConfig,
     Config,
@@ -31,7 +29,9 @@ from guardd.config.model import (
     ModeConfig,
     RunConfig,
     ScopeConfig,
+    parse_endpoint,
 )
+from guardd.core.choices import POLICIES, WITHDRAW_AS
 from guardd.core.durations import check_duration, format_duration, parse_duration
 from guardd.core.paths import (
     DEFAULT_SCOPE,
@@ -43,6 +43,8 @@ from guardd.core.paths import (
 from guardd.errors import ConfigError
 
 T = TypeVar("T")
+D = TypeVar("D")  # a default: a value of the checked type, or None
+C = TypeVar("C", bound=str)  # one of an allowed-value set (core.choices)
 # Statuses whose answers never carry a body (RFC 9110 15.3.5, 15.3.6, 15.4.5; 1xx are
 # below the allowed range): the maintenance page cannot be sent with them.
 BODYLESS_STATUSES = (204, 205, 304)
@@ -97,7 +99,7 @@ def parse_config_text(raw: bytes | str, *, source: str) -> Config:
     return build_config(data, source=source)
 
 
-def build_config(data: Mapping[str, Any], *, source: str | None) -> Config:
+def build_config(data: Mapping[str, object], *, source: str | None) -> Config:
     """Validate a decoded YAML mapping and fill in defaults."""
     top = _Section(data, "", source)
     # A config file, even one that leaves the paths out, means the system paths for
@@ -239,7 +241,7 @@ def _http(top: _Section, scopes: Mapping[str, ScopeConfig]) -> HttpConfig:
     result = HttpConfig(
         listen=section.listen("listen", default=defaults.listen),
         scope=section.scope("scope", scopes, default=DEFAULT_SCOPE),
-        policy=section.choice("policy", POLICIES, default="withdraw"),  # type: ignore[arg-type]
+        policy=section.choice("policy", POLICIES, default="withdraw"),
         health_path=section.url_path("health_path", default=defaults.health_path),
         gate_path=section.url_path("gate_path", default=defaults.gate_path),
         page_status=section.body_status("page_status", default=503),
@@ -267,7 +269,7 @@ def _agent(top: _Section, scopes: Mapping[str, ScopeConfig], http_scope: str) ->
     result = AgentConfig(
         listen=section.listen("listen", default=()),
         scope=section.scope("scope", scopes, default=http_scope),
-        withdraw_as=section.choice("withdraw_as", WITHDRAW_AS, default="maint"),  # type: ignore[arg-type]
+        withdraw_as=section.choice("withdraw_as", WITHDRAW_AS, default="maint"),
     )
     section.finish()
     return result
@@ -360,8 +362,6 @@ def _url_path(value: str) -> str | None:
 
 
 def _endpoint(value: str) -> str | None:
-    from guardd.fleet.etcd import parse_endpoint
-
     try:
         parse_endpoint(value)
     except ValueError:
@@ -430,8 +430,8 @@ def _where(source: str | None, message: str) -> str:
 class _Section:
     """One mapping being read: tracks which keys were used, to reject the rest."""
 
-    def __init__(self, data: Any, prefix: str, source: str | None) -> None:
-        self.data: Mapping[Any, Any] = data if isinstance(data, dict) else {}
+    def __init__(self, data: object, prefix: str, source: str | None) -> None:
+        self.data: Mapping[object, object] = data if isinstance(data, dict) else {}
         self.prefix = prefix
         self.source = source
         self.used: set[str] = set()
@@ -443,7 +443,7 @@ class _Section:
     def error(self, key: str, expected: str, value: object) -> ConfigError:
         return ConfigError(_where(self.source, f"{key}: expected {expected}, got {_kind(value)}"))
 
-    def raw(self, name: str) -> Any:
+    def raw(self, name: str) -> object:
         self.used.add(name)
         return self.data.get(name)
 
@@ -467,16 +467,16 @@ class _Section:
                 _where(self.source, f"{key}: unknown key{hint}; known keys here: {options}")
             )
 
-    def _typed(self, name: str, default: T, check: Callable[[Any], T]) -> T:
+    def _typed(self, name: str, default: D, check: Callable[[object], T]) -> T | D:
         value = self.raw(name)
         if value is None:
             return default
         return check(value)
 
     def string(
-        self, name: str, *, default: Any, expected: str = "text", pattern: str | None = None
-    ) -> Any:
-        def check(value: Any) -> str:
+        self, name: str, *, default: D, expected: str = "text", pattern: str | None = None
+    ) -> str | D:
+        def check(value: object) -> str:
             if isinstance(value, int) and not isinstance(value, bool) and name == "group":
                 return str(value)
             if not isinstance(value, str) or (pattern and not re.fullmatch(pattern, value)):
@@ -485,8 +485,8 @@ class _Section:
 
         return self._typed(name, default, check)
 
-    def path(self, name: str, *, default: Any) -> Any:
-        def check(value: Any) -> str:
+    def path(self, name: str, *, default: D) -> str | D:
+        def check(value: object) -> str:
             if not isinstance(value, str) or not value.startswith("/"):
                 raise self.error(self.key(name), "an absolute path", value)
             return os.path.normpath(value)
@@ -494,7 +494,7 @@ class _Section:
         return self._typed(name, default, check)
 
     def readable_file(self, name: str) -> str | None:
-        def check(value: Any) -> str:
+        def check(value: object) -> str:
             if not isinstance(value, str) or not value.startswith("/"):
                 raise self.error(self.key(name), "an absolute path to an HTML file", value)
             try:
@@ -509,7 +509,7 @@ class _Section:
         return self._typed(name, None, check)
 
     def integer(self, name: str, *, default: int, low: int, high: int) -> int:
-        def check(value: Any) -> int:
+        def check(value: object) -> int:
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise self.error(self.key(name), f"a whole number from {low} to {high}", value)
             return value
@@ -520,7 +520,7 @@ class _Section:
         """An HTTP status whose answer carries a body (the page): 200-599 except 204,
         205 and 304, which must not have one (a body would desync keep-alive)."""
 
-        def check(value: Any) -> int:
+        def check(value: object) -> int:
             if (
                 isinstance(value, bool)
                 or not isinstance(value, int)
@@ -538,7 +538,7 @@ class _Section:
         return self._typed(name, default, check)
 
     def boolean(self, name: str, *, default: bool) -> bool:
-        def check(value: Any) -> bool:
+        def check(value: object) -> bool:
             if not isinstance(value, bool):
                 raise self.error(self.key(name), "true or false", value)
             return value
@@ -546,7 +546,7 @@ class _Section:
         return self._typed(name, default, check)
 
     def duration(self, name: str, *, default: float, minimum: float) -> float:
-        def check(value: Any) -> float:
+        def check(value: object) -> float:
             expected = (
                 f"a duration of at least {format_duration(minimum) if minimum >= 1 else minimum}"
                 " and at most 100 years (45, 30s, 10m, 2h, 1h30m)"
@@ -570,7 +570,7 @@ class _Section:
         return self._typed(name, default, check)
 
     def file_mode(self, name: str, *, default: int) -> int:
-        def check(value: Any) -> int:
+        def check(value: object) -> int:
             expected = "a file mode such as 0660 (octal)"
             if isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value):
                 mode = int(value.replace("o", ""), 8)
@@ -584,8 +584,8 @@ class _Section:
 
         return self._typed(name, default, check)
 
-    def choice(self, name: str, allowed: tuple[str, ...], *, default: str) -> str:
-        def check(value: Any) -> str:
+    def choice(self, name: str, allowed: tuple[C, ...], *, default: C) -> C:
+        def check(value: object) -> C:
             if value not in allowed:
                 options = ", ".join(allowed)
                 close = difflib.get_close_matches(str(value), allowed, n=1)
@@ -596,12 +596,12 @@ class _Section:
                         f"{self.key(name)}: expected one of {options}, got {_kind(value)}{hint}",
                     )
                 )
-            return str(value)
+            return allowed[allowed.index(value)]  # the allowed member itself, typed C
 
         return self._typed(name, default, check)
 
     def scope(self, name: str, scopes: Mapping[str, ScopeConfig], *, default: str) -> str:
-        def check(value: Any) -> str:
+        def check(value: object) -> str:
             if not isinstance(value, str) or value not in scopes:
                 known = ", ".join(sorted(scopes))
                 raise self.error(self.key(name), f"a configured scope ({known})", value)
@@ -610,7 +610,7 @@ class _Section:
         return self._typed(name, default, check)
 
     def url_path(self, name: str, *, default: str) -> str:
-        def check(value: Any) -> str:
+        def check(value: object) -> str:
             problem = _url_path(value) if isinstance(value, str) else "a URL path"
             if problem:
                 raise self.error(self.key(name), problem, value)
@@ -625,7 +625,7 @@ class _Section:
         default: tuple[str, ...],
         item_check: Callable[[str], str | None] | None = None,
     ) -> tuple[str, ...]:
-        def check(value: Any) -> tuple[str, ...]:
+        def check(value: object) -> tuple[str, ...]:
             if not isinstance(value, list):
                 raise self.error(self.key(name), "a list", value)
             items = []
@@ -642,7 +642,7 @@ class _Section:
         return self._typed(name, default, check)
 
     def listen(self, name: str, *, default: tuple[ListenAddress, ...]) -> tuple[ListenAddress, ...]:
-        def check(value: Any) -> tuple[ListenAddress, ...]:
+        def check(value: object) -> tuple[ListenAddress, ...]:
             if isinstance(value, str):
                 value = [value]  # one address written without a list
             if not isinstance(value, list):
@@ -661,7 +661,7 @@ class _Section:
         return self._typed(name, default, check)
 
     def commands(self, name: str) -> tuple[tuple[str, ...], ...]:
-        def check(value: Any) -> tuple[tuple[str, ...], ...]:
+        def check(value: object) -> tuple[tuple[str, ...], ...]:
             expected = "a list of commands, each a list of strings (argv, no shell)"
             if not isinstance(value, list):
                 raise self.error(self.key(name), expected, value)

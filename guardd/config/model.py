@@ -1,23 +1,17 @@
-"""The configuration model: frozen, typed dataclasses and the allowed-value sets."""
+"""The configuration model: frozen, typed dataclasses (allowed values: core.choices)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal, get_args
 
+from guardd.core.choices import Policy, WithdrawAs
 from guardd.core.paths import (
     DEFAULT_SCOPE,
     RunView,
     flag_path,
 )
-
-# Allowed values, defined once and used by config validation and the CLIs alike.
-Policy = Literal["withdraw", "stay", "fleet"]
-WithdrawAs = Literal["maint", "drain", "down"]
-POLICIES: tuple[str, ...] = get_args(Policy)
-WITHDRAW_AS: tuple[str, ...] = get_args(WithdrawAs)
 
 
 @dataclass(frozen=True)
@@ -64,7 +58,7 @@ class ControlConfig:
     """The control socket: where, and who may connect."""
 
     socket: str
-    mode: int = 0o660
+    mode: int = field(default=0o660, metadata={"octal": True})  # shown as 0660
     group: str | None = None
 
 
@@ -105,6 +99,22 @@ class RunConfig:
     """guard-run defaults."""
 
     skip_code: int = 0
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``http://127.0.0.1:2379``, ``127.0.0.1:2379``, ``[::1]:2379`` -> (host, port)."""
+    text = endpoint.strip()
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme) :]
+    text = text.rstrip("/")
+    if text.startswith("["):
+        host, _, port = text[1:].partition("]:")
+    else:
+        host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{endpoint!r} is not an etcd endpoint (http://HOST:PORT)")
+    return host, int(port)
 
 
 @dataclass(frozen=True)

@@ -1,69 +1,69 @@
-"""The effective configuration as plain data for ``--check-config``, secrets masked."""
+"""The effective configuration as plain data for ``--check-config``, secrets masked.
+
+Derived from the dataclass fields, so a new config key shows up by itself. How a
+value is shown follows its type: a whole number of seconds as a duration (``10m``),
+a fraction as the number, tuples as lists, a ``ListenAddress`` as ``HOST:PORT``.
+Two field markers in config/model.py: ``repr=False`` means a secret (shown masked),
+``metadata={"octal": True}`` a file mode (``0660``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import fields, is_dataclass
+from typing import TYPE_CHECKING
 
 from guardd.config.model import Config, ListenAddress
 from guardd.core.durations import format_duration
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
-def describe(config: Config) -> dict[str, Any]:
+MASK = "********"
+
+
+def describe(config: Config) -> dict[str, object]:
     """The effective config as plain data, secrets masked (for --check-config)."""
-
-    def addresses(items: tuple[ListenAddress, ...]) -> list[str]:
-        return [str(item) for item in items]
-
-    return {
-        "source": config.source or "(built-in defaults)",
-        "lock_dir": config.lock_dir,
-        "runtime_dir": config.runtime_dir,
-        "node": config.node,
-        "poll_interval": format_duration(config.poll_interval)
-        if config.poll_interval >= 1
-        else config.poll_interval,
-        "scopes": {name: {"flag": config.flag_path(name)} for name in sorted(config.scopes)},
-        "control": {
-            "socket": config.control.socket,
-            "mode": f"0{config.control.mode:o}",
-            "group": config.control.group,
-        },
-        "http": {
-            "listen": addresses(config.http.listen),
-            "scope": config.http.scope,
-            "policy": config.http.policy,
-            "health_path": config.http.health_path,
-            "gate_path": config.http.gate_path,
-            "page_status": config.http.page_status,
-            "retry_after": config.http.retry_after,
-            "page_template": config.http.page_template,
-            "api_prefixes": list(config.http.api_prefixes),
-            "header_timeout": format_duration(config.http.header_timeout),
-        },
-        "agent": {
-            "listen": addresses(config.agent.listen),
-            "scope": config.agent.scope,
-            "withdraw_as": config.agent.withdraw_as,
-        },
-        "metrics": {"allow": list(config.metrics.allow)},
-        "run": {"skip_code": config.run.skip_code},
-        "fleet": {
-            "endpoints": list(config.fleet.endpoints),
-            "prefix": config.fleet.prefix,
-            "lease_ttl": format_duration(config.fleet.lease_ttl),
-        },
-        "bypass": {
-            "paths": list(config.bypass.paths),
-            "cidrs": list(config.bypass.cidrs),
-            "trusted_proxies": list(config.bypass.trusted_proxies),
-            "secret": "********" if config.bypass.secret else None,
-            "secret_file": config.bypass.secret_file,
-            "cookie_ttl": format_duration(config.bypass.cookie_ttl),
-            "insecure_cookie": config.bypass.insecure_cookie,
-        },
-        "hooks": {
-            "on_enter": [list(cmd) for cmd in config.hooks.on_enter],
-            "on_exit": [list(cmd) for cmd in config.hooks.on_exit],
-            "timeout": format_duration(config.hooks.timeout),
-        },
+    shown = _fields(config)
+    shown["source"] = config.source or "(built-in defaults)"
+    # Each scope's effective flag (its lock_file, else the one in lock_dir), then the
+    # rest of its settings.
+    shown["scopes"] = {
+        name: {"flag": config.flag_path(name)}
+        | {
+            key: value
+            for key, value in _fields(config.scopes[name]).items()
+            if key not in ("name", "lock_file")
+        }
+        for name in sorted(config.scopes)
     }
+    return shown
+
+
+def _fields(obj: DataclassInstance) -> dict[str, object]:
+    shown: dict[str, object] = {}
+    for item in fields(obj):
+        value = getattr(obj, item.name)
+        if not item.repr:
+            shown[item.name] = MASK if value else None
+        elif item.metadata.get("octal"):
+            shown[item.name] = f"0{value:o}"
+        else:
+            shown[item.name] = _plain(value)
+    return shown
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return format_duration(value) if value >= 1 and value.is_integer() else value
+    if isinstance(value, ListenAddress):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if is_dataclass(value) and not isinstance(value, type):
+        return _fields(value)
+    return str(value)

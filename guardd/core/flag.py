@@ -17,6 +17,7 @@ from guardd.core.atomic import fsync_dir, write_atomic
 from guardd.core.durations import format_time, format_timestamp, parse_time
 from guardd.core.paths import make_dir
 from guardd.core.switch import own_files, probe
+from guardd.core.text import clean_text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -72,17 +73,6 @@ class FlagInfo:
         if self.note is not None:
             obj["note"] = self.note
         return obj
-
-
-def clean_text(text: str, *, limit: int) -> str | None:
-    """One line of printable text: control characters (CR, LF, NUL, ...) become spaces.
-
-    Reasons end up in headers, agent lines and pages; nothing in them may break a
-    line or a header, whatever the flag file held.
-    """
-    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    cleaned = " ".join(cleaned.split())[:limit].strip()
-    return cleaned or None
 
 
 def _json_time(value: object) -> str | None:

@@ -15,11 +15,17 @@ import errno
 import os
 from dataclasses import dataclass
 
-from guardd.cli.run import LOCK_FD_FLOOR
 from guardd.core.durations import format_timestamp
 from guardd.core.paths import DEFAULT_SCOPE
-from guardd.core.procfs import KEEPER_COMM, group_members, stat_fields
-from guardd.core.runlock import parse_proc_locks, read_proc_locks
+from guardd.core.procfs import (
+    KEEPER_COMM,
+    START_TIME,
+    group_members,
+    read_proc_file,
+    split_stat,
+    stat_fields,
+)
+from guardd.core.runlock import LOCK_FD_FLOOR, parse_proc_locks, read_proc_locks
 
 
 @dataclass(frozen=True)
@@ -152,11 +158,10 @@ def _alive(pid: int) -> bool:
 
 def _parent(pid: int) -> int:
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stream:
-            # The command name may hold spaces and parentheses: split after the last ')'.
-            return int(stream.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
+        fields = stat_fields(pid)
+    except OSError:
         return 0
+    return fields[2] if fields is not None else 0
 
 
 def find_holders(run_locks: dict[str, str]) -> dict[str, set[int]]:
@@ -266,37 +271,25 @@ def _split_cmdline(data: bytes) -> tuple[str, ...]:
     return tuple(os.fsdecode(arg) for arg in args)
 
 
-def _read_proc_file(path: str) -> bytes:
-    """A /proc file's content through raw system calls: half the cost of open() and a
-    buffered reader, which counts with two files per job."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks)
-
-
 def _process_details(
     pid: int, boot_time: float, ticks: int
 ) -> tuple[str | None, tuple[str, ...]] | None:
     """(start time, command line) of a live process; None when it is gone or a zombie
     (neither holds a lock); (None, ()) when its details are hidden from us."""
     try:
-        stat = _read_proc_file(f"/proc/{pid}/stat")
-        cmdline = _read_proc_file(f"/proc/{pid}/cmdline")
+        stat = read_proc_file(f"/proc/{pid}/stat")
+        cmdline = read_proc_file(f"/proc/{pid}/cmdline")
     except (FileNotFoundError, ProcessLookupError):
         return None
     except OSError:
         return None, ()
-    # The command name may hold spaces and parentheses: split after the last ')'.
-    fields = stat.rsplit(b")", 1)[-1].split()
+    fields = split_stat(stat)
     if fields[:1] == [b"Z"]:
         return None
     try:
-        started = format_timestamp(boot_time + int(fields[19]) / ticks) if boot_time else None
+        started = (
+            format_timestamp(boot_time + int(fields[START_TIME]) / ticks) if boot_time else None
+        )
     except (IndexError, ValueError):
         started = None
     return started, _split_cmdline(cmdline)

@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 RUN_LOCK_MODE = 0o644
+# guard-run moves its lock descriptors this high so that a job's own ``exec 3>file``
+# cannot close them by accident (which would silently drop the lock mid-job).
+LOCK_FD_FLOOR = 200
 
 
 def open_run_lock(path: str, *, create: bool) -> int:

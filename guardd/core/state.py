@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from guardd.core.choices import State
 from guardd.core.durations import parse_time
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
 from guardd.core.switch import in_force
 
-State = Literal["off", "draining", "on"]
 # Why a scope is on when its own flag is absent: host-wide maintenance.
 Via = Literal["default"]
 

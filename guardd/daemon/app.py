@@ -16,13 +16,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, TypeVar
 
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
-from guardd.core import lockfile
-from guardd.core.flag import FlagInfo, read_flag, read_scope, remove_flag, write_flag
+from guardd.core.flag import FlagInfo, read_flag, read_scope
 from guardd.core.jobs import Job, describe_jobs, find_holders
 from guardd.core.paths import (
     DEFAULT_SCOPE,
@@ -34,22 +33,19 @@ from guardd.core.paths import (
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
     Window,
-    due_steps,
-    locked,
-    mark,
     next_wakeup,
-    read_windows,
     schedule_path,
     upcoming,
-    write_windows,
 )
 from guardd.core.state import ScopeStatus, Snapshot, all_statuses, next_overdue, summary
 from guardd.core.switch import mirror_file, own_files
 from guardd.daemon.control import ControlServer
 from guardd.daemon.fleet_agent import FleetAgent
 from guardd.daemon.hooks import HookRunner, transitions
+from guardd.daemon.listeners import StateListener, make_listeners
 from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
 from guardd.daemon.notify import Notifier, watchdog_interval
+from guardd.daemon.scheduler import run_schedule
 from guardd.daemon.watch import RESCAN, Watcher
 from guardd.errors import ConfigError, GuardError
 from guardd.fleet.etcd import require_client
@@ -75,43 +71,6 @@ CLAIM_CONNECT_WAIT = (
 # read for, and what was read.
 FlagRead = tuple[int, Config, dict[str, FlagInfo | None]]
 JobsRead = tuple[int, Config, dict[str, set[int]]]  # run-lock holders per scope
-
-
-class StateListener(Protocol):
-    """A part that answers from the state (HTTP responder, agent-check port)."""
-
-    async def start(self) -> None:
-        """Bind listeners."""
-
-    def update(self, snapshot: Snapshot) -> None:
-        """The state changed: rebuild prebuilt answers."""
-
-    async def prepare(self, config: Config) -> None:
-        """A reload brings a new valid config: read what answering from it needs
-        (nothing is answered from it yet)."""
-
-    def apply(self, snapshot: Snapshot) -> None:
-        """Answer from the prepared config and ``snapshot`` from now on (synchronous:
-        every answer is from the old config and state or from the new ones)."""
-
-    async def rebind(self) -> None:
-        """Bind the applied config's new addresses; close the ones it dropped."""
-
-    async def close(self) -> None:
-        """Stop serving."""
-
-    def describe(self) -> str:
-        """One line for the startup log: what it serves where."""
-
-
-def build_listeners(
-    config: Config, *, counts: list[int], render_metrics: Callable[[], bytes]
-) -> list[StateListener]:
-    """The HTTP responder (with /metrics) and agent-check port (each says "off"
-    without addresses)."""
-    from guardd.daemon.listeners import make_listeners
-
-    return make_listeners(config, counts=counts, render_metrics=render_metrics)
 
 
 class Daemon:
@@ -223,7 +182,7 @@ class Daemon:
         await self.control.start()
         self._start_fleet()
         await self._fleet_claimed()
-        self.listeners = build_listeners(
+        self.listeners = make_listeners(
             self.config, counts=self.http_counts, render_metrics=self.metrics.render
         )
         for listener in self.listeners:
@@ -658,7 +617,9 @@ class Daemon:
         directory, say) is logged and never holds up the flags read after it."""
         try:
             loop = asyncio.get_running_loop()
-            self.windows, acted = await loop.run_in_executor(self.flag_pool, self._run_schedule)
+            self.windows, acted = await loop.run_in_executor(
+                self.flag_pool, run_schedule, self.config
+            )
         except OSError as err:
             log.error(
                 "cannot read the schedule in %s: %s", self.config.lock_dir, err.strerror or err
@@ -772,85 +733,6 @@ class Daemon:
         self.refresh_wanted.set()
 
     # ------------------------------------------------------------------ schedule
-
-    def _run_schedule(self) -> tuple[dict[str, list[Window]], set[str]]:
-        """Carry out due windows (worker thread); return every scope's windows, and
-        the scopes whose windows had steps carried out."""
-        now = datetime.now(UTC)
-        result: dict[str, list[Window]] = {scope: [] for scope in self.config.scopes}
-        acted: set[str] = set()
-        if not os.path.isdir(self.config.lock_dir):
-            return result, acted  # deleted: no schedule files, and no mutex to create there
-        with locked(self.config.lock_dir, create_dir=False):
-            for scope in self.config.scopes:
-                skipped: list[object] = []  # bad windows: logged once, kept in the file
-                windows = read_windows(self.config.lock_dir, scope, skipped=skipped)
-                steps = due_steps(windows, now)
-                for step in steps:
-                    done = self._carry_out(step.action, step.window)
-                    windows = [done if w.id == done.id else w for w in windows]
-                if steps:
-                    write_windows(self.config.lock_dir, scope, windows, kept=skipped)
-                    acted.add(scope)
-                result[scope] = windows
-        return result, acted
-
-    def _carry_out(self, action: str, window: Window) -> Window:
-        path = self.config.flag_path(window.scope)
-        if action == "start":
-            if read_flag(path) is not None:
-                log.info(
-                    "window %s of %s starts; the flag is already there, left as is",
-                    window.id,
-                    window.scope,
-                )
-                return mark(window, started=True)
-            info = FlagInfo(
-                reason=window.reason, until=window.end, since=window.at, by=window.marker
-            )
-            if self.config.scopes[window.scope].lock_file is None:
-                write_flag(path, info)
-            elif lockfile.create(path, info) is not None:
-                return mark(window, started=True)  # the application's, made meanwhile
-            log.info(
-                "window %s of %s started: maintenance on until %s",
-                window.id,
-                window.scope,
-                window.end,
-            )
-            return mark(window, started=True, wrote_flag=True)
-        if window.auto_off and window.wrote_flag:
-            current = read_flag(path)
-            if current is not None and current.by == window.marker:
-                if self.config.scopes[window.scope].lock_file is None:
-                    remove_flag(path)
-                else:
-                    lockfile.remove(path, force=False)  # ours: marked by_guardd
-                log.info(
-                    "window %s of %s ended: maintenance off (auto-off)", window.id, window.scope
-                )
-            else:
-                log.info(
-                    "window %s of %s ended; the flag was changed or removed by an "
-                    "operator, left as is",
-                    window.id,
-                    window.scope,
-                )
-        elif not window.started:
-            log.warning(
-                "window %s of %s was missed entirely (guardd was not running); "
-                "not entering maintenance after its end",
-                window.id,
-                window.scope,
-            )
-        else:
-            log.info(
-                "window %s of %s reached its end; maintenance stays on until an "
-                "operator ends it (no auto-off)",
-                window.id,
-                window.scope,
-            )
-        return mark(window, done=True)
 
     def _arm_schedule_timer(self) -> None:
         """Wake up at the next notice, start or end, and at least every SCHEDULE_RECHECK
@@ -1008,6 +890,3 @@ def describe_change(status: ScopeStatus) -> str:
     if status.jobs:
         details.append(f"jobs {status.jobs}")
     return status.state + (f" ({'; '.join(details)})" if details else "")
-
-
-# --------------------------------------------------------------------------- logging

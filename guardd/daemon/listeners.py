@@ -1,9 +1,10 @@
 """Lifecycle of the load-balancer answers: bind, serve, follow the state, reload, close.
 
-The protocols live in http.py and agent.py; this module turns them into the
-daemon's ``StateListener``s. Sockets are bound (and listening) in ``start()`` but
-served only from the first ``update()``, so that no client is ever answered from a
-state that was not yet read: early connections wait in the kernel's backlog.
+The protocols live in guardd.answers (http/ and agent.py); this module defines the
+daemon's ``StateListener`` protocol and turns them into StateListeners. Sockets are
+bound (and listening) in ``start()`` but served only from the first ``update()``, so
+that no client is ever answered from a state that was not yet read: early
+connections wait in the kernel's backlog.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import resource
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from guardd.answers.agent import AgentConnection, AgentShared
 from guardd.answers.http.connection import HttpConnection
@@ -23,9 +24,6 @@ from guardd.answers.http.replies import HttpSettings, HttpShared, MetricsRendere
 from guardd.config.model import Config, ListenAddress
 from guardd.core.state import Snapshot
 from guardd.errors import GuardError
-
-if TYPE_CHECKING:
-    from guardd.daemon.app import StateListener
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +34,33 @@ BACKLOG = 1024
 MAX_TEMPLATE_BYTES = 1024 * 1024
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
+
+
+class StateListener(Protocol):
+    """A part that answers from the state (HTTP responder, agent-check port)."""
+
+    async def start(self) -> None:
+        """Bind listeners."""
+
+    def update(self, snapshot: Snapshot) -> None:
+        """The state changed: rebuild prebuilt answers."""
+
+    async def prepare(self, config: Config) -> None:
+        """A reload brings a new valid config: read what answering from it needs
+        (nothing is answered from it yet)."""
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Answer from the prepared config and ``snapshot`` from now on (synchronous:
+        every answer is from the old config and state or from the new ones)."""
+
+    async def rebind(self) -> None:
+        """Bind the applied config's new addresses; close the ones it dropped."""
+
+    async def close(self) -> None:
+        """Stop serving."""
+
+    def describe(self) -> str:
+        """One line for the startup log: what it serves where."""
 
 
 def connection_budget() -> int:
@@ -145,16 +170,22 @@ class Endpoints:
 
     async def bind(self, addresses: tuple[ListenAddress, ...]) -> None:
         """Bind every address; a failure is one clear error naming the address."""
+        await self._bind_missing(addresses, strict=True)
+
+    async def _bind_missing(self, addresses: tuple[ListenAddress, ...], *, strict: bool) -> None:
+        """Bind the addresses not bound yet; a failure raises GuardError if ``strict``,
+        else is logged and skipped."""
         for index, address in enumerate(addresses):
             if address in self.servers:
                 continue
             try:
                 self.servers[address] = await self._bind(address)
             except OSError as err:
-                reason = err.strerror or str(err)
-                raise GuardError(
-                    f"{self.key}[{index}]: cannot listen on {address}: {reason}"
-                ) from None
+                problem = f"{self.key}[{index}]: cannot listen on {address}: "
+                problem += err.strerror or str(err)
+                if strict:
+                    raise GuardError(problem) from None
+                log.error("%s", problem)
 
     def start_serving(self) -> None:
         """Begin accepting (once the first state is known)."""
@@ -176,13 +207,7 @@ class Endpoints:
         for address in [a for a in self.servers if a not in addresses]:
             for server in self.servers.pop(address):
                 server.close()
-        for index, address in enumerate(addresses):
-            if address in self.servers:
-                continue
-            try:
-                self.servers[address] = await self._bind(address)
-            except OSError as err:
-                log.error("%s[%d]: cannot listen on %s: %s", self.key, index, address, err.strerror)
+        await self._bind_missing(addresses, strict=False)
 
     def stop(self) -> list[asyncio.Server]:
         """Stop accepting on every address; return the servers to wait for."""
@@ -199,16 +224,33 @@ class Endpoints:
         return [name for group in self.servers.values() for s in group for name in _sockname(s)]
 
 
-async def _close(endpoints: Endpoints, close_connections: Callable[[], None]) -> None:
-    """Stop accepting, cut open connections, then wait for the servers.
+class _Responder:
+    """What both responders share: their endpoints, closing, and the startup line."""
 
-    In that order: since Python 3.12 ``wait_closed()`` also waits for every open
-    connection, and an idle keep-alive would hold shutdown up until its timeout.
-    """
-    servers = endpoints.stop()
-    close_connections()
-    for server in servers:
-        await server.wait_closed()
+    off = "off"  # the startup line without addresses
+
+    def __init__(self, key: str, factory: ProtocolFactory, close_all: Callable[[], None]) -> None:
+        self.endpoints = Endpoints(key, factory)
+        self._close_all = close_all
+
+    async def close(self) -> None:
+        """Stop accepting, cut open connections, then wait for the servers.
+
+        In that order: since Python 3.12 ``wait_closed()`` also waits for every open
+        connection, and an idle keep-alive would hold shutdown up until its timeout.
+        """
+        servers = self.endpoints.stop()
+        self._close_all()
+        for server in servers:
+            await server.wait_closed()
+
+    def describe(self) -> str:
+        names = self.endpoints.names()
+        return self.serving(", ".join(names)) if names else self.off
+
+    def serving(self, where: str) -> str:
+        """The startup line while bound to ``where``."""
+        raise NotImplementedError
 
 
 async def read_template(path: str) -> str:
@@ -227,8 +269,10 @@ async def read_template(path: str) -> str:
         raise GuardError(f"http.page_template: cannot read {path}: {err.strerror}") from None
 
 
-class HttpListener:
+class HttpListener(_Responder):
     """The HTTP health responder and maintenance page, as a daemon StateListener."""
+
+    off = "HTTP responder off"
 
     def __init__(
         self,
@@ -248,8 +292,10 @@ class HttpListener:
         )
         self.pending: tuple[Config, HttpSettings] | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
-        self.endpoints = Endpoints(
-            "http.listen", lambda: HttpConnection(self.shared, loop_getter())
+        super().__init__(
+            "http.listen",
+            lambda: HttpConnection(self.shared, loop_getter()),
+            self.shared.close_all,
         )
 
     async def _settings(self, config: Config, *, strict: bool) -> HttpSettings:
@@ -291,19 +337,15 @@ class HttpListener:
     async def rebind(self) -> None:
         await self.endpoints.rebind(self.config.http.listen)
 
-    async def close(self) -> None:
-        await _close(self.endpoints, self.shared.close_all)
-
-    def describe(self) -> str:
-        names = self.endpoints.names()
-        if not names:
-            return "HTTP responder off"
+    def serving(self, where: str) -> str:
         http = self.config.http
-        return f"HTTP on {', '.join(names)} (scope {http.scope}, policy {http.policy})"
+        return f"HTTP on {where} (scope {http.scope}, policy {http.policy})"
 
 
-class AgentListener:
+class AgentListener(_Responder):
     """The HAProxy agent-check port, as a daemon StateListener."""
+
+    off = "agent-check off"
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -311,8 +353,10 @@ class AgentListener:
         self.shared = AgentShared()
         self.pending: Config | None = None  # a reload's, until applied
         loop_getter = asyncio.get_running_loop
-        self.endpoints = Endpoints(
-            "agent.listen", lambda: AgentConnection(self.shared, loop_getter())
+        super().__init__(
+            "agent.listen",
+            lambda: AgentConnection(self.shared, loop_getter()),
+            self.shared.close_all,
         )
 
     def _publish(self) -> None:
@@ -341,15 +385,8 @@ class AgentListener:
     async def rebind(self) -> None:
         await self.endpoints.rebind(self.config.agent.listen)
 
-    async def close(self) -> None:
-        await _close(self.endpoints, self.shared.close_all)
-
-    def describe(self) -> str:
-        names = self.endpoints.names()
-        if not names:
-            return "agent-check off"
+    def serving(self, where: str) -> str:
         agent = self.config.agent
-        where = ", ".join(names)
         return f"agent-check on {where} (scope {agent.scope}, maintenance: {agent.withdraw_as})"
 
 

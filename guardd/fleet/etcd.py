@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from guardd.config.model import parse_endpoint
 from guardd.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -39,22 +40,6 @@ class WatchEvent:
     key: bytes
     value: bytes | None
     revision: int
-
-
-def parse_endpoint(endpoint: str) -> tuple[str, int]:
-    """``http://127.0.0.1:2379``, ``127.0.0.1:2379``, ``[::1]:2379`` -> (host, port)."""
-    text = endpoint.strip()
-    for scheme in ("http://", "https://"):
-        if text.startswith(scheme):
-            text = text[len(scheme) :]
-    text = text.rstrip("/")
-    if text.startswith("["):
-        host, _, port = text[1:].partition("]:")
-    else:
-        host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{endpoint!r} is not an etcd endpoint (http://HOST:PORT)")
-    return host, int(port)
 
 
 def _import_aetcd() -> Any:

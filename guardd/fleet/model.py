@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from guardd.core.choices import STATES
 from guardd.core.paths import is_scope_name
 
 
@@ -82,7 +83,7 @@ def decode_node(name: str, data: bytes) -> NodeRecord | None:
         state = item.get("state")
         jobs = item.get("jobs")
         revision = item.get("revision")
-        if state not in ("off", "draining", "on"):
+        if state not in STATES:
             continue
         scopes[scope] = NodeScope(
             state=str(state),

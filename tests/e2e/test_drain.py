@@ -264,6 +264,7 @@ def _daemon_site() -> Iterator[Site]:
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(900)
 @settings(
     max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -218,6 +218,7 @@ def test_etcd_outage_keeps_state_and_converges(make_guardd: MakeGuardd, etcd: Et
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(900)
 def test_three_member_cluster_losing_one_member(make_guardd: MakeGuardd, tmp_short: Path) -> None:
     """With three etcd members, losing one (even the one a node talks to) keeps working."""
     cluster = EtcdCluster(tmp_short, members=3)

@@ -1,7 +1,7 @@
 """Bad configuration and bad command-line values, through the real programs: a valid
 config or exit 2 with one line, never a traceback, whatever the file or option holds.
 
-tests/test_config.py already fuzzes the parser in-process; here the subprocess
+tests/config/test_config.py already fuzzes the parser in-process; here the subprocess
 angle: what an operator sees from ``guardd --check-config``, guardctl and guard-run.
 """
 

@@ -2,8 +2,8 @@
 answer built from the flag (status reply, watch event, health JSON, maintenance
 page, API JSON, agent line, headers) stays well-formed whatever the flag holds.
 
-tests/test_flag.py fuzzes the parser in-process, tests/test_http.py and
-tests/test_agent.py try one hostile reason each; here generated contents go all the
+tests/core/test_flag.py fuzzes the parser in-process, tests/answers/test_http.py and
+tests/answers/test_agent.py try one hostile reason each; here generated contents go all the
 way through guardd's watcher, refresh and responders.
 """
 

@@ -25,7 +25,7 @@ from tests.helpers import free_port
 from tests.httpclient import write_flag
 from tests.robust.support import WrappedGuardd, assert_no_crash, wait_state
 
-pytestmark = pytest.mark.heavy
+pytestmark = [pytest.mark.heavy, pytest.mark.timeout(900)]  # 10,000 connections under load
 
 HEALTH_P99_BOUND = 1.0  # seconds
 CONNECTIONS = 10_000

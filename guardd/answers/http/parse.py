@@ -9,8 +9,6 @@ import re
 from enum import IntEnum
 from typing import NamedTuple
 
-from guardd.answers.gate import Verdict
-
 log = logging.getLogger(__name__)
 
 # A request head (request line, headers, blank line) longer than this gets 431.
@@ -141,7 +139,7 @@ def prefers_json(accept: bytes) -> bool:
 # --------------------------------------------------------------------------- answers
 
 
-class _Malformed(Exception):
+class Malformed(Exception):
     """The request cannot be parsed: answer with ``kind`` and close."""
 
     def __init__(self, kind: Kind) -> None:
@@ -204,21 +202,6 @@ _ORIGINAL_URI, _ORIGINAL_METHOD, _FORWARDED_FOR, _REAL_IP = 14, 17, 15, 9
 # Module-level aliases: an enum member looked up on its class costs ~0.1 us,
 # several times per request on the hot path.
 _KEEP, _KEEP_10, _CLOSE = Persist.KEEP, Persist.KEEP_10, Persist.CLOSE
-_HEALTH, _STATUS, _PAGE_HTML, _PAGE_JSON, _NOT_FOUND = (
-    Kind.HEALTH,
-    Kind.STATUS,
-    Kind.PAGE_HTML,
-    Kind.PAGE_JSON,
-    Kind.NOT_FOUND,
-)
-_GATE_OPEN, _BYPASS, _METRICS = Kind.GATE_OPEN, Kind.BYPASS, Kind.METRICS
-# The gate's verdict -> its answer.
-_GATE_KINDS = {
-    Verdict.DENY: Kind.GATE_CLOSED,
-    Verdict.PATH: Kind.GATE_PATH,
-    Verdict.ADDRESS: Kind.GATE_ADDRESS,
-    Verdict.COOKIE: Kind.GATE_COOKIE,
-}
 
 
 class GateHeaders(NamedTuple):
@@ -271,7 +254,7 @@ def _target_path(target: bytes) -> bytes:
     else:
         scheme, sep, rest = target.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
-            raise _Malformed(Kind.BAD_REQUEST)
+            raise Malformed(Kind.BAD_REQUEST)
         slash = rest.find(b"/")
         path = rest[slash:] if slash >= 0 else b"/"
     query = path.find(b"?")
@@ -279,7 +262,7 @@ def _target_path(target: bytes) -> bytes:
 
 
 def parse_head(head: bytes) -> ParsedRequest:
-    """Parse a request head (without its final blank line). Raises _Malformed.
+    """Parse a request head (without its final blank line). Raises Malformed.
 
     Strict where leniency enables request smuggling: no whitespace before a header
     colon, no folded lines, no bare CR, no Content-Length with Transfer-Encoding.
@@ -293,13 +276,13 @@ def parse_head(head: bytes) -> ParsedRequest:
         request_line = request_line[:-1]
     match = _REQUEST_LINE.fullmatch(request_line)
     if match is None:
-        raise _Malformed(Kind.BAD_REQUEST)
+        raise Malformed(Kind.BAD_REQUEST)
     method, target, major, minor = match.groups()
     if major != b"1":
-        raise _Malformed(Kind.BAD_VERSION)
+        raise Malformed(Kind.BAD_VERSION)
     modern = minor != b"0"  # HTTP/1.x, x > 1, is answered as 1.1 (RFC 9110 2.5)
     if fields and _HEADER_LINES.fullmatch(fields) is None:
-        raise _Malformed(Kind.BAD_REQUEST)
+        raise Malformed(Kind.BAD_REQUEST)
 
     close = keep_alive = expect_continue = False
     content_length: int | None = None
@@ -315,9 +298,9 @@ def parse_head(head: bytes) -> ParsedRequest:
             keep_alive = keep_alive or b"keep-alive" in tokens
         elif name == b"content-length":
             if not value.isdigit() or len(value) > 18:
-                raise _Malformed(Kind.BAD_REQUEST)
+                raise Malformed(Kind.BAD_REQUEST)
             if content_length is not None and content_length != int(value):
-                raise _Malformed(Kind.BAD_REQUEST)
+                raise Malformed(Kind.BAD_REQUEST)
             content_length = int(value)
         elif name == b"transfer-encoding":
             codings = (codings or []) + [c.strip() for c in value.split(b",") if c.strip()]
@@ -330,7 +313,7 @@ def parse_head(head: bytes) -> ParsedRequest:
         # chunked comes last (so an empty field is malformed too); never together with
         # Content-Length; not in HTTP/1.0.
         if content_length is not None or not modern or codings[-1:] != [b"chunked"]:
-            raise _Malformed(Kind.BAD_REQUEST)
+            raise Malformed(Kind.BAD_REQUEST)
         body_length = -1
     if expect_continue and body_length:
         # The client may or may not send the body after our final answer: the only
@@ -348,7 +331,7 @@ def parse_head(head: bytes) -> ParsedRequest:
     )
 
 
-def _find_head_end(data: bytes, start: int) -> tuple[int, int]:
+def find_head_end(data: bytes, start: int) -> tuple[int, int]:
     """(end of the head, start of what follows) within MAX_HEAD of ``start``; (-1, -1)
     when no blank line is there yet. Accepts CRLF and bare LF line ends."""
     limit = start + MAX_HEAD

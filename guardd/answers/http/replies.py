@@ -13,12 +13,14 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 from importlib.resources import files
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from guardd.answers.cache import BoundedCache
 from guardd.answers.gate import Gate, GateRules
 from guardd.answers.http.parse import (
     ACCEPT_CACHE_SIZE,
     ANSWER_LABELS,
+    HEAD_CACHE_SIZE,
     HEALTH_JSON,
     HTML,
     JSON,
@@ -36,9 +38,10 @@ from guardd.answers.page import (
     render_template,
     uses_retry_after,
 )
-from guardd.answers.policy import health_answer, health_body, retry_after_seconds, until_epoch
-from guardd.config.model import Config, Policy
-from guardd.core.state import ScopeView
+from guardd.answers.policy import health_answer, health_body, retry_after_seconds
+from guardd.config.model import Config
+from guardd.core.choices import Policy
+from guardd.core.state import ScopeView, until_epoch
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,21 @@ _CONNECTION_HEADER = {
     Persist.CLOSE: b"Connection: close\r\n",
 }
 
-if TYPE_CHECKING:
-    from guardd.answers.http.connection import HttpConnection
+
+class OpenConnection(Protocol):
+    """What the responder needs of a live connection (HttpConnection): when its time
+    is up, whether it is idle, and to drop it."""
+
+    deadline: float
+
+    def idle(self) -> bool:
+        """Waiting for a next request (or for its first byte), nothing in flight."""
+
+    def drop(self) -> None:
+        """Close at once, whatever is pending."""
 
 
-def _deadline(connection: HttpConnection) -> float:
+def _deadline(connection: OpenConnection) -> float:
     return connection.deadline
 
 
@@ -384,9 +397,9 @@ class HttpShared:
         self.settings = settings
         self.answers = Answers(view, settings)
         self.gate = Gate(settings.gate)
-        self.accept_cache: dict[bytes, bool] = {}
-        self.head_cache: dict[bytes, ParsedRequest] = {}
-        self.connections: set[HttpConnection] = set()
+        self.accept_cache: BoundedCache[bytes, bool] = BoundedCache(ACCEPT_CACHE_SIZE)
+        self.head_cache: BoundedCache[bytes, ParsedRequest] = BoundedCache(HEAD_CACHE_SIZE)
+        self.connections: set[OpenConnection] = set()
         # Open connections allowed before the oldest idle ones are closed (None: no
         # limit): what the open-files limit leaves after guardd's own descriptors.
         self.max_connections: int | None = None
@@ -435,12 +448,10 @@ class HttpShared:
         """prefers_json, remembered per distinct header value."""
         cached = self.accept_cache.get(accept)
         if cached is None:
-            if len(self.accept_cache) >= ACCEPT_CACHE_SIZE:
-                self.accept_cache.clear()
-            cached = self.accept_cache[accept] = prefers_json(accept)
+            cached = self.accept_cache.put(accept, prefers_json(accept))
         return cached
 
-    def shed(self, newcomer: HttpConnection) -> None:
+    def shed(self, newcomer: OpenConnection) -> None:
         """Over max_connections: close the connections idle longest (answered keep-
         alives, or never a byte sent), then if need be the oldest others, so that the
         newcomer (a fresh health probe, say) is served and descriptors stay free for

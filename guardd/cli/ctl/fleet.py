@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
 
+from guardd.cli.ctl.output import print_table
 from guardd.config.model import Config
 from guardd.core.flag import FlagInfo, parse_flag_content
 from guardd.errors import GuardError, Unreachable, UsageError
@@ -293,8 +294,4 @@ def format_fleet(data: dict[str, Any], out: TextIO) -> None:
                     str(fields["revision"] if fields["revision"] is not None else "-"),
                 ]
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        out.write(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        )
+    print_table(rows, out)

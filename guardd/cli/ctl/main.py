@@ -15,7 +15,7 @@ from guardd import __version__
 from guardd.cli.client import ControlClient
 from guardd.cli.ctl.ops import (
     STATUS_TIMEOUT,
-    _actor,
+    actor,
     add_window,
     all_windows,
     audit,
@@ -34,9 +34,10 @@ from guardd.cli.ctl.output import (
     format_status,
     format_windows,
 )
-from guardd.cli.drain import THEN_CHOICES, Then, drain
+from guardd.cli.drain import drain
 from guardd.config.load import load_config
 from guardd.config.model import Config
+from guardd.core.choices import THEN
 from guardd.core.durations import format_duration, parse_duration, parse_time
 from guardd.core.flag import make_flag, read_flag
 from guardd.core.jobs import list_jobs
@@ -112,7 +113,7 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         note=args.note,
     )
     flag = read_flag(path)
-    by = _actor()
+    by = actor()
     if existing is not None:
         what = f"{scope}: already on ({path} exists and is the application's: left as it is"
         ignored = args.reason or until or args.mode is not None or args.note
@@ -194,7 +195,7 @@ def _fleet_on(
     if args.mode is not None:
         check_mode(config, scope, args.mode)
     info = make_flag(
-        reason=args.reason, until=until, by=_actor(), now=now, mode=args.mode, note=args.note
+        reason=args.reason, until=until, by=actor(), now=now, mode=args.mode, note=args.note
     )
     written = fleetctl.fleet_on(config=config, scope=scope, info=info)
     out.write(f"{scope}: fleet maintenance on (etcd revision {written.revision})\n")
@@ -259,7 +260,7 @@ def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         removed = fleetctl.fleet_off(config=config, scope=scope)
         out.write(f"{scope}: fleet maintenance {'off' if removed else 'was not on'}\n")
         return EXIT_OK
-    by = _actor()
+    by = actor()
     if turn_off(config=config, scope=scope, force=args.force):
         note = f", note: {args.note}" if args.note else ""
         out.write(f"{scope}: maintenance off by {by}{note}\n")
@@ -626,7 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     on.add_argument(
         "--then",
-        choices=THEN_CHOICES,
+        choices=THEN,
         default=None,
         help="at --timeout: wait (list the jobs, exit 3; default), term (TERM, then "
         "KILL after --grace), kill",
@@ -771,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_cli("guardctl", lambda: run(argv, sys.stdout))
 
 
-__all__ = ["Then", "main"]
+__all__ = ["main"]
 
 if __name__ == "__main__":
     sys.exit(main())

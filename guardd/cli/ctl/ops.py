@@ -169,7 +169,7 @@ def remove_window(*, config: Config, window_id: str) -> Window:
     raise UsageError(f"no scheduled window {window_id!r} (see guardctl schedule --list)")
 
 
-def _actor() -> str:
+def actor() -> str:
     """Who is asking: the user behind sudo when there is one, at this host."""
     return f"{_user_name()}@{socket.gethostname()}"
 
@@ -213,7 +213,7 @@ def turn_on(
         raise GuardError(
             f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
         ) from None
-    info = make_flag(reason=reason, until=until, by=_actor(), now=now, mode=mode, note=note)
+    info = make_flag(reason=reason, until=until, by=actor(), now=now, mode=mode, note=note)
     if config.scopes[scope].lock_file is not None:
         try:
             return path, lockfile.create(path, info)

@@ -10,9 +10,7 @@ from typing import Any, TextIO
 
 from guardd.core.durations import format_duration
 from guardd.core.jobs import Job
-from guardd.core.schedule import (
-    Window,
-)
+from guardd.core.schedule import Window
 
 
 def _cell(value: object) -> str:
@@ -46,7 +44,8 @@ def command_line(cmd: Sequence[str]) -> str:
     return " ".join(shown(arg) for arg in cmd)
 
 
-def _table(rows: list[list[str]], out: TextIO) -> None:
+def print_table(rows: list[list[str]], out: TextIO) -> None:
+    """The one table printer: a header row and rows, columns padded, the last one free."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         cells = [cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=False)]
@@ -90,7 +89,7 @@ def format_status(reply: dict[str, Any], scopes: Sequence[str], out: TextIO) -> 
         )
         if fields.get("note"):
             notes.append(f"note ({name}): {fields['note']}")
-    _table(rows, out)
+    print_table(rows, out)
     for line in notes:
         out.write(line + "\n")
     for window in reply.get("upcoming") or []:
@@ -153,7 +152,7 @@ def format_windows(windows: Sequence[Window], now: datetime, out: TextIO) -> Non
                 _cell(w.reason),
             ]
         )
-    _table(rows, out)
+    print_table(rows, out)
 
 
 def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
@@ -172,7 +171,7 @@ def format_jobs(jobs: Sequence[Job], out: TextIO) -> None:
         ]
         for job in jobs
     ]
-    _table(rows, out)
+    print_table(rows, out)
 
 
 class DrainView:

@@ -38,6 +38,7 @@ from guardd.answers.gate import (
 )
 from guardd.answers.http.parse import gate_headers, parse_head
 from guardd.config.model import BypassConfig
+from tests.fakes import FakeClock
 from tests.helpers import EVENT_TIMEOUT, Guardd, command, free_port
 from tests.httpclient import Connection, Response, wait_for_state, write_flag
 
@@ -516,7 +517,7 @@ def test_comparisons_use_compare_digest(monkeypatch: pytest.MonkeyPatch) -> None
     config = _config(bypass={"secret": SECRET})
     settings = HttpSettings.from_config(config, None)
     shared = HttpShared(settings, Snapshot(statuses={}).view("default"))
-    connection = HttpConnection(shared, loop=None)  # type: ignore[arg-type]
+    connection = HttpConnection(shared, FakeClock().as_loop())
     calls.clear()
     route = connection._route(f"/.guardd/bypass/{SECRET}".encode(), None, b"", NOW)
     assert route is Kind.BYPASS

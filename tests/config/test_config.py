@@ -317,7 +317,7 @@ def test_scopes_as_a_plain_list() -> None:
 
 def test_example_config_is_valid() -> None:
     """config.example.yaml, which documents every key, loads as a valid config."""
-    path = Path(__file__).parent.parent / "config.example.yaml"
+    path = Path(__file__).parents[2] / "config.example.yaml"
     config = load_config(str(path))
     assert "shop" in config.scopes
     assert config.http.policy == "withdraw"

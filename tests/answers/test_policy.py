@@ -12,11 +12,10 @@ from guardd.answers.policy import (
     health_answer,
     health_body,
     retry_after_seconds,
-    until_epoch,
     withdraws,
 )
-from guardd.config.model import Policy, WithdrawAs
-from guardd.core.state import ScopeStatus, State
+from guardd.core.choices import Policy, State, WithdrawAs
+from guardd.core.state import ScopeStatus, until_epoch
 
 
 def status(state: State, reason: str | None = "work", until: str | None = None) -> ScopeStatus:

@@ -97,7 +97,7 @@ def test_light_and_dark_and_accessibility_hooks() -> None:
     assert html.count("<h1>") == 1
     assert 'role="status"' in html
     assert 'aria-live="polite"' in html
-    assert "prefers-color-scheme:dark" in html
+    assert "prefers-color-scheme: dark" in html
     assert 'name="color-scheme" content="light dark"' in html
     assert 'name="viewport"' in html
     assert 'aria-hidden="true"' in html  # the icon is decorative

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from guardd.answers.http.parse import Kind, Persist, _Malformed, parse_head, prefers_json
+from guardd.answers.http.parse import Kind, Malformed, Persist, parse_head, prefers_json
 from tests.helpers import Guardd, free_port, wait_until
 from tests.httpclient import Connection, build_request, get, wait_for_state, write_flag
 
@@ -385,7 +385,7 @@ def test_http_scope_follows_own_and_default_flag(serve: Callable[..., Served]) -
 
 def test_guardd_paths_are_404_and_gate_answers_without_bypass_config(served: Served) -> None:
     """Without a bypass section: /.guardd/bypass/... is a plain 404 (no secret configured),
-    and the gate path answers 403 with the marker while on (tests/test_gate.py has the rest)."""
+    and the gate path answers 403 with the marker while on (test_gate.py has the rest)."""
     served.on()
     bypass = served.get("/.guardd/bypass/some-secret-0123456789")
     assert bypass.status == 404
@@ -699,7 +699,7 @@ def test_parse_head_paths() -> None:
     assert parse_head(b"GET HTTPS://h.test HTTP/1.1").path == b"/"
     assert parse_head(b"GET http://h.test/x?y HTTP/1.1").path == b"/x"
     assert parse_head(b"HEAD / HTTP/1.1").head_only
-    with pytest.raises(_Malformed) as caught:
+    with pytest.raises(Malformed) as caught:
         parse_head(b"GET ftp://h.test/ HTTP/1.1")
     assert caught.value.kind is Kind.BAD_REQUEST
 

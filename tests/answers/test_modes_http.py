@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.answers.test_http import Served, serve  # noqa: F401 -- the fixture, reused
 from tests.helpers import wait_until
-from tests.test_http import Served, serve  # noqa: F401 -- the fixture, reused
 
 GATE_MODES = {"shop": {"modes": {"checkout": {"paths": ["/checkout", "/cart/pay"]}}}}
 SECRET = "s3cret-for-the-mode-tests"

@@ -7,12 +7,11 @@ import pytest
 from guardd.answers.modes import ModeRule, compile_modes, paused_text, stops_request
 from guardd.answers.policy import agent_line, health_answer
 from guardd.config.load import build_config
-from guardd.config.model import BUILTIN_MODES, ModeConfig, Policy
+from guardd.config.model import BUILTIN_MODES, ModeConfig
+from guardd.core.choices import POLICIES, Policy
 from guardd.core.flag import INVALID_MODE, FlagInfo, parse_flag_content
 from guardd.core.state import all_statuses, modes_in_force
 from guardd.errors import ConfigError
-
-POLICIES: tuple[Policy, ...] = ("withdraw", "stay", "fleet")
 
 
 def flag(mode: str | None = None) -> FlagInfo:
