@@ -268,15 +268,6 @@ def stack() -> Iterator[contextlib.ExitStack]:
         yield exits
 
 
-@pytest.fixture
-def etcd(tmp_short: Path) -> Iterator[EtcdCluster]:
-    """A single-member etcd on free loopback ports."""
-    cluster = EtcdCluster(tmp_short)
-    cluster.start()
-    yield cluster
-    cluster.close()
-
-
 def test_fleet_mirror_agrees(site: Callable[..., Site], etcd: EtcdCluster) -> None:
     """With fleet.endpoints set, a fleet flag (mirrored into shop.fleet.lock by guardd)
     puts shop on for guardd, for guardctl with and without guardd, and for guard-run."""
