@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.etcd_helpers import EtcdCluster
 from tests.helpers import Guardd, short_tmp
 
 
@@ -76,3 +77,12 @@ def make_guardd(tmp_short: Path) -> Iterator[Callable[..., Guardd]]:
 def guardd(make_guardd: Callable[..., Guardd]) -> Guardd:
     """A started guardd with the default scope only and no HTTP listener."""
     return make_guardd().start()
+
+
+@pytest.fixture
+def etcd(tmp_short: Path) -> Iterator[EtcdCluster]:
+    """A single-member etcd on free loopback ports."""
+    cluster = EtcdCluster(tmp_short)
+    cluster.start()
+    yield cluster
+    cluster.close()

@@ -3,7 +3,7 @@
 The protocol (SPEC, "The drain guarantee"): take the shared run locks, *then* read
 the flags; the command inherits the locks and holds them for its whole life. This
 module sits in front of every cron job, so the decision is made with os, fcntl and
-the lean guardd.core (paths, runlock) and cli.runcache helpers; everything else (signal
+the lean guardd.core (paths, switch, runlock) and cli.runcache helpers; everything else (signal
 handling, durations, the journal/syslog trace, JSON) is imported only on the paths that
 need it.
 """
@@ -17,14 +17,16 @@ import time
 from guardd.cli.runcache import load_run_view
 from guardd.core.paths import (
     DEFAULT_SCOPE,
+    RUNTIME_DIR_MODE,
     SCOPE_ENV,
     SCOPE_PATTERN,
     RunView,
-    fleet_flag_path,
     is_scope_name,
+    make_dir,
     run_lock_path,
 )
 from guardd.core.runlock import LOCK_FD_FLOOR, lock_shared, open_run_lock
+from guardd.core.switch import Hit, first_on, switch_files
 from guardd.errors import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
@@ -256,41 +258,33 @@ def _duration(option: str, text: str) -> float:
 
 
 def scope_flags(view: RunView, scope: str) -> tuple[str, ...]:
-    """Every file whose existence puts ``scope`` in maintenance, ``default``'s first.
-
-    A scope that is not configured is a usage error naming the known scopes.
+    """Every file whose existence puts ``scope`` in maintenance (switch.switch_files:
+    its own, then ``default``'s). A scope that is not configured is a usage error
+    naming the known scopes.
     """
     if scope not in view.scope_flags:
         known = ", ".join(sorted(view.scope_flags))
         raise UsageError(f"unknown scope {scope!r} (configured scopes: {known})")
-    scopes = (DEFAULT_SCOPE,) if scope == DEFAULT_SCOPE else (DEFAULT_SCOPE, scope)
-    paths: list[str] = []
-    for name in scopes:
-        paths.append(view.scope_flags[name])
-        if view.fleet_mirrors:
-            # guardd's mirror of the scope's fleet flag (fleet mode only).
-            paths.append(fleet_flag_path(view.lock_dir, name))
-    return tuple(paths)
+    return switch_files(view, scope)
 
 
-def present_flag(paths: Sequence[str]) -> str | None:
-    """The first of ``paths`` that exists, None when none does.
+# Flags already reported as unknowable: said once per run, not on every poll.
+_doubts_shown: set[str] = set()
 
-    Existence is all that counts (lstat: even a dangling symlink is "on"). When it
-    cannot be known (EACCES on the directory, EIO, ...) nothing may run: exit 2.
+
+def present_flag(paths: Sequence[str]) -> Hit | None:
+    """The first of ``paths`` that puts the scope on (switch.first_on), None if none.
+
+    A flag whose existence cannot be known (EACCES on its directory, EIO) counts as
+    present, as for guardd and guardctl: the job is skipped, failed or kept waiting
+    as in maintenance, and one line on stderr says why (even without -v: something
+    is broken that an operator must see).
     """
-    for path in paths:
-        try:
-            os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        except OSError as err:
-            raise GuardError(
-                f"cannot tell whether flag {path} exists: {err.strerror} (not running)",
-                exit_code=EXIT_USAGE,
-            ) from None
-        return path
-    return None
+    hit = first_on(paths)
+    if hit is not None and hit.doubt is not None and hit.path not in _doubts_shown:
+        _doubts_shown.add(hit.path)
+        _say(f"cannot tell whether flag {hit.path} exists ({hit.doubt}): counting it as on")
+    return hit
 
 
 def flag_reason(path: str) -> str | None:
@@ -330,9 +324,11 @@ def flag_reason(path: str) -> str | None:
     return clean_text(reason, limit=MAX_REASON_CHARS)
 
 
-def _why(scope: str, flag: str) -> str:
-    reason = flag_reason(flag)
-    detail = f"{reason}; flag {flag}" if reason else f"flag {flag}"
+def _why(scope: str, flag: Hit) -> str:
+    if flag.doubt is not None:
+        return f"scope {scope} counts as in maintenance (flag {flag.path}: {flag.doubt})"
+    reason = flag_reason(flag.path)
+    detail = f"{reason}; flag {flag.path}" if reason else f"flag {flag.path}"
     return f"scope {scope} is in maintenance ({detail})"
 
 
@@ -352,7 +348,8 @@ def _open_lock(path: str) -> int:
         try:
             fd = open_run_lock(path, create=True)
         except FileNotFoundError:
-            _make_runtime_dir(os.path.dirname(path))
+            # 0755 whatever the umask: every user's jobs open the run locks.
+            make_dir(os.path.dirname(path), RUNTIME_DIR_MODE)
             fd = open_run_lock(path, create=True)
     except OSError as err:
         raise GuardError(
@@ -366,17 +363,6 @@ def _open_lock(path: str) -> int:
         return fd  # a low RLIMIT_NOFILE: keep the descriptor where it is
     os.close(fd)
     return high
-
-
-def _make_runtime_dir(directory: str) -> None:
-    """Create the runtime directory 0755 (whatever the umask: others' jobs open it too)."""
-    try:
-        os.mkdir(directory, 0o755)
-    except FileExistsError:
-        return
-    except FileNotFoundError:
-        os.makedirs(directory, 0o755, exist_ok=True)
-    os.chmod(directory, 0o755)  # noqa: S103 -- every user's jobs open the run locks
 
 
 class LockBusy(Exception):
@@ -617,7 +603,6 @@ def supervise(
     kill_at: float | None = None  # set once maintenance made us send SIGTERM
     killed = False
     next_poll = time.monotonic() + POLL_INTERVAL
-    flag_error_shown = False
     status: int | None = None  # the command's, once it has exited
     while True:
         info = signal.sigtimedwait(watched, max(next_poll - time.monotonic(), 0.0))
@@ -639,15 +624,7 @@ def supervise(
             continue
         next_poll = now + POLL_INTERVAL
         if kill_at is None:
-            try:
-                flag = present_flag(flags)
-            except GuardError as err:
-                # A running worker is not stopped on a guess; the drain still waits
-                # for it, so the guarantee holds. Say it once.
-                if not flag_error_shown:
-                    err.show(PROG)
-                    flag_error_shown = True
-                continue
+            flag = present_flag(flags)  # unknown counts as on here too (one rule)
             if flag is not None:
                 if verbose:
                     _say(f"{_why(scope, flag)}: sending SIGTERM to {_shown(command)}")
@@ -761,7 +738,7 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
-def _log_skip(command: Sequence[str], scope: str, flag: str, *, verbose: bool) -> None:
+def _log_skip(command: Sequence[str], scope: str, flag: Hit, *, verbose: bool) -> None:
     """One line where the operator looks: the journal under systemd (with GUARD_*
     fields), else syslog, else stderr (when neither socket exists); and stderr with -v.
 
@@ -775,8 +752,8 @@ def _log_skip(command: Sequence[str], scope: str, flag: str, *, verbose: bool) -
         message,
         {
             "GUARD_SCOPE": scope,
-            "GUARD_FLAG": flag,
-            "GUARD_REASON": flag_reason(flag) or "",
+            "GUARD_FLAG": flag.path,
+            "GUARD_REASON": (flag_reason(flag.path) if flag.doubt is None else None) or "",
             "GUARD_COMMAND": _shown(command),
             "GUARD_ACTION": "skip",
         },

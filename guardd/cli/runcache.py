@@ -16,7 +16,7 @@ import stat
 from guardd.core.atomic import write_atomic
 from guardd.core.paths import RunView, default_lock_dir, default_runtime_dir, find_config_path
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 # A config file bigger than this is not cached (and surely not a config file).
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CACHE_BYTES = 256 * 1024
@@ -80,10 +80,11 @@ def config_key(path: str) -> dict[str, object] | None:
         "ctime_ns": info.st_ctime_ns,
         # stat alone misses an in-place rewrite of the same size within one tick
         "crc32": zlib.crc32(content),
-        # settings the config leaves out come from these (they depend on the user)
+        # settings the config leaves out come from these (the same for every user
+        # today; kept in the key so that a change of that rule cannot serve a stale view)
         "euid": os.geteuid(),
-        "default_lock_dir": default_lock_dir(),
-        "default_runtime_dir": default_runtime_dir(),
+        "default_lock_dir": default_lock_dir(config_file=True),
+        "default_runtime_dir": default_runtime_dir(config_file=True),
     }
 
 

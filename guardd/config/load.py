@@ -117,8 +117,11 @@ def parse_config_text(raw: bytes | str, *, source: str) -> Config:
 def build_config(data: Mapping[str, object], *, source: str | None) -> Config:
     """Validate a decoded YAML mapping and fill in defaults."""
     top = _Section(data, "", source)
-    lock_dir = top.path("lock_dir", default=default_lock_dir())
-    runtime_dir = top.path("runtime_dir", default=default_runtime_dir())
+    # A config file, even one that leaves the paths out, means the system paths for
+    # every user: cron jobs and operators must meet at the same files.
+    config_file = source is not None
+    lock_dir = top.path("lock_dir", default=default_lock_dir(config_file=config_file))
+    runtime_dir = top.path("runtime_dir", default=default_runtime_dir(config_file=config_file))
     node = top.string(
         "node",
         default=socket.gethostname(),

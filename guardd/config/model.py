@@ -220,7 +220,8 @@ class Config:
         raise UsageError(f"unknown scope {scope!r} (configured scopes: {known})")
 
     def run_view(self) -> RunView:
-        """The subset guard-run needs (what the config cache stores)."""
+        """The subset guard-run needs (what the config cache stores), and what the one
+        switch rule (core/switch.py) reads for guardd and guardctl too."""
         return RunView(
             lock_dir=self.lock_dir,
             runtime_dir=self.runtime_dir,

@@ -23,9 +23,7 @@ def write_atomic(path: str, data: bytes, *, mode: int, durable: bool = True) -> 
     try:
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
@@ -39,6 +37,13 @@ def write_atomic(path: str, data: bytes, *, mode: int, durable: bool = True) -> 
         raise
     if durable:
         fsync_dir(directory)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_dir(directory: str) -> None:

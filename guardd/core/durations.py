@@ -89,6 +89,13 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def format_timestamp(epoch: float) -> str:
-    """RFC 3339 (UTC) for a Unix timestamp."""
-    return format_time(datetime.fromtimestamp(epoch, UTC))
+def format_timestamp(epoch: float) -> str | None:
+    """RFC 3339 (UTC) for a Unix timestamp; None when it is outside years 1-9999.
+
+    File systems store such times (``touch -d @300000000000`` on tmpfs, btrfs, NFS);
+    a flag's time stamp must never be what makes reading it fail.
+    """
+    try:
+        return format_time(datetime.fromtimestamp(epoch, UTC))
+    except (ValueError, OverflowError, OSError):
+        return None

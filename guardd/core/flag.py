@@ -15,7 +15,15 @@ from datetime import datetime
 
 from guardd.core.atomic import fsync_dir, write_atomic
 from guardd.core.durations import format_time, format_timestamp, parse_time
+from guardd.core.paths import make_dir
+from guardd.core.switch import own_files, probe
 from guardd.core.text import clean_text
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from guardd.core.paths import RunView
 
 # Read no more than this: a flag is a few hundred bytes, a huge file is garbage.
 MAX_FLAG_BYTES = 64 * 1024
@@ -31,22 +39,37 @@ INVALID_MODE = "(invalid)"
 
 @dataclass(frozen=True)
 class FlagInfo:
-    """What a present flag file says. Times are RFC 3339 strings (UTC) or None."""
+    """What a present flag file says. Times are RFC 3339 strings (UTC) or None.
+
+    ``since`` is None when no time can be told (an mtime outside years 1-9999, a flag
+    whose existence is only presumed). ``doubt`` is set when whether the file exists
+    cannot be known (why: "Permission denied"): it then counts as present, content
+    unknown. ``by_guardd`` marks an application's ``lock_file`` that guardctl wrote.
+    """
 
     reason: str | None
     until: str | None
-    since: str
+    since: str | None
     by: str | None
     # Partial maintenance (SPEC "modes"): the mode's name; None is full maintenance.
     mode: str | None = None
     # Internal text for operators: never on a page, a JSON answer or an agent line.
     note: str | None = None
+    doubt: str | None = None
+    by_guardd: bool = False
 
-    def to_json_obj(self) -> dict[str, str | None]:
+    def to_json_obj(self) -> dict[str, str | bool | None]:
         """The JSON object written to a flag file."""
-        obj = {"reason": self.reason, "until": self.until, "since": self.since, "by": self.by}
+        obj: dict[str, str | bool | None] = {
+            "reason": self.reason,
+            "until": self.until,
+            "since": self.since,
+            "by": self.by,
+        }
         if self.mode is not None:
             obj["mode"] = self.mode
+        if self.by_guardd:
+            obj["by_guardd"] = True
         if self.note is not None:
             obj["note"] = self.note
         return obj
@@ -87,6 +110,7 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
                 mode=clean_text(mode, limit=MAX_MODE_CHARS)
                 if isinstance(mode, str)
                 else (None if mode is None else INVALID_MODE),
+                by_guardd=obj.get("by_guardd") is True,
                 note=clean_text(note, limit=MAX_NOTE_CHARS) if isinstance(note, str) else None,
             )
     first_line = stripped.split("\n", 1)[0] if stripped else ""
@@ -101,59 +125,58 @@ def parse_flag_content(data: bytes, *, mtime: float) -> FlagInfo:
 
 
 def read_flag(path: str) -> FlagInfo | None:
-    """The flag at ``path``, or None when it does not exist (or that cannot be known:
-    see probe_flag for the strict answer). Never raises.
+    """The flag at ``path``, or None when it does not exist. Never raises.
 
-    A flag that exists but cannot be read (permissions, a directory) still means
-    "on": existence is the source of truth.
+    Whether it exists is switch.probe's answer (the one rule): a flag whose existence
+    cannot be known comes back with ``doubt`` set, and counts as present. One that
+    exists but cannot be read (permissions, a directory, a FIFO, a dangling symlink)
+    is present too, with no detail beyond its time stamp.
     """
-    try:
-        return probe_flag(path)
-    except OSError:
+    hit = probe(path)
+    if hit is None:
         return None
-
-
-def probe_flag(path: str) -> FlagInfo | None:
-    """The flag at ``path``, or None when it does not exist. Raises OSError only when
-    whether it exists cannot be known (EACCES on its directory, EIO): then guardd, like
-    guard-run, must not take it for absent."""
+    if hit.doubt is not None:
+        return FlagInfo(reason=None, until=None, since=None, by=None, doubt=hit.doubt)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
     except OSError as err:
         if err.errno in NO_DESCRIPTOR:
-            raise  # out of descriptors: its content cannot be known now, only guessed
-        # Symlink (O_NOFOLLOW), FIFO, permissions...: fall back to whether it exists.
-        try:
-            info = os.stat(path)
-        except OSError:
-            try:
-                info = os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-        return FlagInfo(reason=None, until=None, since=format_timestamp(info.st_mtime), by=None)
+            # Present (the probe said so), but its content cannot be known now: a doubt,
+            # so that guardd keeps what it last read rather than blank it.
+            return FlagInfo(reason=None, until=None, since=None, by=None, doubt=err.strerror)
+        # Symlink (O_NOFOLLOW), permissions, or gone since the probe: the probe decided.
+        return FlagInfo(reason=None, until=None, since=_time_of(path), by=None)
     try:
-        info = os.fstat(fd)
+        mtime = os.fstat(fd).st_mtime
         data = b""
         try:
             data = os.read(fd, MAX_FLAG_BYTES)
         except OSError:
             pass  # a directory, or I/O error: still present, still "on"
-        return parse_flag_content(data, mtime=info.st_mtime)
+        return parse_flag_content(data, mtime=mtime)
     finally:
         os.close(fd)
 
 
-def flag_exists(path: str) -> bool:
-    """True when the flag is present. Raises OSError when that cannot be known."""
-    try:
-        os.lstat(path)
-    except FileNotFoundError:
-        return False
-    except NotADirectoryError:
-        return False
-    return True
+def read_scope(
+    view: RunView, scope: str, read: Callable[[str], FlagInfo | None] = read_flag
+) -> FlagInfo | None:
+    """What ``scope``'s own files say (switch.own_files, in order): the first one
+    present, None when none is. ``default``'s are combined by switch.effective."""
+    for path in own_files(view, scope):
+        info = read(path)
+        if info is not None:
+            return info
+    return None
+
+
+def _time_of(path: str) -> str | None:
+    for stat in (os.stat, os.lstat):
+        try:
+            return format_timestamp(stat(path).st_mtime)
+        except OSError:
+            continue
+    return None
 
 
 def make_flag(
@@ -184,7 +207,7 @@ def renew_flag(existing: FlagInfo | None, new: FlagInfo) -> FlagInfo:
     return FlagInfo(
         reason=new.reason if new.reason is not None else existing.reason,
         until=new.until if new.until is not None else existing.until,
-        since=existing.since,
+        since=existing.since or new.since,  # None: its time could not be told
         by=new.by,
         mode=new.mode if new.mode is not None else existing.mode,
         note=new.note if new.note is not None else existing.note,
@@ -198,7 +221,7 @@ def write_flag(path: str, info: FlagInfo) -> None:
     temp name never ends in ``.lock``, so a stray one is never read as a flag.
     Raises OSError on failure, after removing the temp file.
     """
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    make_dir(os.path.dirname(path) or ".", 0o755)
     payload = (json.dumps(info.to_json_obj(), ensure_ascii=False) + "\n").encode()
     # 0644: readable by every job's user, whatever the umask.
     write_atomic(path, payload, mode=0o644)

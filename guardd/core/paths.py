@@ -24,24 +24,76 @@ def is_scope_name(name: str) -> bool:
     )
 
 
-def default_lock_dir() -> str:
-    """Built-in flag directory: /var/lib/guardd for root, the XDG state dir otherwise."""
-    if os.geteuid() == 0:
-        return "/var/lib/guardd"
-    state_home = os.environ.get("XDG_STATE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".local", "state"
-    )
-    return os.path.join(state_home, "guardd")
+SYSTEM_LOCK_DIR = "/var/lib/guardd"
+SYSTEM_RUNTIME_DIR = "/run/guardd"
+# Modes of the directories guardd and guardctl create, whatever the umask (SPEC):
+# group members switch maintenance (setgid keeps the group on new flags); every
+# user's jobs open the run locks.
+LOCK_DIR_MODE = 0o2775
+RUNTIME_DIR_MODE = 0o755
 
 
-def default_runtime_dir() -> str:
-    """Built-in runtime directory: /run/guardd for root, XDG_RUNTIME_DIR or /tmp otherwise."""
+def user_state_dir() -> str | None:
+    """``$HOME/.local/state/guardd`` for a non-root caller without any config file;
+    None when the system paths apply. Only ``$HOME`` counts (cron sets it, as a login
+    shell does), never XDG_* variables, which differ between the two."""
     if os.geteuid() == 0:
-        return "/run/guardd"
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "guardd")
-    return f"/tmp/guardd-{os.getuid()}"
+        return None
+    home = os.environ.get("HOME", "")
+    if not os.path.isabs(home):
+        import pwd
+
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    return os.path.join(home, ".local", "state", "guardd")
+
+
+def default_lock_dir(*, config_file: bool) -> str:
+    """Built-in flag directory (SPEC "Paths never depend on who asks"): /var/lib/guardd
+    whenever a config file is in use or the caller is root, else the user's state dir."""
+    user = None if config_file else user_state_dir()
+    return user if user is not None else SYSTEM_LOCK_DIR
+
+
+def default_runtime_dir(*, config_file: bool) -> str:
+    """Built-in runtime directory: /run/guardd whenever a config file is in use or the
+    caller is root, else ``run`` in the user's state dir. Never /tmp: a directory in a
+    world-writable place is whoever created it first's."""
+    user = None if config_file else user_state_dir()
+    return os.path.join(user, "run") if user is not None else SYSTEM_RUNTIME_DIR
+
+
+def make_dir(path: str, mode: int, *, gid: int = -1) -> None:
+    """Create ``path`` (and missing parents, 0755) with exactly ``mode`` whatever the
+    umask, and group ``gid`` when given. A directory that exists is left as it is:
+    its mode is the operator's choice. Raises OSError."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        make_dir(parent, 0o755)
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        return  # made meanwhile by someone else: theirs
+    if gid != -1:
+        os.chown(path, -1, gid)
+    os.chmod(path, mode)  # after chown, which clears setgid for non-root callers
+
+
+def group_id(group: str | None) -> int:
+    """The gid of ``control.group`` (a name or a number); -1 when unset or unknown (the
+    control socket, which needs the group too, reports an unknown one)."""
+    if group is None:
+        return -1
+    if group.isdigit():
+        return int(group)
+    import grp
+
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        return -1
 
 
 def find_config_path(explicit: str | None) -> str | None:
@@ -97,10 +149,10 @@ class RunView:
     @classmethod
     def builtin(cls) -> RunView:
         """The view of the built-in defaults (no config file)."""
-        lock_dir = default_lock_dir()
+        lock_dir = default_lock_dir(config_file=False)
         return cls(
             lock_dir=lock_dir,
-            runtime_dir=default_runtime_dir(),
+            runtime_dir=default_runtime_dir(config_file=False),
             scope_flags={DEFAULT_SCOPE: flag_path(lock_dir, DEFAULT_SCOPE)},
             skip_code=0,
         )

@@ -44,11 +44,12 @@ def open_run_lock(path: str, *, create: bool) -> int:
     return fd
 
 
-def ensure_run_locks(runtime_dir: str, scopes: Iterable[str]) -> None:
-    """Create the run locks of the configured scopes (guardd and guardctl do this)."""
-    from guardd.core.paths import run_lock_path
+def ensure_run_locks(runtime_dir: str, scopes: Iterable[str], *, gid: int = -1) -> None:
+    """Create the run locks of the configured scopes (guardd and guardctl do this),
+    and their directory 0755 (group ``gid`` when given) whatever the umask."""
+    from guardd.core.paths import RUNTIME_DIR_MODE, make_dir, run_lock_path
 
-    os.makedirs(runtime_dir, mode=0o755, exist_ok=True)
+    make_dir(runtime_dir, RUNTIME_DIR_MODE, gid=gid)
     for scope in scopes:
         os.close(open_run_lock(run_lock_path(runtime_dir, scope), create=True))
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
@@ -11,6 +11,7 @@ from guardd.core.choices import State
 from guardd.core.durations import parse_time
 from guardd.core.flag import FlagInfo
 from guardd.core.paths import DEFAULT_SCOPE
+from guardd.core.switch import in_force
 
 # Why a scope is on when its own flag is absent: host-wide maintenance.
 Via = Literal["default"]
@@ -110,18 +111,18 @@ def modes_in_force(flags: Iterable[FlagInfo | None], known: Collection[str]) -> 
 def scope_status(
     scope: str,
     *,
-    own_flag: FlagInfo | None,
-    default_flag: FlagInfo | None,
+    flags: Sequence[tuple[str, FlagInfo]],
     jobs: int,
     known_modes: Collection[str] = (),
     now: float = 0.0,
 ) -> ScopeStatus:
-    """One scope's status. ``default``'s flag puts every scope on; the scope's own
-    flag, when present, is the one whose reason and times are shown.
+    """One scope's status from the flags in force for it, as (scope, flag) pairs
+    (switch.in_force: its own, then default's; none: off). The first is the one whose
+    reason and times are shown; each one's mode applies.
 
     ``now`` (Unix time) decides ``overdue``; 0 never makes a scope overdue.
     """
-    flag = own_flag if own_flag is not None else default_flag
+    source, flag = flags[0] if flags else (scope, None)
     if flag is None:
         return ScopeStatus(scope=scope, state="off", since=None, until=None, reason=None, jobs=jobs)
     return ScopeStatus(
@@ -131,9 +132,9 @@ def scope_status(
         until=flag.until,
         reason=flag.reason,
         jobs=jobs,
-        modes=modes_in_force((own_flag, default_flag), known_modes),
+        modes=modes_in_force((each for _, each in flags), known_modes),
         overdue=now > 0 and is_overdue(flag.until, now),
-        via="default" if own_flag is None else None,
+        via="default" if source != scope else None,
         by=flag.by,
         note=flag.note,
     )
@@ -146,22 +147,21 @@ def all_statuses(
     *,
     now: float = 0.0,
 ) -> dict[str, ScopeStatus]:
-    """Every scope's status from its flag (None: absent), its job count and the
-    names of its modes (none known: every mode is full maintenance).
+    """Every scope's status from what its own files say (None: none present), its
+    job count and the names of its modes (none known: every mode is full
+    maintenance). ``default`` puts every scope on: switch.in_force decides.
 
     ``now`` (Unix time) decides which scopes are overdue (0: none is).
     """
-    default_flag = flags.get(DEFAULT_SCOPE)
     return {
         scope: scope_status(
             scope,
-            own_flag=flag,
-            default_flag=default_flag if scope != DEFAULT_SCOPE else None,
+            flags=in_force(flags, scope),
             jobs=jobs.get(scope, 0),
             known_modes=(known_modes or {}).get(scope, ()),
             now=now,
         )
-        for scope, flag in sorted(flags.items())
+        for scope in sorted(flags)
     }
 
 

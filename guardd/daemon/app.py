@@ -22,10 +22,15 @@ from typing import Any, Generic, TypeVar
 from guardd import __version__
 from guardd.config.load import load_config, resolve_secrets
 from guardd.config.model import Config
-from guardd.core.durations import format_time
-from guardd.core.flag import FlagInfo, probe_flag
+from guardd.core.flag import FlagInfo, read_flag, read_scope
 from guardd.core.jobs import Job, describe_jobs, find_holders
-from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
+from guardd.core.paths import (
+    DEFAULT_SCOPE,
+    LOCK_DIR_MODE,
+    group_id,
+    make_dir,
+    run_lock_path,
+)
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
     Window,
@@ -41,8 +46,9 @@ from guardd.core.state import (
     next_overdue,
     scope_status,
 )
+from guardd.core.switch import in_force, mirror_file, own_files
 from guardd.daemon.control import ControlServer
-from guardd.daemon.fleet_agent import FleetAgent, mirror_paths
+from guardd.daemon.fleet_agent import FleetAgent
 from guardd.daemon.hooks import HookRunner, transitions
 from guardd.daemon.listeners import StateListener, make_listeners
 from guardd.daemon.metrics import Metrics, MetricsSource, new_counts
@@ -361,9 +367,10 @@ class Daemon:
     # ------------------------------------------------------------------ state
 
     def _prepare_dirs(self, config: Config) -> None:
+        gid = group_id(config.control.group)
         try:
-            os.makedirs(config.lock_dir, mode=0o755, exist_ok=True)
-            ensure_run_locks(config.runtime_dir, config.scopes)
+            make_dir(config.lock_dir, LOCK_DIR_MODE, gid=gid)
+            ensure_run_locks(config.runtime_dir, config.scopes, gid=gid)
         except OSError as err:
             raise GuardError(
                 f"cannot prepare {err.filename or config.runtime_dir}: {err.strerror}"
@@ -386,17 +393,13 @@ class Daemon:
         return number, config, read
 
     def _read_flag_files(self, config: Config, scopes: Sequence[str]) -> dict[str, FlagInfo | None]:
-        """Each scope's effective flag: its own, else its mirrored fleet flag."""
-        mirrors = mirror_paths(config)
-        flags = {}
-        for scope in scopes:
-            if scope not in config.scopes:
-                continue  # dropped by a reload since it was marked for reading
-            flag = self._probe(config.flag_path(scope))
-            if flag is None and scope in mirrors:
-                flag = self._probe(mirrors[scope])
-            flags[scope] = flag
-        return flags
+        """What each scope's own files say (switch.own_files: flag, fleet mirror)."""
+        view = config.run_view()
+        return {
+            scope: read_scope(view, scope, self._probe)
+            for scope in scopes
+            if scope in config.scopes  # not one a reload dropped since it was marked
+        }
 
     def _take_flags(self, read: FlagRead) -> None:
         """Take in flags read off the loop, unless a reload replaced the config they
@@ -458,23 +461,19 @@ class Daemon:
 
     def _probe(self, path: str) -> FlagInfo | None:
         """One flag file (worker thread). Where guardd cannot tell whether it exists
-        (its directory unreadable, an I/O error) the scope counts as in maintenance,
-        as it does for guard-run: never off on a guess. What was known of the flag
-        (since, reason) is kept meanwhile."""
-        try:
-            flag = probe_flag(path)
-        except OSError as err:
+        (its directory unreadable, an I/O error) it counts as present (switch.probe),
+        as for guard-run and guardctl: never off on a guess. What was known of the
+        flag (since, reason) is kept meanwhile; with nothing known, both are null."""
+        flag = read_flag(path)
+        if flag is not None and flag.doubt is not None:
             unknown = self.unknown_flags.get(path)
             if unknown is None:
-                known = self.last_read.get(path)
-                unknown = known or FlagInfo(
-                    reason=None, until=None, since=format_time(datetime.now(UTC)), by=None
-                )
+                unknown = self.last_read.get(path) or flag
                 self.unknown_flags[path] = unknown
                 log.error(
-                    "cannot tell whether flag %s exists (%s): counting it as present",
+                    "cannot read flag %s (%s): counting it as present",
                     path,
-                    err.strerror or err,
+                    flag.doubt,
                 )
             return unknown
         if self.unknown_flags.pop(path, None) is not None:
@@ -565,16 +564,18 @@ class Daemon:
         self.indexed_config = self.config
         self.flag_scopes = {}
         self.mirror_scopes = {}
+        view = self.config.run_view()
         for scope in self.config.scopes:
-            path = os.path.abspath(self.config.flag_path(scope))
-            self.flag_scopes.setdefault(path, []).append(scope)
-        for scope, mirror in mirror_paths(self.config).items():
-            self.mirror_scopes.setdefault(os.path.abspath(mirror), []).append(scope)
+            for path in own_files(view, scope):  # its flag, and its mirror in fleet mode
+                self.flag_scopes.setdefault(os.path.abspath(path), []).append(scope)
+            mirror = mirror_file(view, scope)
+            if mirror is not None:
+                self.mirror_scopes.setdefault(os.path.abspath(mirror), []).append(scope)
 
     def _make_watcher(self, config: Config, on_change: Callable[[set[str]], None]) -> Watcher:
-        flag_paths = {config.flag_path(scope) for scope in config.scopes}
+        view = config.run_view()
+        flag_paths = {path for scope in config.scopes for path in own_files(view, scope)}
         flag_paths |= {schedule_path(config.lock_dir, scope) for scope in config.scopes}
-        flag_paths |= set(mirror_paths(config).values())
         return Watcher(
             files=flag_paths,
             run_dir=config.runtime_dir,
@@ -596,7 +597,6 @@ class Daemon:
                 for scope in self.flag_scopes.get(path, ()):
                     self.dirty_scopes.add(scope)
                 for scope in self.mirror_scopes.get(path, ()):
-                    self.dirty_scopes.add(scope)
                     if self.fleet is not None:
                         self.fleet.mirror_touched(scope)  # restore it if deleted by hand
             if any(os.path.dirname(p) == run_dir and p.endswith(".run") for p in paths):
@@ -769,7 +769,6 @@ class Daemon:
             calls = transitions(old_statuses, new, self.published_flags, self.flags)
         else:
             self._log_unknown_modes(scopes)
-            default_flag = self.flags.get(DEFAULT_SCOPE)
             changed = {}
             for scope in scopes:
                 settings = self.config.scopes.get(scope)
@@ -777,8 +776,7 @@ class Daemon:
                     continue  # dropped by a reload
                 status = scope_status(
                     scope,
-                    own_flag=self.flags[scope],
-                    default_flag=default_flag,
+                    flags=in_force(self.flags, scope),  # the one rule: its own, then default's
                     jobs=self.jobs.get(scope, 0),
                     known_modes=tuple(settings.modes),
                     now=now,

@@ -568,15 +568,3 @@ def _write_mirror(path: str, value: bytes | None) -> None:
     ):
         return
     write_flag(path, wanted)
-
-
-def mirror_paths(config: Config) -> dict[str, str]:
-    """scope -> its mirror file (fleet mode only)."""
-    if not config.fleet.endpoints:
-        return {}
-    return {scope: fleet_flag_path(config.lock_dir, scope) for scope in config.scopes}
-
-
-def mirror_exists(config: Config, scope: str) -> bool:
-    """Whether the scope's fleet flag is mirrored locally (for guardctl's notes)."""
-    return bool(config.fleet.endpoints) and os.path.lexists(fleet_flag_path(config.lock_dir, scope))

@@ -12,6 +12,7 @@ import os
 from datetime import UTC, datetime
 
 from guardd.config.model import Config
+from guardd.core import lockfile
 from guardd.core.flag import FlagInfo, read_flag, remove_flag, write_flag
 from guardd.core.schedule import Window, due_steps, locked, mark, read_windows, write_windows
 
@@ -57,7 +58,10 @@ def carry_out(config: Config, action: str, window: Window) -> Window:
             )
             return mark(window, started=True)
         info = FlagInfo(reason=window.reason, until=window.end, since=window.at, by=window.marker)
-        write_flag(path, info)
+        if config.scopes[window.scope].lock_file is None:
+            write_flag(path, info)
+        elif lockfile.create(path, info) is not None:
+            return mark(window, started=True)  # the application's, made meanwhile
         log.info(
             "window %s of %s started: maintenance on until %s",
             window.id,
@@ -68,7 +72,10 @@ def carry_out(config: Config, action: str, window: Window) -> Window:
     if window.auto_off and window.wrote_flag:
         current = read_flag(path)
         if current is not None and current.by == window.marker:
-            remove_flag(path)
+            if config.scopes[window.scope].lock_file is None:
+                remove_flag(path)
+            else:
+                lockfile.remove(path, force=False)  # ours: marked by_guardd
             log.info("window %s of %s ended: maintenance off (auto-off)", window.id, window.scope)
         else:
             log.info(

@@ -144,16 +144,16 @@ def _view(**scope_flags: str) -> RunView:
     )
 
 
-def test_scope_flags_default_then_own_and_fleet_mirrors() -> None:
-    """A named scope is on by default's flag or its own; in fleet mode by either mirror too."""
+def test_scope_flags_own_then_default_and_fleet_mirrors() -> None:
+    """A named scope is on by its own flag or default's; in fleet mode by either mirror too."""
     view = _view(shop="/srv/shop/down")
-    assert scope_flags(view, "shop") == ("/l/default.lock", "/srv/shop/down")
+    assert scope_flags(view, "shop") == ("/srv/shop/down", "/l/default.lock")
     view.fleet_mirrors = True
     assert scope_flags(view, "shop") == (
-        "/l/default.lock",
-        "/l/default.fleet.lock",
         "/srv/shop/down",
         "/l/shop.fleet.lock",
+        "/l/default.lock",
+        "/l/default.fleet.lock",
     )
     assert scope_flags(view, "default") == ("/l/default.lock", "/l/default.fleet.lock")
 
@@ -682,8 +682,9 @@ def test_user_job_locks_root_created_run_locks(tmp_short: Path) -> None:
         proc.wait()
 
 
-def test_unreadable_flag_directory_fails_closed(tmp_short: Path) -> None:
-    """When whether a flag exists cannot be known (EACCES), nothing runs: exit 2."""
+def test_unreadable_flag_directory_counts_as_maintenance(tmp_short: Path) -> None:
+    """When whether a flag exists cannot be known (EACCES), the scope is on (SPEC "One
+    rule"): --check says 1, a job is skipped (or fails with 75), and stderr says why."""
     site = Site(tmp_short)
     site.lock_dir.mkdir(mode=0o700)
     ensure_run_locks(str(site.runtime_dir), ["default", "shop"])
@@ -692,7 +693,15 @@ def test_unreadable_flag_directory_fails_closed(tmp_short: Path) -> None:
     out.chmod(0o777)
     open_to_nobody(site.config_path, site.runtime_dir, out)
     marker = out / "ran"
-    for args in (["--", "touch", str(marker)], ["--check"]):
+    why = (
+        f"guard-run: cannot tell whether flag {site.lock_dir}/default.lock exists "
+        "(Permission denied): counting it as on\n"
+    )
+    for args, code in (
+        (["--", "touch", str(marker)], 0),
+        (["--when-on", "fail", "--", "touch", str(marker)], 75),
+        (["--check"], 1),
+    ):
         result = subprocess.run(
             as_nobody([GUARD_RUN, *args]),
             env=site.env(XDG_CACHE_HOME=str(tmp_short / "nobody-cache")),
@@ -701,25 +710,50 @@ def test_unreadable_flag_directory_fails_closed(tmp_short: Path) -> None:
             timeout=30,
             check=False,
         )
-        assert result.returncode == 2, args
-        assert result.stderr == (
-            f"guard-run: cannot tell whether flag {site.lock_dir}/default.lock exists: "
-            "Permission denied (not running)\n"
-        )
+        assert result.returncode == code, (args, result.stderr)
+        assert result.stderr.startswith(why), result.stderr
     assert not marker.exists()
 
 
+def test_interrupt_stops_a_worker_when_its_flag_becomes_unknowable(tmp_short: Path) -> None:
+    """--interrupt: a flag whose existence can no longer be known (lock dir made
+    unreadable) counts as on, as everywhere: the worker gets SIGTERM (exit 143)."""
+    site = Site(tmp_short)
+    site.lock_dir.mkdir(mode=0o755)
+    ensure_run_locks(str(site.runtime_dir), ["default", "shop"])
+    open_to_nobody(site.config_path, site.runtime_dir, site.lock_dir)
+    proc = subprocess.Popen(
+        as_nobody([GUARD_RUN, "--interrupt", "--grace", "5s", "--", "sleep", "30"]),
+        env=site.env(XDG_CACHE_HOME=str(tmp_short / "nobody-cache")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_until(lambda: site.holders() != set(), what="the worker holding its run lock")
+        site.lock_dir.chmod(0o700)
+        _, err = proc.communicate(timeout=20)
+    finally:
+        kill_session(proc)
+    assert proc.returncode == 143, err
+    assert f"cannot tell whether flag {site.lock_dir}/default.lock exists" in err
+
+
 def test_builtin_paths_without_config_file(tmp_short: Path) -> None:
-    """No config file: a user's built-in state and runtime dirs are used (run lock 0644)."""
-    state, runtime = tmp_short / "state", tmp_short / "xdg-run"
-    for path in (state / "guardd", runtime):
-        path.mkdir(parents=True)
-        os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
-    open_to_nobody(state, runtime)
+    """No config file: a non-root user's paths come from $HOME alone; XDG_* variables,
+    which differ between cron and a login shell, change nothing (run lock 0644)."""
+    home = tmp_short / "home"
+    state = home / ".local" / "state" / "guardd"
+    state.mkdir(parents=True)
+    for part in (home, home / ".local", home / ".local" / "state", state):
+        os.chown(part, NOBODY.pw_uid, NOBODY.pw_gid)
+    open_to_nobody(state)
     env = {k: v for k, v in os.environ.items() if k not in ("GUARDD_CONFIG", "GUARD_SCOPE")}
     env.update(
-        XDG_STATE_HOME=str(state),
-        XDG_RUNTIME_DIR=str(runtime),
+        HOME=str(home),
+        XDG_STATE_HOME=str(tmp_short / "xdg-state"),
+        XDG_RUNTIME_DIR=str(tmp_short / "xdg-run"),
         XDG_CACHE_HOME=str(tmp_short / "nobody-cache"),
     )
     if os.path.exists("/etc/guardd/config.yaml"):
@@ -733,10 +767,11 @@ def test_builtin_paths_without_config_file(tmp_short: Path) -> None:
         check=False,
     )
     assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
-    run_lock = runtime / "guardd" / "default.run"
+    run_lock = state / "run" / "default.run"
     assert run_lock.stat().st_mode & 0o777 == 0o644
-    assert (runtime / "guardd").stat().st_mode & 0o777 == 0o755
-    (state / "guardd" / "default.lock").touch()
+    assert (state / "run").stat().st_mode & 0o777 == 0o755
+    assert not (tmp_short / "xdg-state").exists() and not (tmp_short / "xdg-run").exists()
+    (state / "default.lock").touch()
     result = subprocess.run(
         as_nobody([GUARD_RUN, "--when-on", "fail", "--", "true"]),
         env=env,

@@ -116,7 +116,7 @@ def test_builtin_defaults_are_part_of_the_key(
     """A config that leaves out runtime_dir is not reused under other built-in defaults."""
     config.write_text("http: {listen: []}\nlock_dir: /srv/lock\n")
     first = load_run_view(str(config))
-    monkeypatch.setattr(runcache, "default_runtime_dir", lambda: "/elsewhere/guardd")
+    monkeypatch.setattr(runcache, "default_runtime_dir", lambda *, config_file: "/elsewhere/guardd")
     key = config_key(str(config))
     assert key is not None
     assert read_cache(str(_cache_file(config)), key) is None

@@ -19,6 +19,7 @@ from guardd.config.load import (
     resolve_secrets,
 )
 from guardd.config.model import ListenAddress
+from guardd.core.paths import default_lock_dir, default_runtime_dir
 from guardd.errors import ConfigError
 from tests.helpers import command
 
@@ -55,18 +56,40 @@ def test_builtin_defaults_match_the_spec() -> None:
     assert config.control.socket == os.path.join(config.runtime_dir, "guardd.sock")
 
 
-def test_builtin_dirs_follow_xdg_for_non_root(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Non-root users get XDG state and runtime dirs; root gets /var/lib and /run."""
+def test_builtin_dirs_are_the_system_ones_with_a_config_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a config file the built-in paths are /var/lib/guardd and /run/guardd for
+    every user, whatever HOME or XDG_* say (SPEC "Paths never depend on who asks")."""
     monkeypatch.setenv("XDG_STATE_HOME", "/x/state")
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/x/run")
+    monkeypatch.setenv("HOME", "/home/www")
+    for euid in (0, 33, 1000):
+        monkeypatch.setattr(os, "geteuid", lambda euid=euid: euid)
+        config = cfg({})
+        assert (config.lock_dir, config.runtime_dir) == ("/var/lib/guardd", "/run/guardd")
+
+
+def test_builtin_dirs_without_config_file_come_from_home_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No config file at all: a non-root user gets ~/.local/state/guardd[/run] from
+    $HOME only (never /tmp, never XDG_*); root the system paths."""
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    config = cfg({})
-    assert (config.lock_dir, config.runtime_dir) == ("/x/state/guardd", "/x/run/guardd")
-    monkeypatch.delenv("XDG_RUNTIME_DIR")
-    monkeypatch.setattr(os, "getuid", lambda: 1000)
-    assert cfg({}).runtime_dir == "/tmp/guardd-1000"
+    monkeypatch.setenv("HOME", "/home/www")
+    expected = ("/home/www/.local/state/guardd", "/home/www/.local/state/guardd/run")
+    for xdg in ({}, {"XDG_STATE_HOME": "/x/state", "XDG_RUNTIME_DIR": "/run/user/1000"}):
+        for name in ("XDG_STATE_HOME", "XDG_RUNTIME_DIR"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in xdg.items():
+            monkeypatch.setenv(name, value)
+        config = build_config({}, source=None)
+        assert (config.lock_dir, config.runtime_dir) == expected
+        assert (default_lock_dir(config_file=False), default_runtime_dir(config_file=False)) == (
+            expected
+        )
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    config = cfg({})
+    config = build_config({}, source=None)
     assert (config.lock_dir, config.runtime_dir) == ("/var/lib/guardd", "/run/guardd")
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from guardd.core.durations import format_timestamp
 from guardd.core.flag import (
     FlagInfo,
     make_flag,
@@ -192,3 +193,12 @@ def test_remove_is_idempotent(tmp_path: Path) -> None:
     path.touch()
     assert remove_flag(str(path)) is True
     assert remove_flag(str(path)) is False
+
+
+def test_mtime_out_of_range_is_on_without_a_time() -> None:
+    """A time stamp outside years 1-9999 gives since None, never an exception."""
+    assert format_timestamp(3e11) is None and format_timestamp(-1e15) is None
+    assert parse_flag_content(b"", mtime=3e11).since is None
+    assert parse_flag_content(b'{"since": "2026-11-21T23:00:00Z"}', mtime=3e11).since == (
+        "2026-11-21T23:00:00Z"
+    )

@@ -250,3 +250,27 @@ def test_jobs_lists_lock_holders_without_registration(setup: dict[str, Any]) -> 
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
     assert ctl(setup, "jobs").stdout.strip() == "no guarded jobs running"
+
+
+def test_flag_with_mtime_out_of_range(setup: dict[str, Any]) -> None:
+    """A flag whose mtime is past year 9999 (`touch -d @300000000000` on tmpfs) is on with
+    since null for `status`, and `on`/`off` work on it (issue 11: both crashed)."""
+    from tests.robust.support import tmpfs
+
+    lock_dir = Path(setup["lock_dir"])
+    with tmpfs(lock_dir):
+        flag = lock_dir / "shop.lock"
+        flag.write_text("")
+        os.utime(flag, (3e11, 3e11))
+        assert flag.stat().st_mtime == 3e11  # kept: tmpfs does not clamp it
+        result = ctl(setup, "status", "--json", "shop")
+        assert result.returncode == 0, result.stderr
+        fields = json.loads(result.stdout)["scopes"]["shop"]
+        assert (fields["state"], fields["since"]) == ("on", None)
+        human = ctl(setup, "status")
+        assert human.returncode == 0 and "Traceback" not in human.stderr
+        turned = ctl(setup, "on", "shop", "--reason", "again")
+        assert turned.returncode == 0, turned.stderr
+        assert json.loads(flag.read_text())["since"] is not None
+        assert ctl(setup, "off", "shop").returncode == 0
+        assert not flag.exists()

@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,6 @@ from tests.httpclient import get
 
 MakeGuardd = Callable[..., Guardd]
 LEASE_TTL = 2
-
-
-@pytest.fixture
-def etcd(tmp_short: Path) -> Iterator[EtcdCluster]:
-    """A single-member etcd on free loopback ports."""
-    cluster = EtcdCluster(tmp_short)
-    cluster.start()
-    yield cluster
-    cluster.close()
 
 
 def node(make_guardd: MakeGuardd, cluster: EtcdCluster, name: str, **extra: Any) -> Guardd:

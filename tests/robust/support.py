@@ -15,6 +15,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.helpers import START_TIMEOUT, Guardd, command, short_tmp, wait_until
 from tests.httpclient import get
 
@@ -198,6 +200,27 @@ def json_line(data: bytes) -> Any:
     """One JSON document that was sent as exactly one line."""
     assert data.endswith(b"\n") and data.count(b"\n") == 1, data[:200]
     return json.loads(data)
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
+    """A small tmpfs mounted on ``directory`` (root only), unmounted afterwards. Also
+    where a file can carry an mtime past year 9999 (ext4 clamps them to 2446)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
 # --------------------------------------------------------------------------- slow job counts

@@ -184,16 +184,17 @@ def test_descriptor_limit_reached_sheds_idle_connections_and_never_misreports(
 
 
 def test_no_descriptor_left_is_an_error_never_a_guess(tmp_path: Path) -> None:
-    """Out of descriptors (EMFILE), reading a present flag and counting jobs raise
-    instead of answering "on without its reason" or "0 jobs" (guardd then keeps
-    what it knew)."""
+    """Out of descriptors (EMFILE), a present flag reads as a doubt (on, content
+    unknown: guardd then keeps what it knew) and counting jobs raises, instead of
+    answering "on without its reason" or "0 jobs"; an absent flag is still known to
+    be absent (switch.probe's lstat needs no descriptor)."""
     flag = tmp_path / "default.lock"
     flag.write_text('{"reason": "kept"}')
     run_lock = tmp_path / "default.run"
     run_lock.touch()
     script = (
         "import fcntl, os, resource, sys\n"
-        "from guardd.core.flag import probe_flag\n"
+        "from guardd.core.flag import read_flag\n"
         "from guardd.core.jobs import count_jobs\n"
         "lock = os.open(sys.argv[2], os.O_RDONLY)\n"
         "fcntl.flock(lock, fcntl.LOCK_SH)\n"
@@ -204,12 +205,13 @@ def test_no_descriptor_left_is_an_error_never_a_guess(tmp_path: Path) -> None:
         "        fds.append(os.open('/dev/null', os.O_RDONLY))\n"
         "except OSError:\n"
         "    pass\n"
-        "for name, call in (('flag', lambda: probe_flag(sys.argv[1])),\n"
-        "                   ('jobs', lambda: count_jobs({'default': sys.argv[2]}))):\n"
-        "    try:\n"
-        "        print(name, call())\n"
-        "    except OSError as err:\n"
-        "        print(name, 'EMFILE' if err.errno == 24 else err)\n"
+        "flag = read_flag(sys.argv[1])\n"
+        "print('flag', 'EMFILE' if flag and flag.doubt == os.strerror(24) else flag)\n"
+        "print('absent', read_flag(sys.argv[1] + '.missing'))\n"
+        "try:\n"
+        "    print('jobs', count_jobs({'default': sys.argv[2]}))\n"
+        "except OSError as err:\n"
+        "    print('jobs', 'EMFILE' if err.errno == 24 else err)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(flag), str(run_lock)],
@@ -218,4 +220,4 @@ def test_no_descriptor_left_is_an_error_never_a_guess(tmp_path: Path) -> None:
         timeout=30,
         check=False,
     )
-    assert result.stdout.splitlines() == ["flag EMFILE", "jobs EMFILE"], result
+    assert result.stdout.splitlines() == ["flag EMFILE", "absent None", "jobs EMFILE"], result

@@ -4,7 +4,6 @@ guard-run is never affected."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import json
 import os
@@ -15,7 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from tests.robust.support import (
     run_as_nobody,
     scope_fields,
     slow_job_counts,
+    tmpfs,
     wait_state,
 )
 from tests.run_helpers import Site, kill_session
@@ -251,26 +251,6 @@ def test_flag_appearing_in_an_unreadable_lock_dir_counts_as_on(
         daemon.lock_dir.chmod(0o755)
     daemon.flag().unlink()
     wait_state(daemon, "off")
-
-
-@contextlib.contextmanager
-def tmpfs(directory: Path, size: str = "1m") -> Iterator[Path]:
-    """A small tmpfs mounted on ``directory`` (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    directory.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
 def test_file_system_mounted_over_the_lock_dir_is_watched(make_guardd: MakeGuardd) -> None:

@@ -45,6 +45,7 @@ from guardd.core.paths import DEFAULT_SCOPE, run_lock_path
 from guardd.core.schedule import (
     Window,
 )
+from guardd.core.switch import first_on, mirror_file, own_files, probe
 from guardd.errors import (
     EXIT_DRAIN_TIMEOUT,
     EXIT_OK,
@@ -102,7 +103,7 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     until = _until(args, now)
     if args.fleet:
         return _fleet_on(config, args, scope=scope, until=until, now=now, out=out)
-    path = turn_on(
+    path, existing = turn_on(
         config=config,
         scope=scope,
         reason=args.reason,
@@ -113,11 +114,16 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
     )
     flag = read_flag(path)
     by = actor()
-    what = f"{scope}: maintenance on ({path}) by {by}"
-    if flag is not None and flag.mode is not None:
-        what = f"{scope}: maintenance on, mode {flag.mode} ({path}) by {by}"
-    if flag is not None and flag.until is not None:
-        what += f", expected until {flag.until}"
+    if existing is not None:
+        what = f"{scope}: already on ({path} exists and is the application's: left as it is"
+        ignored = args.reason or until or args.mode is not None or args.note
+        what += "; --reason/--until/--mode/--note not applied)" if ignored else ")"
+    else:
+        what = f"{scope}: maintenance on ({path}) by {by}"
+        if flag is not None and flag.mode is not None:
+            what = f"{scope}: maintenance on, mode {flag.mode} ({path}) by {by}"
+        if flag is not None and flag.until is not None:
+            what += f", expected until {flag.until}"
     out.write(what + "\n")
     out.flush()
     audit(
@@ -255,22 +261,20 @@ def cmd_off(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{scope}: fleet maintenance {'off' if removed else 'was not on'}\n")
         return EXIT_OK
     by = actor()
-    if turn_off(config=config, scope=scope):
+    if turn_off(config=config, scope=scope, force=args.force):
         note = f", note: {args.note}" if args.note else ""
         out.write(f"{scope}: maintenance off by {by}{note}\n")
         audit("off", scope=scope, by=by, note=args.note, reason=None)
     else:
         out.write(f"{scope}: was not in maintenance\n")
     _warn_if_unseen(config)
-    if scope != DEFAULT_SCOPE and read_flag(config.flag_path(DEFAULT_SCOPE)) is not None:
+    view = config.run_view()
+    if scope != DEFAULT_SCOPE and first_on(own_files(view, DEFAULT_SCOPE)) is not None:
         out.write(
             f"note: 'default' is still on, so {scope} stays in maintenance (guardctl off default)\n"
         )
-    # Imported here: guardd.fleetd pulls in asyncio and the etcd client's modules
-    # (~30 ms), which no other command of guardctl needs.
-    from guardd.daemon.fleet_agent import mirror_exists
-
-    if mirror_exists(config, scope):
+    mirror = mirror_file(view, scope)
+    if mirror is not None and probe(mirror) is not None:
         out.write(
             f"note: the fleet flag of {scope} is still on and was left alone "
             f"(guardctl off {scope} --fleet)\n"
@@ -657,6 +661,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--note", metavar="TEXT", help="internal text for the audit line (journal/syslog)"
     )
     off.add_argument("--fleet", action="store_true", help="remove the fleet flag in etcd")
+    off.add_argument(
+        "--force",
+        action="store_true",
+        help="remove a scope's lock_file even though the application wrote it",
+    )
     off.set_defaults(func=cmd_off)
 
     jobs = _sub(

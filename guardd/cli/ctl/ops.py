@@ -9,6 +9,7 @@ import errno
 import getpass
 import os
 import socket
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
@@ -16,10 +17,19 @@ from typing import Any, TextIO
 from guardd import __version__
 from guardd.cli.client import ControlClient
 from guardd.config.model import Config
+from guardd.core import lockfile
 from guardd.core.durations import format_time
-from guardd.core.flag import make_flag, read_flag, remove_flag, renew_flag, write_flag
+from guardd.core.flag import (
+    FlagInfo,
+    make_flag,
+    read_flag,
+    read_scope,
+    remove_flag,
+    renew_flag,
+    write_flag,
+)
 from guardd.core.jobs import count_jobs
-from guardd.core.paths import run_lock_path
+from guardd.core.paths import LOCK_DIR_MODE, group_id, make_dir, run_lock_path
 from guardd.core.runlock import ensure_run_locks
 from guardd.core.schedule import (
     Window,
@@ -50,9 +60,24 @@ def run_locks(config: Config) -> dict[str, str]:
     return {scope: run_lock_path(config.runtime_dir, scope) for scope in config.scopes}
 
 
-def local_status(config: Config) -> dict[str, ScopeStatus]:
-    """Every scope's status from the files themselves (no daemon needed)."""
-    flags = {scope: read_flag(config.flag_path(scope)) for scope in config.scopes}
+def local_status(config: Config, *, err: TextIO | None = None) -> dict[str, ScopeStatus]:
+    """Every scope's status from the files themselves (no daemon needed), by the one
+    rule (switch): own flag or lock_file, fleet mirror in fleet mode, default's. A flag
+    whose existence cannot be known counts as on, and is named on ``err``."""
+    view = config.run_view()
+    warned: set[str] = set()
+
+    def read(path: str) -> FlagInfo | None:
+        info = read_flag(path)
+        if info is not None and info.doubt is not None and path not in warned:
+            warned.add(path)
+            (err or sys.stderr).write(
+                f"guardctl: cannot tell whether flag {path} exists ({info.doubt}): "
+                "counting it as on\n"
+            )
+        return info
+
+    flags = {scope: read_scope(view, scope, read) for scope in config.scopes}
     return all_statuses(flags, count_jobs(run_locks(config)), config.known_modes(), now=time.time())
 
 
@@ -67,7 +92,8 @@ def get_status(config: Config, *, err: TextIO) -> dict[str, Any]:
                 return reply
         except Unreachable as problem:
             err.write(f"guardctl: {problem.message}; reading the flag files instead\n")
-    reply = status_reply(node=config.node, version=__version__, statuses=local_status(config))
+    statuses = local_status(config, err=err)
+    reply = status_reply(node=config.node, version=__version__, statuses=statuses)
     reply["upcoming"] = [w.upcoming_obj() for w in upcoming(all_windows(config), datetime.now(UTC))]
     reply["source"] = "files"
     return reply
@@ -169,29 +195,39 @@ def turn_on(
     now: datetime,
     mode: str | None = None,
     note: str | None = None,
-) -> str:
-    """Write the scope's flag atomically; returns its path.
+) -> tuple[str, FlagInfo | None]:
+    """Put ``scope`` on; returns the flag's path and, for an application's lock_file
+    that was already there, what it says (left untouched: it is the application's).
 
-    Over a flag that is already there: keeps ``since``, and ``reason``, ``until``,
-    ``mode`` and ``note`` unless given again (``by`` is whoever asked last).
+    A flag of guardd's own is rewritten atomically. Over one that is already there:
+    keeps ``since``, and ``reason``, ``until``, ``mode`` and ``note`` unless given
+    again (``by`` is whoever asked last).
     """
     if mode is not None:
         check_mode(config, scope, mode)
     path = config.flag_path(scope)
-    existing = read_flag(path)
-    new = make_flag(reason=reason, until=until, by=actor(), now=now, mode=mode, note=note)
-    info = renew_flag(existing, new)
+    gid = group_id(config.control.group)
     try:
-        ensure_run_locks(config.runtime_dir, config.scopes)
+        ensure_run_locks(config.runtime_dir, config.scopes, gid=gid)
     except OSError as err:
         raise GuardError(
             f"cannot create the run locks in {config.runtime_dir}: {err.strerror}"
         ) from None
+    info = make_flag(reason=reason, until=until, by=actor(), now=now, mode=mode, note=note)
+    if config.scopes[scope].lock_file is not None:
+        try:
+            return path, lockfile.create(path, info)
+        except lockfile.SymlinkInPath as err:
+            raise GuardError(err.message()) from None
+        except OSError as err:
+            raise GuardError(f"cannot write {path}: {err.strerror}") from None
+    info = renew_flag(read_flag(path), info)
     try:
+        make_dir(config.lock_dir, LOCK_DIR_MODE, gid=gid)
         write_flag(path, info)
     except OSError as err:
         raise GuardError(f"cannot write {path}: {err.strerror}{_who_may(config, err)}") from None
-    return path
+    return path, None
 
 
 def _who_may(config: Config, err: OSError) -> str:
@@ -256,13 +292,33 @@ def check_mode(config: Config, scope: str, mode: str) -> None:
         raise UsageError(f"scope {scope} has no mode {mode!r} (its modes: {known})")
 
 
-def turn_off(*, config: Config, scope: str) -> bool:
-    """Remove the scope's flag; True if it was there."""
+def turn_off(*, config: Config, scope: str, force: bool = False) -> bool:
+    """End ``scope``'s maintenance; True if its flag was there.
+
+    An application's lock_file is removed only when guardctl wrote it (``by_guardd``)
+    or with ``force``; else exit 1 naming it. Never through a symlink.
+    """
     path = config.flag_path(scope)
+    if config.scopes[scope].lock_file is None:
+        try:
+            return remove_flag(path)
+        except OSError as err:
+            raise GuardError(
+                f"cannot remove {path}: {err.strerror}{_who_may(config, err)}"
+            ) from None
     try:
-        return remove_flag(path)
+        removed, info = lockfile.remove(path, force=force)
+    except lockfile.SymlinkInPath as err:
+        raise GuardError(err.message()) from None
     except OSError as err:
-        raise GuardError(f"cannot remove {path}: {err.strerror}{_who_may(config, err)}") from None
+        raise GuardError(f"cannot remove {path}: {err.strerror}") from None
+    if not removed and info is not None:
+        raise GuardError(
+            f"{scope}: {path} was not written by guardctl, it is the application's; "
+            "end the maintenance with the application's own command (for Laravel: "
+            f"php artisan up), or remove it anyway with: guardctl off {scope} --force"
+        )
+    return removed
 
 
 # --------------------------------------------------------------------------- output
