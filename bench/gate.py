@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from common import (
-    CLIENT_CPU,
     PROJECT,
     SERVER_CPU,
     BenchError,
@@ -34,8 +33,8 @@ from common import (
     ratio,
     tool,
 )
+from http_load import wrk
 
-LUA = Path(__file__).resolve().parent / "wrk_report.lua"
 EXAMPLES = PROJECT / "examples"
 GATE_HEADERS = {
     "X-Original-URI": "/products?page=2",
@@ -78,36 +77,6 @@ DIRECT_SERVER = """\
         }}
     }}
 """
-
-
-def wrk(port: int, path: str, *, duration: float, headers: dict[str, str], method: str) -> dict:
-    """One wrk run (one thread, 64 keep-alive connections, pinned to the client core)."""
-    argv = [tool("taskset"), "-c", CLIENT_CPU, tool("wrk"), "-t1", "-c64"]
-    argv += [f"-d{duration:g}s", "--latency", "-s", str(LUA)]
-    for name, value in headers.items():
-        argv += ["-H", f"{name}: {value}"]
-    if method != "GET":
-        # wrk's -s script is the report; the method goes through a tiny second script.
-        argv[argv.index(str(LUA))] = str(_method_script(method))
-    argv.append(f"http://127.0.0.1:{port}{path}")
-    result = subprocess.run(
-        argv, capture_output=True, timeout=duration + 60, check=False, start_new_session=True
-    )
-    out = result.stdout.decode(errors="replace")
-    line = next((ln for ln in out.splitlines() if ln.startswith("BENCH-JSON ")), None)
-    if result.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({result.returncode}): {result.stderr.decode()[-200:]!r}")
-    data = json.loads(line.removeprefix("BENCH-JSON "))
-    seconds = data["duration_us"] / 1e6
-    data["rps"] = round(data["requests"] / seconds, 1) if seconds else 0.0
-    return data
-
-
-def _method_script(method: str) -> Path:
-    path = PROJECT / "bench" / "out" / f"wrk_{method.lower()}.lua"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f'wrk.method = "{method}"\nwrk.body = "item=3"\n' + LUA.read_text())
-    return path
 
 
 def _measure(runs: list[dict]) -> dict:
@@ -217,12 +186,21 @@ def run(procs: Processes, *, duration: float, rounds: int) -> dict:
             _set_state(guardd, state)
             headers = {**GATE_HEADERS, "X-Original-Method": method}
             decision[name].append(
-                wrk(guardd.port, "/gate", duration=duration, headers=headers, method="GET")
+                wrk(
+                    guardd.port,
+                    "/gate",
+                    connections=64,
+                    duration=duration,
+                    close=False,
+                    headers=headers,
+                )
             )
         for name, server, state in site_cases:
             _set_state(guardd, state)
             site[name].append(
-                wrk(front.ports[server], "/products", duration=duration, headers={}, method="GET")
+                wrk(
+                    front.ports[server], "/products", connections=64, duration=duration, close=False
+                )
             )
     _set_state(guardd, "off")
     rows = []

@@ -194,6 +194,7 @@ def wrk(
     duration: float,
     close: bool,
     host: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> dict:
     """One wrk run (one thread, pinned to the client core); its summary."""
     argv = [
@@ -212,6 +213,8 @@ def wrk(
         argv += ["-H", "Connection: close"]
     if host is not None:
         argv += ["-H", f"Host: {host}"]
+    for name, value in (headers or {}).items():
+        argv += ["-H", f"{name}: {value}"]
     argv.append(f"http://127.0.0.1:{port}{path}")
     try:
         result = subprocess.run(

@@ -28,6 +28,19 @@ def run(
     )
 
 
+def write_config(root: Path) -> Path:
+    """A config with the shop scope and its modes, no listeners, under ``root``."""
+    config = root / "config.yaml"
+    settings = {
+        "lock_dir": str(root / "lock"),
+        "runtime_dir": str(root / "run"),
+        "scopes": SCOPES,
+        "http": {"listen": []},
+    }
+    config.write_text(json.dumps(settings))
+    return config
+
+
 def test_on_with_a_mode_and_status_everywhere() -> None:
     """`on --mode` writes the mode; guardctl, guard-run and guardd all see maintenance."""
     port = free_port()
@@ -76,17 +89,7 @@ def test_on_with_a_mode_and_status_everywhere() -> None:
 
 def test_guardctl_status_without_guardd_shows_the_mode(tmp_short: Path) -> None:
     """Read from the files, the mode is shown too; an unknown mode is full maintenance."""
-    config = tmp_short / "config.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "lock_dir": str(tmp_short / "lock"),
-                "runtime_dir": str(tmp_short / "run"),
-                "scopes": SCOPES,
-                "http": {"listen": []},
-            }
-        )
-    )
+    config = write_config(tmp_short)
     (tmp_short / "lock").mkdir()
     (tmp_short / "lock" / "shop.lock").write_text('{"mode": "checkout"}')
     shown = json.loads(run(config, "guardctl", "status", "--json").stdout)["scopes"]
@@ -98,17 +101,7 @@ def test_guardctl_status_without_guardd_shows_the_mode(tmp_short: Path) -> None:
 
 def test_on_with_a_mode_and_wait_drains(tmp_short: Path) -> None:
     """`on --mode M --wait` keeps the drain guarantee: it returns after the job ends."""
-    config = tmp_short / "config.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "lock_dir": str(tmp_short / "lock"),
-                "runtime_dir": str(tmp_short / "run"),
-                "scopes": SCOPES,
-                "http": {"listen": []},
-            }
-        )
-    )
+    config = write_config(tmp_short)
     log = tmp_short / "job.log"
     job = subprocess.Popen(
         [
