@@ -6,16 +6,15 @@ site opens no other."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_nginx import MAIN_CONFIG
-from tests.helpers import Guardd, free_port, require_tool, stop_process, wait_until
-from tests.httpclient import Response, StandInApp, get, template, wait_listening, write_flag
+from tests.e2e.sites import running_nginx
+from tests.helpers import Guardd, free_port, wait_until
+from tests.httpclient import Response, StandInApp, get, template, write_flag
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 SECRET = "e2e-sites-secret-0123456789"
@@ -51,7 +50,6 @@ def stack(
     request: pytest.FixtureRequest, make_guardd: Callable[..., Guardd], tmp_short: Path
 ) -> Iterator[Stack]:
     """guardd with two scopes, two stand-in apps and nginx running one example file."""
-    nginx = require_tool("nginx")
     tmp_short.chmod(0o755)  # nginx's unprivileged workers stat the flags
     http_port, front_port = free_port(), free_port()
     daemon = make_guardd(
@@ -67,8 +65,6 @@ def stack(
     daemon.root.chmod(0o755)
     name: str = request.param
     with StandInApp(SHOP_BODY) as shop, StandInApp(BLOG_BODY) as blog:
-        root = tmp_short / "nginx"
-        root.mkdir(mode=0o755)
         replacements = {
             "listen 80 default_server;": f"listen 127.0.0.1:{front_port} default_server;",
             "listen 80;": f"listen 127.0.0.1:{front_port};",
@@ -78,20 +74,9 @@ def stack(
         }
         if name == "nginx-sites.conf":
             replacements["/var/lib/guardd/"] = f"{daemon.lock_dir}/"
-        (root / "site.conf").write_text(template(EXAMPLES / name, replacements))
-        (root / "nginx.conf").write_text(MAIN_CONFIG.format(root=root))
-        base = [nginx, "-p", str(root), "-e", str(root / "error.log")]
-        base += ["-c", str(root / "nginx.conf")]
-        check = subprocess.run([*base, "-t"], capture_output=True, text=True, check=False)
-        assert check.returncode == 0, check.stderr
-        process = subprocess.Popen(
-            base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            wait_listening(front_port)
+        site = template(EXAMPLES / name, replacements)
+        with running_nginx(tmp_short / "nginx", site, front_port):
             yield Stack(daemon, front_port, gate=name == "nginx-gate-sites.conf")
-        finally:
-            stop_process(process)
 
 
 def _maintenance_page(answer: Response, scope: str, reason: str) -> None:
