@@ -55,6 +55,14 @@ def _child_of(pid: int) -> int:
     return int(children[0])
 
 
+def _exe(pid: int) -> str:
+    """What ``pid`` runs now ("" while it cannot be read)."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""
+
+
 def _recorder(site: Site, *args: str) -> tuple[subprocess.Popen[str], Path]:
     out = site.root / "signals"
     proc = site.popen(
@@ -69,6 +77,9 @@ def test_runs_in_own_process_group_holding_the_locks(site: Site) -> None:
     proc = site.popen("--interrupt", "--scope", "shop", "--", "sleep", "30")
     try:
         child = _child_of(proc.pid)
+        # The child is found as soon as it is forked; look at it once it is `sleep`, when
+        # its descriptors no longer change under the test.
+        wait_until(lambda: _exe(child).endswith("/sleep"), what="the child to exec sleep")
         assert os.getpgid(child) == child != os.getpgid(proc.pid)
         targets = {os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")}
         assert {str(site.run_lock("default")), str(site.run_lock("shop"))} <= targets
