@@ -52,13 +52,15 @@ def check_goals(results: dict) -> list[dict]:
             )
         )
     for name, value in results.get("guard_run", {}).get("ratios_to_python", {}).items():
-        if "-- true" in name:
+        # Issue 11: within 1.1x, for an install as a host has it (the editable venv's
+        # import hook is a development artefact; its rows are reported, not judged).
+        if name.startswith("installed:"):
             goals.append(
                 _goal(
-                    f"{name.removesuffix(' / python -c pass')} within 1.3x of python -c pass",
+                    f"{name.removesuffix(' / python -c pass')} within 1.1x of python -c pass",
                     value["median"],
-                    "<= 1.3 (median)",
-                    value["median"] <= 1.3,
+                    "<= 1.1 (median)",
+                    value["median"] <= 1.1,
                 )
             )
     flip = results.get("flip")
@@ -514,7 +516,7 @@ def sections(results: dict) -> list[tuple[str, list[list[str]]]]:
     if goals:
         out.append(
             (
-                "Goals (issue 5)",
+                "Goals (issues 5, 11, 14)",
                 _table(
                     ["goal", "value", "target", "holds"],
                     [

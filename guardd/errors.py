@@ -1,7 +1,5 @@
 """Typed errors that carry their exit code, turned into one stderr line in one place."""
 
-from __future__ import annotations
-
 import sys
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (guard-run's start)
@@ -31,7 +29,7 @@ class GuardError(Exception):
         if exit_code is not None:
             self.exit_code = exit_code
 
-    def show(self, prog: str, file: TextIO | None = None) -> None:
+    def show(self, prog: str, file: "TextIO | None" = None) -> None:
         """Write the one-line message, prefixed with the program name."""
         stream = file if file is not None else sys.stderr
         try:
@@ -66,7 +64,7 @@ class DrainTimeout(GuardError):
     exit_code = EXIT_DRAIN_TIMEOUT
 
 
-def run_cli(prog: str, body: Callable[[], int | None]) -> int:
+def run_cli(prog: str, body: "Callable[[], int | None]") -> int:
     """Call ``body()`` and turn any GuardError (or Ctrl-C, EPIPE) into an exit status.
 
     The single place where errors become messages, so every tool behaves alike.
@@ -82,6 +80,12 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
     except BrokenPipeError:
         # `guardctl status | head`: the reader left; not an error worth a traceback.
         _silence_stdout()
+        return EXIT_FAILURE
+    except OSError as err:
+        # One the code did not expect (output to a full disk, an I/O error): one line
+        # that names it, never a traceback.
+        where = f": {err.filename}" if err.filename else ""
+        sys.stderr.write(f"{prog}: {err.strerror or err}{where}\n")
         return EXIT_FAILURE
 
 

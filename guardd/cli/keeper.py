@@ -17,8 +17,6 @@ group (a terminal's, a drain's ``--then term``) pass it by and one kill(2) tells
 the group is empty. Lean: os only at import (guard-run's start-up).
 """
 
-from __future__ import annotations
-
 import errno
 import os
 
@@ -65,7 +63,7 @@ def job_group() -> int | None:
     return pid
 
 
-def start_keeper(lock_fds: Sequence[int], group: int) -> None:
+def start_keeper(lock_fds: "Sequence[int]", group: int) -> None:
     """Fork a keeper (through a middle process) that holds ``lock_fds`` while a process
     of ``group`` other than itself lives. Called just before the command is exec'd;
     if a fork fails, the job runs without one (as before: its own descriptors only)."""
@@ -94,7 +92,7 @@ def start_keeper(lock_fds: Sequence[int], group: int) -> None:
             pass
 
 
-def _keep(lock_fds: Sequence[int], watch: int, job: int, group: int) -> None:  # pragma: no cover
+def _keep(lock_fds: "Sequence[int]", watch: int, job: int, group: int) -> None:  # pragma: no cover
     """The keeper's life: quiet, detached from the job's stdio and directory, holding
     only the locks; returns (and its caller exits) once the job's group is empty."""
     import _signal

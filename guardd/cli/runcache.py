@@ -8,12 +8,9 @@ user can write (``$XDG_CACHE_HOME/guardd``, else ``~/.cache/guardd``). Any doubt
 wrong owner, loose mode, a key mismatch, bad JSON — means a full load_config.
 """
 
-from __future__ import annotations
-
 import os
 import stat
 
-from guardd.core.atomic import write_atomic
 from guardd.core.paths import RunView, default_lock_dir, default_runtime_dir, find_config_path
 
 CACHE_VERSION = 3
@@ -230,6 +227,8 @@ def write_cache(cache_file: str, key: dict[str, object], view: RunView) -> bool:
         return False
     try:
         # A cache, not a record: no fsync (a lost write only costs one full load).
+        from guardd.core.atomic import write_atomic  # only when the cache is (re)written
+
         write_atomic(cache_file, encode_entry(key, view.to_json_obj()), mode=0o600, durable=False)
     except OSError:
         return False

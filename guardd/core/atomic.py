@@ -5,8 +5,6 @@ starts with a dot and ends in ``.tmp``, so a stray one (a writer killed mid-way)
 is never mistaken for a flag, a schedule or a cache.
 """
 
-from __future__ import annotations
-
 import os
 
 

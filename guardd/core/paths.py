@@ -3,8 +3,6 @@
 Lean on purpose (no dataclasses, no yaml): guard-run decides through this module.
 """
 
-from __future__ import annotations
-
 import os
 
 SCOPE_PATTERN = r"[a-z0-9][a-z0-9_-]{0,63}"
@@ -147,7 +145,7 @@ class RunView:
         self.fleet_mirrors = fleet_mirrors
 
     @classmethod
-    def builtin(cls) -> RunView:
+    def builtin(cls) -> "RunView":
         """The view of the built-in defaults (no config file)."""
         lock_dir = default_lock_dir(config_file=False)
         return cls(
@@ -168,7 +166,7 @@ class RunView:
         }
 
     @classmethod
-    def from_json_obj(cls, data: object) -> RunView | None:
+    def from_json_obj(cls, data: object) -> "RunView | None":
         """Rebuild from the cache; None when the data is not exactly what we wrote."""
         if not isinstance(data, dict):
             return None

@@ -6,8 +6,6 @@ discovery (which lists the processes a keeper waits for), so that all agree on w
 is in a job.
 """
 
-from __future__ import annotations
-
 import errno
 import os
 

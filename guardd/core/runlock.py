@@ -8,8 +8,6 @@ The lock-taking half is lean (os and fcntl only): guard-run runs it in front of
 every cron job. The listing half lives in jobs.py.
 """
 
-from __future__ import annotations
-
 import errno
 import fcntl
 import os
@@ -44,7 +42,7 @@ def open_run_lock(path: str, *, create: bool) -> int:
     return fd
 
 
-def ensure_run_locks(runtime_dir: str, scopes: Iterable[str], *, gid: int = -1) -> None:
+def ensure_run_locks(runtime_dir: str, scopes: "Iterable[str]", *, gid: int = -1) -> None:
     """Create the run locks of the configured scopes (guardd and guardctl do this),
     and their directory 0755 (group ``gid`` when given) whatever the umask."""
     from guardd.core.paths import RUNTIME_DIR_MODE, make_dir, run_lock_path

@@ -9,8 +9,6 @@ fail closed. guardd, guardctl and guard-run all decide here, and nowhere else.
 Lean on purpose (os only): guard-run imports it in front of every cron job.
 """
 
-from __future__ import annotations
-
 import os
 
 from guardd.core.paths import DEFAULT_SCOPE, fleet_flag_path
@@ -48,13 +46,13 @@ class Hit:
         return hash((self.path, self.doubt))
 
 
-def mirror_file(view: RunView, scope: str) -> str | None:
+def mirror_file(view: "RunView", scope: str) -> str | None:
     """Where guardd mirrors ``scope``'s fleet flag; None unless fleet mode is
     configured (a mirror left over from an earlier fleet setup does not count)."""
     return fleet_flag_path(view.lock_dir, scope) if view.fleet_mirrors else None
 
 
-def own_files(view: RunView, scope: str) -> tuple[str, ...]:
+def own_files(view: "RunView", scope: str) -> tuple[str, ...]:
     """The files of ``scope`` itself: its flag (or ``lock_file``), then its fleet
     mirror in fleet mode. Raises KeyError for a scope that is not configured."""
     flag = view.scope_flags[scope]
@@ -62,7 +60,7 @@ def own_files(view: RunView, scope: str) -> tuple[str, ...]:
     return (flag,) if mirror is None else (flag, mirror)
 
 
-def switch_files(view: RunView, scope: str) -> tuple[str, ...]:
+def switch_files(view: "RunView", scope: str) -> tuple[str, ...]:
     """Every file whose presence puts ``scope`` on: its own first, then ``default``'s
     (the order in which status shows a reason: the scope's own flag wins)."""
     files = own_files(view, scope)
@@ -91,7 +89,7 @@ def probe(path: str) -> Hit | None:
     return Hit(path)
 
 
-def first_on(paths: Iterable[str]) -> Hit | None:
+def first_on(paths: "Iterable[str]") -> Hit | None:
     """The first of ``paths`` that puts its scope on, None when none does."""
     for path in paths:
         hit = probe(path)
@@ -100,12 +98,12 @@ def first_on(paths: Iterable[str]) -> Hit | None:
     return None
 
 
-def scope_on(view: RunView, scope: str) -> Hit | None:
+def scope_on(view: "RunView", scope: str) -> Hit | None:
     """Whether ``scope`` is on: the first of its switch files that is, else None."""
     return first_on(switch_files(view, scope))
 
 
-def in_force(own: Mapping[str, T | None], scope: str) -> tuple[tuple[str, T], ...]:
+def in_force(own: "Mapping[str, T | None]", scope: str) -> "tuple[tuple[str, T], ...]":
     """What puts ``scope`` on, given what each scope's own files say (None: nothing):
     (scope it belongs to, what it says) for its own, then for ``default``'s; empty
     when off. guardd and guardctl, which read flag content, combine scopes through

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from guardd.cli.run import flag_reason, parse_args, scope_flags
+from guardd.cli.run import USAGE, flag_reason, parse_args, scope_flags
 from guardd.cli.runcache import decode_entry
 from guardd.cli.trace import JOURNAL_SOCKET_ENV, SYSLOG_SOCKET_ENV
 from guardd.core.paths import RunView
@@ -808,21 +808,13 @@ def test_lean_start(plain_site: Site, args: list[str], maintenance: bool) -> Non
     assert plain_site.run("--", "true").returncode == 0  # fills the cache
     if maintenance:
         plain_site.turn_on("default", '{"reason": "x"}')
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", GUARD_RUN, *args],
-        env=plain_site.env(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    imported = {
-        line.rsplit("|", 1)[-1].strip()
-        for line in result.stderr.splitlines()
-        if line.startswith("import time:")
-    }
+    # What guard-run imports beyond what this interpreter imports for `pass` (a .pth of
+    # the test venv may bring some of the forbidden ones itself).
+    imported = _imports(plain_site, GUARD_RUN, *args) - _imports(plain_site, "-c", "pass")
     assert "guardd.cli.run" in imported
     forbidden = {
+        "__future__",  # its import alone is ~3% of python -c pass: annotations are quoted
+        "guardd.core.atomic",  # only when the config cache is written
         "asyncio",
         "psutil",
         "yaml",
@@ -838,6 +830,50 @@ def test_lean_start(plain_site: Site, args: list[str], maintenance: bool) -> Non
         "guardd.cli.client",
     }
     assert imported & forbidden == set()
+    if "--interrupt" not in args:
+        # signal imports enum (~3 ms): only the --interrupt supervisor needs it.
+        assert imported & {"signal", "enum", "guardd.cli.supervise"} == set()
+
+
+def _imports(site: Site, *args: str) -> set[str]:
+    """The modules ``python -X importtime ARGS`` imports."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        env=site.env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_output_is_flushed_and_a_failed_write_is_one_line(plain_site: Site) -> None:
+    """guard-run ends without the interpreter's teardown but flushes what it wrote
+    first (a pipe gets the whole usage); output it cannot write is one line and exit 1."""
+    # Buffered output, as under cron (the test runner's environment may unbuffer it).
+    env = {k: v for k, v in plain_site.env().items() if k != "PYTHONUNBUFFERED"}
+    shown = subprocess.run(
+        [GUARD_RUN, "--help"], env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (shown.returncode, shown.stdout, shown.stderr) == (0, USAGE, "")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [GUARD_RUN, "--help"],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith("guard-run: ") and result.stderr.count("\n") == 1
+    assert "No space left on device" in result.stderr
 
 
 def test_cache_is_used_and_rejected_when_config_changes(plain_site: Site) -> None:
