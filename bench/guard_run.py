@@ -152,8 +152,12 @@ def _run(root: Path, *, runs: int, warmup: int, use_installed: bool) -> dict:
         if not Path(guard_run).exists():
             raise BenchError(f"{guard_run} not found")
         _compile(python)
+        # The floor of any Python program that runs a command as its child and waits
+        # (guard-run's shape): it tells guard-run's own cost from that of starting `true`.
+        runs_true = f"import os;pid=os.fork();pid or os.execv('{true}',['true']);os.waitpid(pid,0)"
         commands += [
             (f"{venv_name}: python -c pass", f"{python} -c pass"),
+            (f"{venv_name}: python running true as its child", f'{python} -c "{runs_true}"'),
             (f"{venv_name}: guard-run -- true (no config)", f"{guard_run} -- {true}"),
             (f"{venv_name}: guard-run --check (no config)", f"{guard_run} --check"),
             (
@@ -204,6 +208,13 @@ def _run(root: Path, *, runs: int, warmup: int, use_installed: bool) -> dict:
                     "median": ratio(row["median_ms"], floor["median_ms"]),
                     "p90": ratio(row["p90_ms"], floor["p90_ms"]),
                 }
+        child_floor = rows[f"{venv_name}: python running true as its child"]
+        for config_case in ("no config", "config, warm cache"):
+            row = rows[f"{venv_name}: guard-run -- true ({config_case})"]
+            ratios[f"{venv_name}: guard-run -- true ({config_case}) / python running true"] = {
+                "median": ratio(row["median_ms"], child_floor["median_ms"]),
+                "p90": ratio(row["p90_ms"], child_floor["p90_ms"]),
+            }
     return {
         "runs": runs,
         "warmup": warmup,

@@ -1,10 +1,11 @@
 """Scale: many guarded jobs (guardctl jobs, the status op, draining) and many idle HTTP
 connections (guardd's RSS and /healthz latency).
 
-Jobs are real ``guard-run --scope shop -- sleep 600`` processes (exec'd in place, so
-each holds both run locks), started afresh for every step in batches and killed
-after it. Connections are plain TCP connections that never send a byte; guardd
-runs with a long ``http.header_timeout`` so that it keeps them.
+Jobs are real ``guard-run --scope shop -- sleep 600`` processes (guard-run with
+``sleep`` as its child, both holding both run locks), started afresh for every step in
+batches and killed after it (the ``sleep``: guard-run then exits by itself).
+Connections are plain TCP connections that never send a byte; guardd runs with a long
+``http.header_timeout`` so that it keeps them.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def _lock_holders(inode: int) -> int:
     return count
 
 
+def _command(pid: int) -> int:
+    """The command guard-run ``pid`` runs as its child (``pid`` itself until it has one)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as stream:
+            children = stream.read().split()
+    except OSError:
+        return pid
+    return int(children[0]) if children else pid
+
+
+def _kill_commands(jobs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL each job's command (its own process group); guard-run then exits."""
+    for pid in [_command(job.pid) for job in jobs]:
+        if pid not in {job.pid for job in jobs}:
+            kill_group(pid)
+
+
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as stream:
@@ -87,7 +105,7 @@ def start_jobs(
             for _ in range(min(START_BATCH, count - len(jobs)))
         ]
         for proc in batch:
-            while _comm(proc.pid) != "sleep":
+            while _comm(_command(proc.pid)) != "sleep":
                 if proc.poll() is not None:
                     raise BenchError(f"guard-run exited {proc.returncode} instead of running")
                 if time.monotonic() > deadline:
@@ -175,8 +193,9 @@ def _drain(
             time.sleep(0.01)
         listed_after = time.perf_counter() - started
         time.sleep(0.3)  # guardctl is in its polling loop now
-        for job in jobs:  # SIGKILL every job first; reaping them comes after the clocks
-            kill_group(job.pid)
+        commands = [_command(job.pid) for job in jobs]
+        for pid in commands:  # SIGKILL every job first; reaping them comes after the clocks
+            kill_group(pid)
         kill_at = time.perf_counter()
         exited_at = event_at = None
         deadline = kill_at + DRAIN_TIMEOUT
@@ -199,6 +218,7 @@ def _drain(
         used = cpu_delta(before, cpu_reading(daemon.pid))
     finally:
         watch.sock.close()
+        _kill_commands(jobs)
         procs.kill_all(jobs)
     off = subprocess.run(
         [guardctl, "--config", str(daemon.config_path), "off", "shop"],

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from guardd.core.choices import Then
-from guardd.core.jobs import Job, describe_jobs, find_holders
+from guardd.core.jobs import Job, describe_jobs, find_holders, signal_target
 from guardd.core.paths import DEFAULT_SCOPE
 from guardd.core.runlock import open_run_lock, try_exclusive, unlock
 
@@ -86,14 +86,16 @@ def _wait_exclusive(
 
 
 def _signal_jobs(jobs: list[Job], signum: int) -> list[int]:
-    """Signal each job's process group (just the process if it shares ours)."""
+    """Signal each job's process group (just the process if it shares ours); for a
+    guard-run with its command as its child, the command's group (see signal_target)."""
     own_group = os.getpgrp()
     sent = []
     for job in jobs:
         try:
-            group = os.getpgid(job.pid)
+            target = signal_target(job.pid)
+            group = os.getpgid(target)
             if group == own_group or group <= 1:
-                os.kill(job.pid, signum)
+                os.kill(target, signum)
             else:
                 os.killpg(group, signum)
             sent.append(job.pid)

@@ -432,9 +432,10 @@ def run_guarded(
 ) -> int:
     """Run ``command`` under the run locks if ``scope`` is in service (SPEC guard-run).
 
-    Without ``interrupt`` this does not return when the command runs: it is exec'd
-    in place and inherits the locks. Returns the exit status otherwise; raises
-    GuardError for usage/config errors (2), ``fail`` (75) and exec failures (126/127).
+    The command runs as guard-run's child (guardd.cli.supervise), except in a
+    terminal's foreground, where it is exec'd in place (this does not return); either
+    way it inherits the locks. Returns its exit status; raises GuardError for
+    usage/config errors (2), ``fail`` (75) and exec failures (126/127).
     """
     view = load_run_view(config_path)
     flags = scope_flags(view, scope)
@@ -491,25 +492,30 @@ def run_guarded(
         # Off now: loop to take the locks again and re-check (SPEC: wait).
     if verbose:
         _say_checked(scope, flags, lock_paths)
+    from guardd.cli.supervise import own_group, supervise
+
+    if own_group() is None and not interrupt:
+        # A terminal's foreground: the command keeps the terminal and Ctrl-C.
+        exec_in_place(command, fds)
+        raise AssertionError("exec_in_place returned")  # pragma: no cover
+
+    maintenance_began = None
     if interrupt:
-        from guardd.cli.supervise import supervise
 
         def maintenance_began() -> str | None:
             flag = present_flag(flags)  # unknown counts as on here too (one rule)
             return None if flag is None else _why(scope, flag)
 
-        try:
-            return supervise(
-                command,
-                fds,
-                maintenance_began=maintenance_began,
-                grace=grace,
-                say=_say if verbose else None,
-            )
-        except OSError as err:
-            raise _exec_error(command[0], err) from None
-    exec_in_place(command, fds)
-    raise AssertionError("exec_in_place returned")  # pragma: no cover
+    try:
+        return supervise(
+            command,
+            fds,
+            maintenance_began=maintenance_began,
+            grace=grace,
+            say=_say if verbose else None,
+        )
+    except OSError as err:
+        raise _exec_error(command[0], err) from None
 
 
 def _lock_holders(path: str | None) -> str:
@@ -545,25 +551,16 @@ def _exec_error(program: str, err: OSError) -> GuardError:
 
 
 def exec_in_place(command: "Sequence[str]", fds: "Sequence[int]") -> None:
-    """Become ``command``, keeping the lock descriptors open across exec.
-
-    The command, and every child it forks, then holds the locks for its whole life;
-    a keeper (guardd.cli.keeper) holds them on until no process of the job's process
-    group is left, for children that close their inherited descriptors.
-    """
+    """Become ``command``, keeping the lock descriptors open across exec: the command,
+    and every child it forks, then holds the locks for its whole life. Used in a
+    terminal's foreground only (see guardd.cli.supervise.own_group): there the job is what
+    the terminal runs, and a child that closes its descriptors is not held for."""
     # The C module behind ``signal``: the latter imports enum (~3 ms at start-up),
     # for names this path does not need.
     import _signal
 
-    from guardd.cli.keeper import job_group, start_keeper
-
     for fd in fds:
         os.set_inheritable(fd, True)
-    # The job is its process group: a keeper holds the locks until the group is gone,
-    # so children that close their inherited descriptors still count (SPEC).
-    group = job_group()
-    if group is not None and fds:
-        start_keeper(fds, group)
     # Python ignores these at start-up; an exec'd program must get the defaults
     # (``guard-run -- yes | head`` must end on SIGPIPE).
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)

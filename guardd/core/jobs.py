@@ -18,14 +18,19 @@ from dataclasses import dataclass
 from guardd.core.durations import format_timestamp
 from guardd.core.paths import DEFAULT_SCOPE
 from guardd.core.procfs import (
-    KEEPER_COMM,
     START_TIME,
     group_members,
     read_proc_file,
     split_stat,
     stat_fields,
 )
-from guardd.core.runlock import LOCK_FD_FLOOR, parse_proc_locks, read_proc_locks
+from guardd.core.runlock import (
+    KEEPER_COMM,
+    LOCK_FD_FLOOR,
+    RUNNER_COMM,
+    parse_proc_locks,
+    read_proc_locks,
+)
 
 
 @dataclass(frozen=True)
@@ -206,15 +211,15 @@ def _kept_groups(found: dict[tuple[int, int], set[int]]) -> dict[int, dict[int, 
     while the job's process group lives), the live processes of that group: pid ->
     parent. These are the job now, children that closed their descriptors included.
 
-    guard-run makes the job's group its own, so the group's number is the pid that
-    took the lock (which the kernel keeps from reuse while the group has a process).
+    A keeper joins the job's group (guardd.cli.keeper), so its own group is the one
+    it stands for.
     """
     groups: dict[int, int] = {}
-    for (owner, _), inheritors in found.items():
+    for inheritors in found.values():
         for pid in inheritors:
             fields = stat_fields(pid)
             if fields is not None and fields[0] == KEEPER_COMM:
-                groups[pid] = owner
+                groups[pid] = fields[3]
     if not groups:
         return {}
     members = group_members(set(groups.values()))
@@ -271,6 +276,33 @@ def _split_cmdline(data: bytes) -> tuple[str, ...]:
     return tuple(os.fsdecode(arg) for arg in args)
 
 
+def _command_of_runner(pid: int) -> bytes:
+    """The command line of the command guard-run ``pid`` runs as its child (b"" when
+    there is not exactly one child, or it cannot be read)."""
+    try:
+        children = read_proc_file(f"/proc/{pid}/task/{pid}/children").split()
+        if len(children) != 1:
+            return b""
+        return read_proc_file(f"/proc/{int(children[0])}/cmdline")
+    except (OSError, ValueError):
+        return b""
+
+
+def signal_target(pid: int) -> int:
+    """The process whose group a signal for the job listed as ``pid`` goes to: the
+    command of a guard-run that runs one as its child (so that SIGKILL, which guard-run
+    cannot forward, reaches the job; any other signal then reaches it once), else
+    ``pid`` itself."""
+    fields = stat_fields(pid)
+    if fields is None or fields[0] != RUNNER_COMM:
+        return pid
+    try:
+        children = read_proc_file(f"/proc/{pid}/task/{pid}/children").split()
+    except OSError:
+        return pid
+    return int(children[0]) if len(children) == 1 else pid
+
+
 def _process_details(
     pid: int, boot_time: float, ticks: int
 ) -> tuple[str | None, tuple[str, ...]] | None:
@@ -286,6 +318,8 @@ def _process_details(
     fields = split_stat(stat)
     if fields[:1] == [b"Z"]:
         return None
+    if stat.partition(b"(")[2].rpartition(b")")[0] == RUNNER_COMM.encode():
+        cmdline = _command_of_runner(pid) or cmdline
     try:
         started = (
             format_timestamp(boot_time + int(fields[START_TIME]) / ticks) if boot_time else None

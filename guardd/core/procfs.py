@@ -9,9 +9,6 @@ is in a job.
 import errno
 import os
 
-# What a keeper calls itself (/proc/<pid>/comm, at most 15 bytes): job listings show
-# the processes it waits for, not the keeper.
-KEEPER_COMM = "guard-run-keep"
 # Index of the start time (clock ticks after boot) in ``split_stat``'s fields.
 START_TIME = 19
 

@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 RUN_LOCK_MODE = 0o644
+# What the processes guard-run leaves holding run locks call themselves
+# (/proc/<pid>/comm, at most 15 bytes), so that job listings can tell them:
+# a keeper (guardd.cli.keeper) stands for the processes of the job's group it waits
+# for; guard-run running its command as a child stands for that command (the pid
+# stays guard-run's: it forwards signals).
+KEEPER_COMM = "guard-run-keep"
+RUNNER_COMM = "guard-run"
 # guard-run moves its lock descriptors this high so that a job's own ``exec 3>file``
 # cannot close them by accident (which would silently drop the lock mid-job).
 LOCK_FD_FLOOR = 200
@@ -161,3 +168,18 @@ def read_proc_locks() -> str:
         if err.errno in (errno.EMFILE, errno.ENFILE):
             raise  # out of descriptors: no job count is better than a count of 0
         return ""
+
+
+def set_comm(name: str) -> None:
+    """Name this process ``name`` in /proc/<pid>/comm (which a fork inherits); best
+    effort."""
+    try:
+        fd = os.open("/proc/self/comm", os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.write(fd, name.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -214,17 +214,26 @@ def test_in_service_runs_command_with_its_io_and_status(site: Site) -> None:
     assert (result.returncode, result.stdout, result.stderr) == (7, "from stdin\n", "err\n")
 
 
-def test_exec_in_place_holds_both_run_locks(site: Site) -> None:
-    """Without --interrupt the command *is* the guard-run process and holds both locks."""
+def test_command_is_a_child_holding_both_run_locks(site: Site) -> None:
+    """Without --interrupt and outside a terminal's foreground, the command runs as
+    guard-run's child, leading a process group of its own; guard-run and the command
+    both hold both run locks, and guard-run is the job's listed process."""
     proc = site.popen("--scope", "shop", "--", "sleep", "30")
     try:
         wait_until(lambda: site.holders("shop") == {proc.pid}, what="shop lock held")
         assert site.holders("default") == {proc.pid}
-        # The locks are taken before the exec (and its keeper's fork): wait for it.
+        children = wait_until(
+            lambda: Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split(),
+            what="the command",
+        )
+        child = int(children[0])
         wait_until(
-            lambda: Path(f"/proc/{proc.pid}/cmdline").read_bytes() == b"sleep\x0030\x00",
+            lambda: Path(f"/proc/{child}/cmdline").read_bytes() == b"sleep\x0030\x00",
             what="the exec",
         )
+        assert os.getpgid(child) == child != os.getpgid(proc.pid) == proc.pid
+        targets = {os.readlink(f"/proc/{child}/fd/{fd}") for fd in os.listdir(f"/proc/{child}/fd")}
+        assert {str(site.run_lock("shop")), str(site.run_lock("default"))} <= targets
         assert not exclusive_now(site.run_lock("shop"))
     finally:
         kill_session(proc)
@@ -246,8 +255,9 @@ def test_lock_descriptors_survive_the_jobs_own_low_fds(plain_site: Site) -> None
         kill_session(proc)
 
 
-def test_signal_death_of_exec_command_is_seen_by_the_caller(plain_site: Site) -> None:
-    """Exec'd in place, a command killed by signal N is reported as 128+N by a shell."""
+def test_signal_death_of_the_command_is_128_plus_n(plain_site: Site) -> None:
+    """A command killed by signal N is guard-run's exit 128+N (SPEC), as a shell sees it
+    and as the caller's wait status."""
     result = subprocess.run(
         ["sh", "-c", f'"{GUARD_RUN}" -- sh -c "kill -KILL \\$\\$"; echo "status=$?"'],
         env=plain_site.env(),
@@ -258,7 +268,7 @@ def test_signal_death_of_exec_command_is_seen_by_the_caller(plain_site: Site) ->
     )
     assert result.stdout == "status=137\n"
     direct = plain_site.run("--", "sh", "-c", "kill -TERM $$")
-    assert direct.returncode == -15
+    assert direct.returncode == 143
 
 
 def test_sigpipe_and_sigxfsz_are_default_for_the_command(plain_site: Site) -> None:
@@ -830,9 +840,8 @@ def test_lean_start(plain_site: Site, args: list[str], maintenance: bool) -> Non
         "guardd.cli.client",
     }
     assert imported & forbidden == set()
-    if "--interrupt" not in args:
-        # signal imports enum (~3 ms): only the --interrupt supervisor needs it.
-        assert imported & {"signal", "enum", "guardd.cli.supervise"} == set()
+    # signal imports enum (~3 ms): the supervisor uses the C _signal.
+    assert imported & {"signal", "enum"} == set()
 
 
 def _imports(site: Site, *args: str) -> set[str]:

@@ -46,8 +46,13 @@ def test_guard_run_job_listed_under_its_scope(site: Site) -> None:
     command line and start time."""
     proc = site.popen("--scope", "shop", "--", "sleep", "30")
     try:
-        # The locks are taken before the exec (and the keeper's fork): wait for it.
-        wait_until(lambda: Path(f"/proc/{proc.pid}/comm").read_text() == "sleep\n", what="exec")
+        # The command is guard-run's child, listed under guard-run's pid (which
+        # forwards signals to it) with its own command line, once it has exec'd.
+        children = wait_until(
+            lambda: Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split(),
+            what="the command",
+        )
+        wait_until(lambda: Path(f"/proc/{children[0]}/comm").read_text() == "sleep\n", what="exec")
         holders = wait_until(
             lambda: (h := find_holders(_locks(site)))["shop"] and h, what="the job's locks"
         )

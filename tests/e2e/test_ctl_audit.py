@@ -231,7 +231,7 @@ def test_jobs_are_logged_as_job_events_not_state_lines(site: Site) -> None:
             what="the job start in the log",
         )
     finally:
-        job.kill()
+        job.terminate()  # forwarded to the command (a SIGKILL would end guard-run alone)
         job.wait()
     wait_until(
         lambda: f"job ended: pid {job.pid}, scope shop, jobs now 0" in site.daemon.log(),
@@ -367,7 +367,7 @@ def test_ctrl_c_during_wait_says_maintenance_stays_on(site: Site) -> None:
         if waiter is not None and waiter.poll() is None:
             waiter.kill()
             waiter.communicate()
-        job.kill()
+        job.terminate()  # forwarded to the command
         job.wait()
 
 

@@ -183,3 +183,31 @@ def test_job_in_a_terminals_foreground_keeps_ctrl_c(tmp_short: Path) -> None:
                 pass
         os.waitpid(pid, 0)
         os.close(fd)
+
+
+def test_drain_signals_reach_the_command_once_and_kill_too(tmp_short: Path) -> None:
+    """A plain job runs as guard-run's child: the drain's --then term reaches the
+    command once (not also through guard-run's forwarding), and the SIGKILL after
+    --grace, which guard-run could not forward, reaches it as well: the drain ends 0
+    and guard-run reports 128+9."""
+    site = Site(tmp_short)
+    terms = tmp_short / "terms"
+    script = f"trap 'echo TERM >> {terms}' TERM; while :; do sleep 0.05; done"
+    proc = site.popen("--scope", "shop", "--", "sh", "-c", script)
+    try:
+        wait_until(lambda: site.holders("shop") == {proc.pid}, what="the job's locks")
+        wait_until(
+            lambda: any(
+                Path(f"/proc/{child}/comm").read_text() == "sh\n"
+                for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            ),
+            what="the command to start",
+        )
+        drain = site.ctl(
+            "on", "shop", "--wait", "--timeout", "0.5", "--then", "term", "--grace", "1"
+        )
+        assert drain.returncode == 0, drain.stdout + drain.stderr
+        assert proc.wait(timeout=10) == 137
+        assert terms.read_text() == "TERM\n"
+    finally:
+        kill_session(proc)
