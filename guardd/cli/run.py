@@ -418,25 +418,19 @@ def check_scope(*, scope: str, config_path: str | None = None, verbose: bool = F
     return 1
 
 
-def run_guarded(
-    *,
-    command: "Sequence[str]",
-    scope: str = DEFAULT_SCOPE,
-    when_on: "WhenOn" = "skip",
-    wait_timeout: float | None = None,
-    skip_code: int | None = None,
-    interrupt: bool = False,
-    grace: float = DEFAULT_GRACE,
-    config_path: str | None = None,
-    verbose: bool = False,
-) -> int:
-    """Run ``command`` under the run locks if ``scope`` is in service (SPEC guard-run).
+def run_guarded(options: RunOptions) -> int:
+    """Run ``options.command`` under the run locks if its scope is in service (SPEC
+    guard-run).
 
     The command runs as guard-run's child (guardd.cli.supervise), except in a
     terminal's foreground, where it is exec'd in place (this does not return); either
     way it inherits the locks. Returns its exit status; raises GuardError for
     usage/config errors (2), ``fail`` (75) and exec failures (126/127).
     """
+    command, scope, when_on = options.command, options.scope, options.when_on
+    verbose, config_path = options.verbose, options.config_path
+    wait_timeout, skip_code = options.wait_timeout, options.skip_code
+    interrupt, grace = options.interrupt, options.grace
     view = load_run_view(config_path)
     flags = scope_flags(view, scope)
     lock_paths = run_lock_paths(view, scope)
@@ -629,17 +623,7 @@ def _cli(argv: "Sequence[str]") -> int:
         return check_scope(
             scope=options.scope, config_path=options.config_path, verbose=options.verbose
         )
-    return run_guarded(
-        command=options.command,
-        scope=options.scope,
-        when_on=options.when_on,
-        wait_timeout=options.wait_timeout,
-        skip_code=options.skip_code,
-        interrupt=options.interrupt,
-        grace=options.grace,
-        config_path=options.config_path,
-        verbose=options.verbose,
-    )
+    return run_guarded(options)
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:

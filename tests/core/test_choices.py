@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from guardd.cli import run
-from guardd.cli.ctl.main import build_parser
+from guardd.cli.ctl.parse import build_parser
 from guardd.config.load import parse_config_text
 from guardd.core import choices
 from guardd.errors import ConfigError
