@@ -15,10 +15,10 @@ from guardd.config.load import (
     build_config,
     load_config,
     parse_config_text,
-    parse_listen,
     resolve_secrets,
 )
 from guardd.config.model import ListenAddress
+from guardd.config.section import parse_listen
 from guardd.core.paths import default_lock_dir, default_runtime_dir
 from guardd.errors import ConfigError
 from tests.helpers import command
