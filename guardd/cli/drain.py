@@ -28,6 +28,9 @@ LISTING_SHARE = 0.2
 # After SIGKILL, processes vanish within milliseconds; this only bounds a hang
 # (a process stuck in uninterruptible sleep on a dead NFS server, say).
 KILL_SETTLE = 5.0
+# At the end of waiting: how many times the holders are listed while the lock is held
+# and no listing names one.
+RELIST_TRIES = 5
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,14 @@ class DrainResult:
 
     remaining: tuple[Job, ...]
     signalled: tuple[int, ...] = ()
+    # The run lock was still held at the end, whether or not a listing found who
+    # holds it (one look at /proc can miss a process that forks and exits meanwhile).
+    held: bool = False
 
     @property
     def drained(self) -> bool:
-        """True when no guarded job of the scope runs."""
-        return not self.remaining
+        """True when no guarded job of the scope runs: the exclusive lock was had."""
+        return not self.remaining and not self.held
 
 
 def scope_jobs(run_locks: dict[str, str], scope: str) -> list[Job]:
@@ -92,9 +98,9 @@ def _signal_jobs(jobs: list[Job], signum: int) -> list[int]:
     sent = []
     for job in jobs:
         try:
-            target = signal_target(job.pid)
+            target, whole_group = signal_target(job.pid)
             group = os.getpgid(target)
-            if group == own_group or group <= 1:
+            if not whole_group or group == own_group or group <= 1:
                 os.kill(target, signum)
             else:
                 os.killpg(group, signum)
@@ -104,6 +110,22 @@ def _signal_jobs(jobs: list[Job], signum: int) -> list[int]:
         except PermissionError:
             continue  # not ours to signal; it stays in the remaining list
     return sent
+
+
+def _still_running(fd: int, listing: Callable[[], list[Job]]) -> tuple[Job, ...] | None:
+    """The jobs still holding the lock once waiting has run out; None when the lock can
+    be had after all. The lock decides: an empty listing while it is held (a job that
+    forks and exits can slip through one look at /proc) is looked at again a few times,
+    and stays "held" (no job named) rather than "drained"."""
+    for _ in range(RELIST_TRIES):
+        if try_exclusive(fd):
+            unlock(fd)
+            return None
+        jobs = listing()
+        if jobs:
+            return tuple(jobs)
+        time.sleep(0.02)
+    return ()
 
 
 def drain(
@@ -127,24 +149,31 @@ def drain(
 
         if _wait_exclusive(fd, deadline=deadline, on_progress=on_progress, list_jobs=listing):
             return DrainResult(remaining=())
-        remaining = listing()
+        remaining = _still_running(fd, listing)
+        if remaining is None:
+            return DrainResult(remaining=())
         if then == "wait":
-            return DrainResult(remaining=tuple(remaining))
+            return DrainResult(remaining=remaining, held=True)
         signalled: list[int] = []
         if then == "term":
-            on_signal("TERM", remaining)
-            signalled += _signal_jobs(remaining, signal.SIGTERM)
+            on_signal("TERM", list(remaining))
+            signalled += _signal_jobs(list(remaining), signal.SIGTERM)
             if _wait_exclusive(
                 fd, deadline=time.monotonic() + grace, on_progress=on_progress, list_jobs=listing
             ):
                 return DrainResult(remaining=(), signalled=tuple(signalled))
-            remaining = listing()
-        on_signal("KILL", remaining)
-        signalled += _signal_jobs(remaining, signal.SIGKILL)
+            remaining = _still_running(fd, listing)
+            if remaining is None:
+                return DrainResult(remaining=(), signalled=tuple(signalled))
+        on_signal("KILL", list(remaining))
+        signalled += _signal_jobs(list(remaining), signal.SIGKILL)
         if _wait_exclusive(
             fd, deadline=time.monotonic() + KILL_SETTLE, on_progress=on_progress, list_jobs=listing
         ):
             return DrainResult(remaining=(), signalled=tuple(signalled))
-        return DrainResult(remaining=tuple(listing()), signalled=tuple(signalled))
+        remaining = _still_running(fd, listing)
+        if remaining is None:
+            return DrainResult(remaining=(), signalled=tuple(signalled))
+        return DrainResult(remaining=remaining, signalled=tuple(signalled), held=True)
     finally:
         os.close(fd)

@@ -7,7 +7,8 @@ when guard-run's command (its child, leading the job's process group: see
 guardd.cli.supervise) exits and left processes in that group, guard-run forks a keeper
 and returns: a small process that keeps the lock descriptors and nothing else, joins
 the job's group (so that listings find the group through it, and a drain's signal to
-the group passes it by: it ignores all but SIGKILL), waits for every other process of
+the group passes it by: it ignores every signal that would end it but SIGKILL and the
+faults a process causes itself), waits for every other process of
 the group (a pidfd on each, looked for again whenever one ends), and exits. The
 drain's exclusive flock therefore waits for the whole group, for any user and with no
 daemon; job listings show the group's processes in the keeper's place.
@@ -19,7 +20,7 @@ Lean: os only at import.
 import errno
 import os
 
-from guardd.core.procfs import group_members, in_group
+from guardd.core.procfs import in_group, settled_members
 from guardd.core.runlock import KEEPER_COMM, set_comm
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (guard-run's start)
@@ -28,37 +29,51 @@ if TYPE_CHECKING:
 
 # Signals a keeper ignores (a service stop signals every process of its cgroup): it
 # leaves when the job's group has gone, and only SIGKILL ends it sooner.
+# Every signal whose default ends or stops a process, but for the faults a process
+# causes itself (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGSYS, SIGABRT); the
+# real-time signals are added from _signal.SIGRTMIN..SIGRTMAX.
 _IGNORED = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGTSTP", "SIGTTIN", "SIGTTOU",
-            "SIGUSR1", "SIGUSR2", "SIGPIPE")  # fmt: skip
+            "SIGUSR1", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGVTALRM", "SIGPROF", "SIGXCPU",
+            "SIGXFSZ", "SIGIO", "SIGPWR", "SIGSTKFLT")  # fmt: skip
 # At most this many members are watched at once; any one ending means a fresh look.
 MAX_WATCHED = 256
 
 
-def start_keeper(lock_fds: "Sequence[int]", group: int) -> None:
+def start_keeper(lock_fds: "Sequence[int]", group: int) -> bool:
     """Fork a keeper that holds ``lock_fds`` while a process of ``group`` (the job's,
-    whose command has exited) other than itself lives; return once it is in place (in
-    the group, named), so that no listing sees the job without it. If the fork fails,
-    the group's processes hold only their own descriptors (as with no keeper)."""
+    whose command has exited, not yet reaped: the group number stays taken) other than
+    itself lives. True once it is in place (named, in the group), so that no listing
+    sees the job without it; False when it could not be started (the caller then holds
+    the locks itself). Raises OSError when no pipe can be made."""
     ready_read, ready_write = os.pipe()
     try:
         pid = os.fork()
     except OSError:
-        pid = -1
+        os.close(ready_read)
+        os.close(ready_write)
+        return False
     if pid == 0:  # pragma: no cover -- seen from outside: the keeper's effects
         try:
             os.close(ready_read)
             set_comm(KEEPER_COMM)
-            os.setpgid(0, group)  # EPERM: the group has gone meanwhile; nothing to keep
+            os.setpgid(0, group)
+            os.write(ready_write, b"k")
             _keep(lock_fds, group, ready_write)
         finally:
             os._exit(0)
     os.close(ready_write)
-    if pid > 0:
+    try:
+        ready = os.read(ready_read, 1) == b"k"  # EOF without it: the keeper failed
+    except OSError:
+        ready = False
+    finally:
+        os.close(ready_read)
+    if not ready:
         try:
-            os.read(ready_read, 1)  # EOF: the keeper is ready (or gone)
-        except OSError:
+            os.waitpid(pid, 0)
+        except ChildProcessError:  # pragma: no cover
             pass
-    os.close(ready_read)
+    return ready
 
 
 def _keep(lock_fds: "Sequence[int]", group: int, ready: int) -> None:  # pragma: no cover
@@ -66,8 +81,12 @@ def _keep(lock_fds: "Sequence[int]", group: int, ready: int) -> None:  # pragma:
     only the locks; returns (and its caller exits) once the job's group is empty."""
     import _signal
 
-    for name in _IGNORED:
-        _signal.signal(getattr(_signal, name), _signal.SIG_IGN)
+    numbers = [getattr(_signal, name) for name in _IGNORED if hasattr(_signal, name)]
+    for signum in [*numbers, *range(_signal.SIGRTMIN, _signal.SIGRTMAX + 1)]:
+        try:
+            _signal.signal(signum, _signal.SIG_IGN)
+        except (OSError, ValueError):
+            pass
     # Our parent (guard-run) blocked these while it waited; ignored now, they may come.
     _signal.pthread_sigmask(_signal.SIG_SETMASK, set())
     keep = set(lock_fds)
@@ -91,10 +110,9 @@ def _keep(lock_fds: "Sequence[int]", group: int, ready: int) -> None:  # pragma:
         pass
     me = os.getpid()
     while True:
-        try:
-            members = group_members({group}, exclude=me)
-        except OSError:  # out of descriptors: cannot tell, so keep holding
-            _sleep(1.0)
+        members = settled_members({group}, exclude=me)
+        if members is None:  # cannot tell (forks all the time, no descriptors): hold on
+            _sleep(0.25)
             continue
         if not members:
             return
@@ -114,8 +132,11 @@ def _wait_for_one(members: list[int], group: int) -> None:  # pragma: no cover
             try:
                 fds.append(os.pidfd_open(pid))
             except OSError as err:
-                if err.errno == errno.ENOSYS:
-                    _sleep(0.25)  # no pidfds (Linux < 5.3): poll
+                if err.errno == errno.ESRCH:
+                    return  # ended meanwhile: look again
+                if fds:
+                    break  # out of descriptors: wait on those we have
+                _sleep(0.25)  # no pidfds (Linux < 5.3) or no descriptor at all: poll
                 return
             if not in_group(pid, group):
                 return  # ended (its pid maybe reused) between the listing and the pidfd

@@ -486,9 +486,9 @@ def run_guarded(options: RunOptions) -> int:
         # Off now: loop to take the locks again and re-check (SPEC: wait).
     if verbose:
         _say_checked(scope, flags, lock_paths)
-    from guardd.cli.supervise import own_group, supervise
+    from guardd.cli.supervise import CannotExecute, in_terminal_foreground, supervise
 
-    if own_group() is None and not interrupt:
+    if not interrupt and in_terminal_foreground():
         # A terminal's foreground: the command keeps the terminal and Ctrl-C.
         exec_in_place(command, fds)
         raise AssertionError("exec_in_place returned")  # pragma: no cover
@@ -508,8 +508,8 @@ def run_guarded(options: RunOptions) -> int:
             grace=grace,
             say=_say if verbose else None,
         )
-    except OSError as err:
-        raise _exec_error(command[0], err) from None
+    except CannotExecute as err:
+        raise _exec_error(command[0], err.error) from None
 
 
 def _lock_holders(path: str | None) -> str:
@@ -547,8 +547,9 @@ def _exec_error(program: str, err: OSError) -> GuardError:
 def exec_in_place(command: "Sequence[str]", fds: "Sequence[int]") -> None:
     """Become ``command``, keeping the lock descriptors open across exec: the command,
     and every child it forks, then holds the locks for its whole life. Used in a
-    terminal's foreground only (see guardd.cli.supervise.own_group): there the job is what
-    the terminal runs, and a child that closes its descriptors is not held for."""
+    terminal's foreground only (guardd.cli.supervise.in_terminal_foreground): there the
+    job is what the terminal runs, and a child that closes its descriptors is not held
+    for."""
     # The C module behind ``signal``: the latter imports enum (~3 ms at start-up),
     # for names this path does not need.
     import _signal

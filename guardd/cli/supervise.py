@@ -1,6 +1,7 @@
 """guard-run as the command's parent: the command runs as a child, in a process group
 of its own (the job), and guard-run waits for it, forwarding signals, then exits with
-its status (SPEC, guard-run).
+its status (SPEC, guard-run). guard-run itself stays in its caller's group, so that a
+signal the caller sends to its group reaches guard-run and is forwarded once.
 
 Plain runs hand the run locks to a keeper (guardd.cli.keeper) when the command exits
 and left processes behind in its group, and return at once; ``--interrupt`` stays
@@ -31,33 +32,33 @@ FORWARDED_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUS
 POLL_INTERVAL = 0.25
 
 
-def own_group() -> int | None:
-    """Make guard-run the leader of a process group of its own where that is safe, and
-    return it; None in the foreground group of a terminal.
+class CannotExecute(Exception):
+    """The command could not be started (``error``: the exec's OSError)."""
 
-    In a terminal's foreground group (a command run by hand, or by a script run by
-    hand) guard-run execs the command in place: a group of its own would take the
-    terminal and Ctrl-C away from it. Elsewhere guard-run is the command's parent and
-    leads a group of its own (kept when it leads one already: a shell's job, a systemd
-    service, ``setsid``), so that a signal to the group of the process holding a job's
-    locks (a drain's ``--then term``) reaches guard-run, which forwards it to the job,
-    and not its caller's other processes.
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def in_terminal_foreground() -> bool:
+    """True when guard-run runs in the foreground process group of its controlling
+    terminal (a command run by hand, or by a script run by hand, whatever its stdio).
+
+    There guard-run execs the command in place: as a child in a group of its own, it
+    would lose the terminal and Ctrl-C. Read from /proc/self/stat (tty_nr, tpgid), so
+    that redirected stdin, stdout and stderr do not hide the terminal.
     """
-    pid = os.getpid()
-    group = os.getpgrp()
-    for fd in (0, 1, 2):
-        try:
-            if os.tcgetpgrp(fd) == group:
-                return None
-        except OSError:
-            continue  # not a terminal, or not ours
-    if group == pid:
-        return group
     try:
-        os.setpgid(0, 0)
-    except OSError:
-        return group
-    return pid
+        fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        fields = data.rpartition(b")")[2].split()
+        group, tty, foreground = int(fields[2]), int(fields[4]), int(fields[5])
+    except (OSError, ValueError, IndexError):
+        return False
+    return tty != 0 and foreground == group
 
 
 def supervise(
@@ -68,17 +69,25 @@ def supervise(
     grace: float = 30.0,
     say: "Callable[[str], None] | None" = None,
 ) -> int:
-    """Run ``command`` as a child leading a new process group, forward signals sent to
-    us to that group, and return its exit status (128+N when killed by signal N);
-    raise OSError when it cannot be started.
+    """Run ``command`` as a child leading a new process group (the job), forward the
+    signals sent to us to that group, and return its exit status (128+N when killed by
+    signal N); raise CannotExecute when it cannot be started.
 
-    Without ``maintenance_began``: return when the command exits; a keeper holds the
-    locks on while the rest of its group lives. With it (``--interrupt``): every
-    POLL_INTERVAL ask it why the scope is on (None: it is not), and once it answers,
-    stop the group: SIGTERM, then SIGKILL after ``grace``; return when the group is
-    empty. The child inherits the lock descriptors too, so a guard-run killed with
-    SIGKILL leaves the locks held by the job. Signals are taken synchronously
-    (blocked, then sigtimedwait): no handler races, and SIGCHLD wakes us at once.
+    With ``--interrupt`` the command's exit is learnt without reaping it (WNOWAIT):
+    while its group lives, its pid stays our child and its group number stays taken, so
+    a drain that signals the job (through our child) still reaches the group. A plain
+    run reaps it at once (a living member keeps the group number taken) and, in the
+    moment before a keeper is in place, a drain's signal reaches guard-run alone: TERM
+    is forwarded on the way out, KILL would leave the rest without a keeper (a window
+    of a millisecond or so, only for jobs that leave processes). Without
+    ``maintenance_began``:
+    once it has exited, a keeper holds the locks while the rest of its group lives and
+    we return (if no keeper can be started, we hold them ourselves). With it
+    (``--interrupt``): every POLL_INTERVAL ask it why the scope is on (None: it is
+    not), and once it answers stop the group: SIGTERM, then SIGKILL after ``grace``;
+    return when the group is empty. The child inherits the lock descriptors too, so
+    a guard-run killed with SIGKILL leaves the locks held by the job. Signals are taken
+    synchronously (blocked, then sigwaitinfo): no handler races.
     """
     set_comm(RUNNER_COMM)  # also when started as `python3 guard-run`: listings know us
     forwarded = [
@@ -99,16 +108,24 @@ def supervise(
             mask=old_mask,
             defaults=(*forwarded, _signal.SIGPIPE, _signal.SIGXFSZ),
         )
-    except OSError:
+    except OSError as err:
         _signal.pthread_sigmask(_signal.SIG_SETMASK, old_mask)
-        raise
+        raise CannotExecute(err) from None
+
+    def tell(message: str) -> None:
+        if say is not None:
+            try:
+                say(message)
+            except (OSError, ValueError):
+                pass  # no stderr: the work goes on regardless
 
     kill_at: float | None = None  # set once maintenance made us send SIGTERM
     killed = False
+    kept = False  # a keeper was tried (plain runs): from then on we only wait
     next_poll = time.monotonic() + POLL_INTERVAL
     status: int | None = None  # the command's, once it has exited
     while True:
-        if maintenance_began is None and status is None:
+        if status is None and maintenance_began is None:
             info = _signal.sigwaitinfo(watched)
         else:
             info = _signal.sigtimedwait(watched, max(next_poll - time.monotonic(), 0.0))
@@ -118,41 +135,66 @@ def supervise(
             _signal_group(pid, info.si_signo)
             continue
         if status is None:
-            done, wait_status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                status = wait_status
-        if status is not None and maintenance_began is None:
+            # --interrupt keeps the command unreaped while its group lives (see above);
+            # a plain run reaps it at once: an empty group is then one kill(2) away
+            # (ESRCH), where a zombie leader would need a look through all of /proc.
+            status = _exit_status(pid, reap=maintenance_began is None)
+        if status is not None:
             # The job is the command's process group: children that closed their
-            # inherited lock descriptors keep it alive (SPEC). A keeper holds the
-            # locks for them, so that our caller is not held up.
-            if _group_alive(pid):
-                from guardd.cli.keeper import start_keeper
-
-                start_keeper(fds, pid)
-            break
-        if status is not None and (kill_at is not None or not _group_alive(pid)):
-            break
+            # inherited lock descriptors keep it alive (SPEC).
+            if not _group_alive(pid):
+                break
+            if maintenance_began is None and not kept:
+                kept = True
+                if _hand_over(fds, pid):
+                    break  # the keeper holds the locks for what is left
+                # No keeper (no fork, no descriptor): we hold them, looking every
+                # POLL_INTERVAL, as --interrupt does.
         now = time.monotonic()
-        if maintenance_began is None or now < next_poll:
+        if now < next_poll:
             continue
         next_poll = now + POLL_INTERVAL
+        if maintenance_began is None:
+            continue
         if kill_at is None:
             why = maintenance_began()
             if why is not None:
-                if say is not None:
-                    import shlex
-
-                    say(f"{why}: sending SIGTERM to {shlex.join(command)}")
+                tell(f"{why}: sending SIGTERM to {_shown(command)}")
                 _signal_group(pid, _signal.SIGTERM)
                 kill_at = now + grace
         elif not killed and now >= kill_at:
-            if say is not None:
-                say(f"still running {grace:g}s after SIGTERM: sending SIGKILL")
+            tell(f"still running {grace:g}s after SIGTERM: sending SIGKILL")
             _signal_group(pid, _signal.SIGKILL)
             killed = True
-    if kill_at is not None and not killed:
-        _finish_group(pid, kill_at)
-    return _exit_status(status)
+        # After SIGKILL too, the loop waits for the group to be gone: a process in an
+        # uninterruptible sleep dies only when it wakes, and holds the job till then.
+    # A signal that came while the job was handed over goes to what is left of it.
+    while (info := _signal.sigtimedwait(watched, 0)) is not None:
+        if info.si_signo != _signal.SIGCHLD:
+            _signal_group(pid, info.si_signo)
+    if maintenance_began is not None:
+        try:
+            os.waitpid(pid, 0)  # reaped only now: see above
+        except ChildProcessError:  # pragma: no cover -- reaped by someone else
+            pass
+    assert status is not None
+    return status
+
+
+def _hand_over(fds: "Sequence[int]", group: int) -> bool:
+    """Start a keeper for ``group``; False when it cannot be started."""
+    try:
+        from guardd.cli.keeper import start_keeper
+
+        return start_keeper(fds, group)
+    except (ImportError, OSError):
+        return False
+
+
+def _shown(command: "Sequence[str]") -> str:
+    import shlex
+
+    return shlex.join(command)
 
 
 def _spawn_in_own_group(
@@ -205,31 +247,29 @@ def _signal_group(pgid: int, signum: int) -> None:
         pass  # the group is gone, or a member changed its user: nothing more to do
 
 
-def _finish_group(pgid: int, kill_at: float) -> None:
-    """After the command exits on our SIGTERM, give what is left of its group the same
-    grace, then SIGKILL: leftovers would otherwise hold the locks and stall the drain."""
-    while _group_alive(pgid):
-        if time.monotonic() >= kill_at:
-            _signal_group(pgid, _signal.SIGKILL)
-            return
-        time.sleep(0.05)
-
-
 def _group_alive(pgid: int) -> bool:
-    """True while a process of group ``pgid`` runs. Zombies do not count: they hold no
-    locks, and orphans wait for init to reap them (not always promptly)."""
+    """True while a process of group ``pgid`` runs, or when that cannot be known.
+    Zombies do not count: they hold no locks, and orphans wait for init to reap them
+    (not always promptly)."""
     try:
         os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
+    except ProcessLookupError:
         return False
-    from guardd.core.procfs import group_members
+    except PermissionError:
+        pass  # members we may not signal (another user's now): /proc tells
+    from guardd.core.procfs import settled_members
 
-    try:
-        return bool(group_members({pgid}))
-    except OSError:
-        return True  # out of descriptors: cannot tell, so not gone (SIGKILL comes at kill_at)
+    members = settled_members({pgid})
+    return members is None or bool(members)
 
 
-def _exit_status(status: int) -> int:
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
+def _exit_status(pid: int, *, reap: bool) -> int | None:
+    """The exit status of child ``pid`` once it has exited (128+N when killed by signal
+    N), reaping it or not; None while it runs."""
+    flags = os.WEXITED | os.WNOHANG | (0 if reap else os.WNOWAIT)
+    result = os.waitid(os.P_PID, pid, flags)
+    if result is None or result.si_pid == 0:
+        return None
+    if result.si_code == os.CLD_EXITED:
+        return int(result.si_status)
+    return 128 + int(result.si_status)  # CLD_KILLED, CLD_DUMPED

@@ -288,19 +288,28 @@ def _command_of_runner(pid: int) -> bytes:
         return b""
 
 
-def signal_target(pid: int) -> int:
-    """The process whose group a signal for the job listed as ``pid`` goes to: the
-    command of a guard-run that runs one as its child (so that SIGKILL, which guard-run
-    cannot forward, reaches the job; any other signal then reaches it once), else
-    ``pid`` itself."""
-    fields = stat_fields(pid)
-    if fields is None or fields[0] != RUNNER_COMM:
-        return pid
-    try:
-        children = read_proc_file(f"/proc/{pid}/task/{pid}/children").split()
-    except OSError:
-        return pid
-    return int(children[0]) if len(children) == 1 else pid
+def signal_target(pid: int) -> tuple[int, bool]:
+    """Where a signal for the job listed as ``pid`` goes: (process, whole group?).
+
+    A guard-run running its command as a child stands for that command: the command's
+    process group is signalled (SIGKILL cannot be forwarded; any other signal then
+    arrives once), following nested guard-runs. A guard-run with no command (a moment
+    before it starts it) is signalled alone: its group is its caller's. Anything else:
+    ``pid``'s group.
+    """
+    target = pid
+    for _ in range(16):  # nested guard-runs; bounded
+        fields = stat_fields(target)
+        if fields is None or fields[0] != RUNNER_COMM:
+            return target, True
+        try:
+            children = read_proc_file(f"/proc/{target}/task/{target}/children").split()
+        except OSError:
+            children = []
+        if len(children) != 1:
+            return target, False
+        target = int(children[0])
+    return target, True
 
 
 def _process_details(

@@ -82,6 +82,51 @@ def group_members(groups: set[int], *, exclude: int = 0) -> dict[int, tuple[str,
     return found
 
 
+# How many times a scan of a group is repeated while processes keep being created
+# during it, before the answer is "cannot tell" (callers then keep holding).
+SETTLE_TRIES = 20
+
+
+def last_pid() -> int:
+    """The pid the kernel handed out last (/proc/loadavg): it changes with every process
+    (or thread) created. -1 when it cannot be read."""
+    try:
+        return int(read_proc_file("/proc/loadavg").split()[-1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+def settled_members(
+    groups: set[int], *, exclude: int = 0
+) -> dict[int, tuple[str, int, int]] | None:
+    """``group_members``, trusted when empty only if no process was created during the
+    scan; None when that cannot be had (processes created all the time, or out of
+    descriptors): the group may not be empty.
+
+    One scan is not a snapshot: a member that forks and exits while /proc is being read
+    hides its child (listed before it was born, its parent read after it was gone), and
+    a daemonising child does just that. A scan with no fork during it has no such gap.
+    """
+    for _ in range(SETTLE_TRIES):
+        before = last_pid()
+        try:
+            members = group_members(groups, exclude=exclude)
+        except OSError:
+            return None
+        if members:
+            return members
+        after = last_pid()
+        if after == before != -1:
+            return members
+        if after == before == -1:
+            # No counter to go by (never seen): two empty scans in a row instead.
+            try:
+                return group_members(groups, exclude=exclude) or {}
+            except OSError:
+                return None
+    return None
+
+
 def in_group(pid: int, group: int) -> bool:
     """True while ``pid`` lives in process group ``group``."""
     fields = stat_fields(pid)

@@ -153,7 +153,11 @@ def cmd_on(config: Config, args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"{scope}: drained, no guarded job running\n")
         return EXIT_OK
     out.write(f"{scope}: drain timed out; maintenance stays on; still running:\n")
-    format_jobs(result.remaining, out)
+    if result.remaining:
+        format_jobs(result.remaining, out)
+    else:
+        out.write("  (the run lock is held by a process no listing caught: one that forks\n")
+        out.write("   and exits all the time; guardctl jobs, or run the drain again)\n")
     return EXIT_DRAIN_TIMEOUT
 
 
