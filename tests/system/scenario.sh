@@ -119,6 +119,9 @@ EOF
     check restart_with_test_config systemctl restart guardd
     # The cron jobs below find nightly in maintenance at their first minute.
     check guardctl_on_as_root guardctl on nightly --reason "nightly off"
+    # A stand-in MTA: what cron would mail is kept, so that a check can show it.
+    printf '#!/bin/sh\ncat >> /srv/out/mail\n' >/usr/sbin/sendmail
+    chmod 755 /usr/sbin/sendmail
     cat >/etc/cron.d/guardd-test <<'EOF'
 # No PATH line: cron's default PATH (/usr/bin:/bin) must find guard-run.
 * * * * * www-data guard-run --scope nightly -- /bin/sh -c 'echo ran >> /srv/out/cron-a'
@@ -236,7 +239,7 @@ EOF
     # Skips and drained jobs mail nothing. (Checked before --then term below: cron's
     # own shell, outside the job's process group, then says "Terminated", and cron
     # mails that, as it does for any job killed by a signal.)
-    check cron_no_mail sh -c '! journalctl -b --no-pager -u cron | grep -i "MTA"'
+    check cron_no_mail sh -c 'if [ -s /srv/out/mail ]; then grep -v "^[A-Z][-A-Za-z]*: " /srv/out/mail; exit 1; fi'
     local cpid
     cpid=$(head -n 1 /srv/out/c)
     check term_stubborn_job guardctl on stubborn --wait --timeout 2s --then term --grace 2s
