@@ -160,33 +160,6 @@ def test_control_characters_in_a_command_line_are_escaped(tmp_short: Path) -> No
         kill_session(proc)
 
 
-def test_job_in_a_terminals_foreground_keeps_ctrl_c(tmp_short: Path) -> None:
-    """Started by a script in the foreground of a terminal, guard-run leaves the job in
-    that process group: Ctrl-C still reaches it (no group of its own, no keeper)."""
-    site = Site(tmp_short)
-    script = f"{GUARD_RUN} -- sh -c 'echo started $$; exec sleep 30'; echo after"
-    pid, fd = pty.fork()
-    if pid == 0:  # pragma: no cover -- the child: a session on the new terminal
-        os.execve("/bin/sh", ["sh", "-c", script], site.env())
-    job = 0
-    try:
-        seen = b""
-        while b"started" not in seen or not seen.rstrip().split(b"started ")[-1].isdigit():
-            seen += os.read(fd, 1024)
-        job = int(seen.split(b"started ")[-1].split()[0])
-        assert os.getpgid(job) == os.getpgid(pid)
-        os.write(fd, b"\x03")
-        wait_until(lambda: _state(job) in ("gone", "Z"), what="Ctrl-C to end the job")
-    finally:
-        for victim in (pid, job) if job else (pid,):
-            try:
-                os.kill(victim, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        os.waitpid(pid, 0)
-        os.close(fd)
-
-
 def test_drain_signals_reach_the_command_once_and_kill_too(tmp_short: Path) -> None:
     """A plain job runs as guard-run's child: the drain's --then term reaches the
     command once (not also through guard-run's forwarding), and the SIGKILL after
@@ -321,16 +294,15 @@ def test_a_signal_to_the_callers_group_reaches_the_command(tmp_short: Path) -> N
         kill_session(proc)
 
 
-def test_terminal_with_redirected_stdio_keeps_ctrl_c(tmp_short: Path) -> None:
-    """In a terminal's foreground with stdin, stdout and stderr all redirected, guard-run
-    still sees the terminal (its foreground group, from /proc) and execs in place:
-    Ctrl-C reaches the job."""
+@pytest.mark.parametrize("stdio", ["", " </dev/null >/dev/null 2>&1"], ids=["tty", "redirected"])
+def test_job_in_a_terminals_foreground_keeps_ctrl_c(tmp_short: Path, stdio: str) -> None:
+    """Started by a script in the foreground of a terminal (its stdio on the terminal or
+    all redirected: the foreground is read from /proc), guard-run execs the job in
+    place, in that process group: Ctrl-C still reaches it (no group of its own, no
+    keeper)."""
     site = Site(tmp_short)
     pidfile = tmp_short / "job.pid"
-    script = (
-        f"{GUARD_RUN} -- sh -c 'echo $$ > {pidfile}; exec sleep 30' "
-        "</dev/null >/dev/null 2>&1; echo after"
-    )
+    script = f"{GUARD_RUN} -- sh -c 'echo $$ > {pidfile}; exec sleep 30'{stdio}; echo after"
     pid, fd = pty.fork()
     if pid == 0:  # pragma: no cover -- the child: a session on the new terminal
         os.execve("/bin/sh", ["sh", "-c", script], site.env())
