@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guardd.core.jobs import count_jobs, describe_jobs, find_holders, list_jobs
+from guardd.core.jobs import count_jobs, describe_jobs, find_holders, list_jobs, signal_target
 from tests.helpers import wait_until
 from tests.run_helpers import NOBODY, Site, kill_session, open_to_nobody
 
@@ -84,12 +84,19 @@ def test_job_that_forked_and_exited_is_found_as_its_child(site: Site) -> None:
 
 
 def test_job_killed_mid_run_leaves_no_holder(site: Site) -> None:
-    """A job killed with SIGKILL mid-run holds nothing once it is gone."""
+    """A job whose process group is killed with SIGKILL mid-run (what a drain's --then
+    kill does, through signal_target) holds nothing once it is gone; guard-run, listed
+    for it, reports 128+9."""
     proc = site.popen("--scope", "shop", "--", "sleep", "30")
     wait_until(lambda: find_holders(_locks(site))["shop"] == {proc.pid}, what="job running")
-    os.kill(proc.pid, signal.SIGKILL)
+    target, whole_group = wait_until(
+        lambda: (found := signal_target(proc.pid))[0] != proc.pid and found,
+        what="the command to be started",
+    )
+    assert whole_group
+    os.killpg(os.getpgid(target), signal.SIGKILL)
+    assert proc.wait(timeout=10) == 137
     proc.communicate()
-    # Its keeper lets go as soon as it sees the job's group empty (milliseconds).
     wait_until(
         lambda: find_holders(_locks(site)) == {"default": set(), "shop": set()},
         what="no holder once the job is gone",

@@ -158,7 +158,8 @@ def test_mirror_deleted_by_hand_is_restored(make_guardd: MakeGuardd, etcd: EtcdC
     mirror.unlink()
     wait_until(mirror.exists, what="mirror restored")
     assert json.loads(mirror.read_text())["reason"] == "keep"
-    assert state(daemon) == "on"
+    # guardd saw the file go (off for a moment) and sees its own rewrite come back.
+    wait_until(lambda: state(daemon) == "on", what="on again")
 
 
 def test_clean_stop_leaves_at_once_and_a_killed_node_expires(
