@@ -486,7 +486,8 @@ def run_guarded(options: RunOptions) -> int:
         # Off now: loop to take the locks again and re-check (SPEC: wait).
     if verbose:
         _say_checked(scope, flags, lock_paths)
-    from guardd.cli.supervise import CannotExecute, in_terminal_foreground, supervise
+    from guardd.cli.supervise import CannotExecute, supervise
+    from guardd.core.procfs import in_terminal_foreground
 
     if not interrupt and in_terminal_foreground():
         # A terminal's foreground: the command keeps the terminal and Ctrl-C.
@@ -547,7 +548,7 @@ def _exec_error(program: str, err: OSError) -> GuardError:
 def exec_in_place(command: "Sequence[str]", fds: "Sequence[int]") -> None:
     """Become ``command``, keeping the lock descriptors open across exec: the command,
     and every child it forks, then holds the locks for its whole life. Used in a
-    terminal's foreground only (guardd.cli.supervise.in_terminal_foreground): there the
+    terminal's foreground only (guardd.core.procfs.in_terminal_foreground): there the
     job is what the terminal runs, and a child that closes its descriptors is not held
     for."""
     # The C module behind ``signal``: the latter imports enum (~3 ms at start-up),

@@ -40,27 +40,6 @@ class CannotExecute(Exception):
         self.error = error
 
 
-def in_terminal_foreground() -> bool:
-    """True when guard-run runs in the foreground process group of its controlling
-    terminal (a command run by hand, or by a script run by hand, whatever its stdio).
-
-    There guard-run execs the command in place: as a child in a group of its own, it
-    would lose the terminal and Ctrl-C. Read from /proc/self/stat (tty_nr, tpgid), so
-    that redirected stdin, stdout and stderr do not hide the terminal.
-    """
-    try:
-        fd = os.open("/proc/self/stat", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            data = os.read(fd, 4096)
-        finally:
-            os.close(fd)
-        fields = data.rpartition(b")")[2].split()
-        group, tty, foreground = int(fields[2]), int(fields[4]), int(fields[5])
-    except (OSError, ValueError, IndexError):
-        return False
-    return tty != 0 and foreground == group
-
-
 def supervise(
     command: "Sequence[str]",
     fds: list[int],

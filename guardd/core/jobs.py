@@ -276,15 +276,25 @@ def _split_cmdline(data: bytes) -> tuple[str, ...]:
     return tuple(os.fsdecode(arg) for arg in args)
 
 
-def _command_of_runner(pid: int) -> bytes:
-    """The command line of the command guard-run ``pid`` runs as its child (b"" when
-    there is not exactly one child, or it cannot be read)."""
+def _only_child(pid: int) -> int | None:
+    """The one child of ``pid`` (a guard-run's command); None for none, several, or
+    when it cannot be read."""
     try:
         children = read_proc_file(f"/proc/{pid}/task/{pid}/children").split()
-        if len(children) != 1:
-            return b""
-        return read_proc_file(f"/proc/{int(children[0])}/cmdline")
-    except (OSError, ValueError):
+    except OSError:
+        return None
+    return int(children[0]) if len(children) == 1 else None
+
+
+def _command_of_runner(pid: int) -> bytes:
+    """The command line of the command guard-run ``pid`` runs as its child (b"" when
+    there is none, or it cannot be read)."""
+    child = _only_child(pid)
+    if child is None:
+        return b""
+    try:
+        return read_proc_file(f"/proc/{child}/cmdline")
+    except OSError:
         return b""
 
 
@@ -302,13 +312,10 @@ def signal_target(pid: int) -> tuple[int, bool]:
         fields = stat_fields(target)
         if fields is None or fields[0] != RUNNER_COMM:
             return target, True
-        try:
-            children = read_proc_file(f"/proc/{target}/task/{target}/children").split()
-        except OSError:
-            children = []
-        if len(children) != 1:
+        child = _only_child(target)
+        if child is None:
             return target, False
-        target = int(children[0])
+        target = child
     return target, True
 
 

@@ -64,6 +64,18 @@ def stat_fields(pid: int) -> tuple[str, str, int, int] | None:
         return None
 
 
+def in_terminal_foreground() -> bool:
+    """True when this process is in the foreground process group of its controlling
+    terminal, whatever its stdin, stdout and stderr (tty_nr and tpgid of
+    /proc/self/stat); False without a terminal or when that cannot be read."""
+    try:
+        fields = split_stat(read_proc_file("/proc/self/stat"))
+        group, tty, foreground = int(fields[2]), int(fields[4]), int(fields[5])
+    except (OSError, ValueError, IndexError):
+        return False
+    return tty != 0 and foreground == group
+
+
 def is_live(state: str) -> bool:
     """A process in this /proc state can still run (zombies and the dead hold nothing)."""
     return state not in ("Z", "X", "x")
