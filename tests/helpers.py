@@ -34,6 +34,20 @@ def command(name: str) -> str:
     return found
 
 
+def run_guardctl(
+    config: Path | str, *args: str, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    """``guardctl ARGS`` on ``config`` (as GUARDD_CONFIG), output captured as text."""
+    return subprocess.run(
+        [command("guardctl"), *args],
+        env={**os.environ, "GUARDD_CONFIG": str(config)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def require_tool(name: str) -> str:
     """Path of a system tool; skip locally, fail in CI (GUARDD_REQUIRE_TOOLS=1)."""
     import pytest

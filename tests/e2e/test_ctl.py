@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import Guardd, command, wait_until
+from tests.helpers import Guardd, command, run_guardctl, wait_until
 
 MakeGuardd = Callable[..., Guardd]
 
@@ -35,15 +35,7 @@ def setup(tmp_short: Path) -> dict[str, Any]:
 
 
 def ctl(setup: dict[str, Any], *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GUARDD_CONFIG": str(setup["config"])}
-    return subprocess.run(
-        [command("guardctl"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_guardctl(setup["config"], *args, timeout=timeout)
 
 
 def test_on_off_without_daemon(setup: dict[str, Any]) -> None:

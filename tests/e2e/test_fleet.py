@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.etcd_helpers import EtcdCluster
-from tests.helpers import Guardd, command, free_port, wait_until
+from tests.helpers import Guardd, command, free_port, run_guardctl, wait_until
 from tests.httpclient import get
 
 MakeGuardd = Callable[..., Guardd]
@@ -36,15 +36,7 @@ def node(make_guardd: MakeGuardd, cluster: EtcdCluster, name: str, **extra: Any)
 
 
 def ctl(daemon: Guardd, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GUARDD_CONFIG": str(daemon.config_path)}
-    return subprocess.run(
-        [command("guardctl"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_guardctl(daemon.config_path, *args, timeout=timeout)
 
 
 def guard_run_check(daemon: Guardd) -> int:

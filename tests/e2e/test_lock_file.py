@@ -4,7 +4,6 @@ removes only what it wrote (or with --force), and never follows a symlink on the
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import command
+from tests.helpers import run_guardctl
 
 LARAVEL_DOWN = (
     b'{"except":[],"redirect":null,"retry":60,"refresh":null,'
@@ -38,15 +37,7 @@ def app(tmp_short: Path) -> dict[str, Any]:
 
 
 def ctl(app: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GUARDD_CONFIG": str(app["config"])}
-    return subprocess.run(
-        [command("guardctl"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_guardctl(app["config"], *args)
 
 
 def test_on_never_rewrites_the_applications_file(app: dict[str, Any]) -> None:

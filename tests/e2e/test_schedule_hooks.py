@@ -17,22 +17,14 @@ import pytest
 from guardd.core.durations import format_time
 from guardd.core.schedule import Window, read_windows, write_windows
 from guardd.daemon.app import SCHEDULE_RECHECK
-from tests.helpers import Guardd, command, free_port, wait_until
+from tests.helpers import Guardd, free_port, run_guardctl, wait_until
 from tests.httpclient import get, write_flag
 
 MakeGuardd = Callable[..., Guardd]
 
 
 def ctl(daemon: Guardd, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GUARDD_CONFIG": str(daemon.config_path)}
-    return subprocess.run(
-        [command("guardctl"), *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    return run_guardctl(daemon.config_path, *args)
 
 
 def at(seconds: float) -> str:
