@@ -116,6 +116,17 @@ class Site:
         )
 
 
+# The two ways guard-run and guardctl meet a config: alone, and with guardd running on it.
+SITE_VARIANTS = ["no-daemon", "guardd-running"]
+
+
+def site_variant(variant: str, tmp_short: Path, make_guardd: Any) -> Site:
+    """Scopes default and shop, with no daemon or with guardd started on the config."""
+    if variant == "no-daemon":
+        return Site(tmp_short)
+    return Site.of_guardd(make_guardd({"scopes": {"shop": None}}).start())
+
+
 def flock_drain(site: Site, scope: str = "default", *, timeout: float = 10.0) -> bool:
     """The drain half of the protocol, by hand: write the flag, *then* take the run lock
     exclusively (released at once). True once no job holds it."""

@@ -24,11 +24,13 @@ from tests.helpers import Guardd, wait_until
 from tests.run_helpers import (
     GUARD_RUN,
     NOBODY,
+    SITE_VARIANTS,
     Site,
     as_nobody,
     exclusive_now,
     kill_session,
     open_to_nobody,
+    site_variant,
 )
 
 # --------------------------------------------------------------------------- parsing
@@ -189,15 +191,12 @@ def test_flag_reason(tmp_path: Path, content: bytes, reason: str | None) -> None
 # --------------------------------------------------------------------------- CLI
 
 
-@pytest.fixture(params=["no-daemon", "guardd-running"])
+@pytest.fixture(params=SITE_VARIANTS)
 def site(
     request: pytest.FixtureRequest, tmp_short: Path, make_guardd: Callable[..., Guardd]
 ) -> Site:
-    """A config with scopes default and shop; the second variant has guardd running on it."""
-    if request.param == "no-daemon":
-        return Site(tmp_short)
-    daemon = make_guardd({"scopes": {"shop": None}}).start()
-    return Site.of_guardd(daemon)
+    """Scopes default and shop; the second variant has guardd running on the config."""
+    return site_variant(request.param, tmp_short, make_guardd)
 
 
 @pytest.fixture

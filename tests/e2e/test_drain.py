@@ -17,20 +17,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import Guardd, running_guardd, short_tmp, wait_until
-from tests.run_helpers import Site, exclusive_now, flock_drain, kill_session
+from tests.run_helpers import (
+    SITE_VARIANTS,
+    Site,
+    exclusive_now,
+    flock_drain,
+    kill_session,
+    site_variant,
+)
 
 # A job that logs its start and end (O_APPEND: one line per write, in time order).
 JOB = 'echo "start $1 $$" >>"$0"; sleep "$2"; echo "end $1 $$" >>"$0"'
 
 
-@pytest.fixture(params=["no-daemon", "guardd-running"])
+@pytest.fixture(params=SITE_VARIANTS)
 def site(
     request: pytest.FixtureRequest, tmp_short: Path, make_guardd: Callable[..., Guardd]
 ) -> Site:
     """Scopes default and shop; the second variant has guardd running on the config."""
-    if request.param == "no-daemon":
-        return Site(tmp_short)
-    return Site.of_guardd(make_guardd({"scopes": {"shop": None}}).start())
+    return site_variant(request.param, tmp_short, make_guardd)
 
 
 def _job(site: Site, log: Path, scope: str, seconds: float, *extra: str) -> list[str]:
