@@ -41,8 +41,8 @@ MAX_WATCHED = 256
 
 def start_keeper(lock_fds: "Sequence[int]", group: int) -> bool:
     """Fork a keeper that holds ``lock_fds`` while a process of ``group`` (the job's,
-    whose command has exited, not yet reaped: the group number stays taken) other than
-    itself lives. True once it is in place (named, in the group), so that no listing
+    whose command has exited; its living members keep the group number taken) other
+    than itself lives. True once it is in place (named, in the group), so that no listing
     sees the job without it; False when it could not be started (the caller then holds
     the locks itself). Raises OSError when no pipe can be made."""
     ready_read, ready_write = os.pipe()
@@ -58,7 +58,7 @@ def start_keeper(lock_fds: "Sequence[int]", group: int) -> bool:
             set_comm(KEEPER_COMM)
             os.setpgid(0, group)
             os.write(ready_write, b"k")
-            _keep(lock_fds, group, ready_write)
+            _keep(lock_fds, group)
         finally:
             os._exit(0)
     os.close(ready_write)
@@ -76,7 +76,7 @@ def start_keeper(lock_fds: "Sequence[int]", group: int) -> bool:
     return ready
 
 
-def _keep(lock_fds: "Sequence[int]", group: int, ready: int) -> None:  # pragma: no cover
+def _keep(lock_fds: "Sequence[int]", group: int) -> None:  # pragma: no cover
     """The keeper's life: quiet, detached from the job's stdio and directory, holding
     only the locks; returns (and its caller exits) once the job's group is empty."""
     import _signal
@@ -103,7 +103,7 @@ def _keep(lock_fds: "Sequence[int]", group: int, ready: int) -> None:  # pragma:
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
-            _close(fd)  # ``ready`` among them: guard-run may go
+            _close(fd)  # the ready pipe among them: guard-run may go
     try:
         os.chdir("/")  # keep no file system busy
     except OSError:

@@ -323,7 +323,7 @@ def test_job_in_a_terminals_foreground_keeps_ctrl_c(tmp_short: Path, stdio: str)
         os.close(fd)
 
 
-def test_a_group_of_another_users_processes_is_alive(tmp_short: Path) -> None:
+def test_a_group_of_another_users_processes_is_alive() -> None:
     """guard-run (as nobody) asking whether its job's group still lives, when the only
     member left is another user's (a setuid helper, `sudo` in the background): kill(2)
     says EPERM, which means "exists", so it is alive (a keeper holds on for it)."""
@@ -340,7 +340,6 @@ def test_a_group_of_another_users_processes_is_alive(tmp_short: Path) -> None:
     finally:
         member.kill()
         member.wait()
-    assert tmp_short.exists()
 
 
 def test_interrupt_with_a_dead_stderr_still_stops_the_worker(tmp_short: Path) -> None:
